@@ -1,0 +1,345 @@
+"""OrchestrationContext: everything orchestration code may use to act on the world.
+
+Every source of non-determinism goes through the context: time comes from the history
+(``current_utc_datetime``), ids from ``new_uuid()``, and every effect is an action that
+the executor records and the partition carries out after the episode commits.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from duraray.orchestrations import history as h
+from duraray.orchestrations.task import (
+    CancellableTask,
+    CompletableTask,
+    RetryableTask,
+    RetryPolicy,
+    Task,
+    TimerTask,
+)
+
+if TYPE_CHECKING:
+    from duraray.orchestrations.executor import OrchestrationExecutor
+
+#: True while orchestration code runs during replay; log processors read it to drop
+#: records that were already emitted the first time the code ran.
+replaying_var: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "duraray_replaying", default=False
+)
+
+# A fixed namespace keeps new_uuid() stable across processes and versions.
+_UUID_NAMESPACE = uuid.UUID("9e952958-5e33-4daf-827f-2fa12937b875")
+
+
+@dataclass(slots=True)
+class RetryTimer:
+    """Marks a timer id as the delay before the next attempt of a retryable task."""
+
+    task: RetryableTask[Any]
+
+
+@dataclass(slots=True)
+class TimerChunk:
+    """Marks a timer id as one chunk of a timer longer than the maximum interval."""
+
+    task: TimerTask
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+class OrchestrationContext:
+    """The orchestration's view of its execution; passed as the first argument."""
+
+    __slots__ = ("_ex",)
+
+    def __init__(self, executor: OrchestrationExecutor) -> None:
+        self._ex = executor
+
+    # -- read-only state ---------------------------------------------------------------
+
+    @property
+    def instance_id(self) -> str:
+        """The id of this orchestration instance."""
+        return self._ex.instance_id
+
+    @property
+    def execution_id(self) -> str | None:
+        """The id of this execution (a new one per continue_as_new, restart or reuse)."""
+        started = self._ex.started
+        return started.execution_id if started else None
+
+    @property
+    def name(self) -> str | None:
+        """The registered name of the orchestration."""
+        started = self._ex.started
+        return started.name if started else None
+
+    @property
+    def parent_instance_id(self) -> str | None:
+        """The parent orchestration's instance id for a sub-orchestration, else None."""
+        started = self._ex.started
+        return started.parent_instance_id if started else None
+
+    @property
+    def version(self) -> str | None:
+        """The version given when the instance was scheduled."""
+        started = self._ex.started
+        return started.version if started else None
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The tags given when the instance was scheduled."""
+        started = self._ex.started
+        return dict(started.tags or {}) if started else {}
+
+    @property
+    def current_utc_datetime(self) -> datetime:
+        """The orchestration clock: the time the current episode started, from history.
+
+        Identical on every replay at the same point; advances between episodes.
+        """
+        now = self._ex.now
+        assert now is not None, "the orchestration has not started"
+        return now
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the code re-executes what an earlier episode already ran."""
+        return self._ex.replaying
+
+    # -- status ----------------------------------------------------------------------------
+
+    def set_custom_status(self, value: Any) -> None:
+        """Publish a status value visible to clients; ``None`` clears it."""
+        self._ex.custom_status = None if value is None else self._ex.converter.encode(value)
+
+    def new_uuid(self) -> uuid.UUID:
+        """A UUID that is the same on every replay and unique within the instance."""
+        counter = self._ex.next_uuid_counter()
+        return uuid.uuid5(
+            _UUID_NAMESPACE, f"{self.instance_id}/{self.execution_id}/{counter}"
+        )
+
+    def create_replay_safe_logger(self, logger: Any) -> ReplaySafeLogger:
+        """Wrap a stdlib or structlog logger so it logs nothing while replaying."""
+        return ReplaySafeLogger(logger, self)
+
+    # -- actions -------------------------------------------------------------------------
+
+    def call_activity(
+        self,
+        activity: Any,
+        *,
+        input: Any = None,
+        retry_policy: RetryPolicy | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> CompletableTask[Any]:
+        """Schedule an activity (function or registered name); the task yields its result."""
+        ex = self._ex
+        name = ex._name_of("activity", activity)
+        encoded = ex.converter.encode(input)
+        hint = _result_hint(activity)
+        if tags is not None:
+            _check_tags(tags)
+
+        def schedule(task: CompletableTask[Any]) -> None:
+            seq = ex.next_sequence()
+            task.description = f"call_activity({name!r}) #{seq}"
+            ex.record_action(
+                h.TaskScheduled(
+                    timestamp=self.current_utc_datetime,
+                    event_id=seq,
+                    name=name,
+                    input=encoded,
+                    tags=dict(tags) if tags else None,
+                ),
+                task,
+            )
+
+        return self._schedule(schedule, retry_policy, hint, f"call_activity({name!r})")
+
+    def call_sub_orchestrator(
+        self,
+        orchestrator: Any,
+        *,
+        input: Any = None,
+        instance_id: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        version: str | None = None,
+    ) -> CompletableTask[Any]:
+        """Start a child orchestration and wait for its output.
+
+        Without ``instance_id`` the child's id is ``<parent id>:<task id as 4 hex digits>``,
+        the same on every replay.
+        """
+        ex = self._ex
+        name = ex._name_of("orchestration", orchestrator)
+        encoded = ex.converter.encode(input)
+        hint = _result_hint(orchestrator)
+        if instance_id is not None:
+            from duraray.orchestrations.ids import validate_instance_id
+
+            validate_instance_id(instance_id)
+
+        def schedule(task: CompletableTask[Any]) -> None:
+            seq = ex.next_sequence()
+            child_id = instance_id or f"{self.instance_id}:{seq:04x}"
+            task.description = f"call_sub_orchestrator({name!r}) #{seq}"
+            ex.record_action(
+                h.SubOrchestrationInstanceCreated(
+                    timestamp=self.current_utc_datetime,
+                    event_id=seq,
+                    name=name,
+                    instance_id=child_id,
+                    input=encoded,
+                    version=version,
+                ),
+                task,
+            )
+
+        return self._schedule(schedule, retry_policy, hint, f"call_sub_orchestrator({name!r})")
+
+    def _schedule(
+        self, schedule: Any, retry_policy: RetryPolicy | None, hint: Any, description: str
+    ) -> CompletableTask[Any]:
+        if retry_policy is None:
+            task: CompletableTask[Any] = CompletableTask(description)
+        else:
+            if not isinstance(retry_policy, RetryPolicy):
+                raise TypeError("retry_policy must be a duraray.RetryPolicy")
+            task = RetryableTask(retry_policy, self.current_utc_datetime, description)
+            task.reschedule = schedule
+        task.result_hint = hint
+        schedule(task)
+        return task
+
+    def create_timer(self, fire_at: datetime | timedelta) -> TimerTask:
+        """A durable timer firing at ``fire_at`` (a UTC datetime or a delay from now)."""
+        if isinstance(fire_at, timedelta):
+            due = self.current_utc_datetime + fire_at
+        elif isinstance(fire_at, datetime):
+            due = _utc(fire_at)
+        else:
+            raise TypeError("create_timer takes a datetime or a timedelta")
+        task = TimerTask(due, "create_timer")
+        task._on_cancel = self._ex.cancel_open
+        self._schedule_timer_chunk(task)
+        return task
+
+    def _schedule_timer_chunk(self, task: TimerTask) -> None:
+        ex = self._ex
+        now = self.current_utc_datetime
+        due = task.fire_at
+        limit = ex.options.maximum_timer_interval
+        marker: Any = task
+        if limit is not None and due - now > limit:
+            due = now + limit
+            marker = TimerChunk(task)
+        seq = ex.next_sequence()
+        task.description = f"create_timer #{seq}"
+        ex.record_action(h.TimerCreated(timestamp=now, event_id=seq, fire_at=due), marker)
+
+    def wait_for_external_event(self, name: str) -> CancellableTask[Any]:
+        """A task completed by the next event called ``name`` (case-insensitive).
+
+        Events that arrived before the wait are buffered and consumed first-in first-out;
+        a cancelled wait consumes nothing.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError("event name must be a non-empty string")
+        task: CancellableTask[Any] = CancellableTask(f"wait_for_external_event({name!r})")
+        self._ex.wait_for_event(name, task)
+        return task
+
+    def send_event(self, instance_id: str, event_name: str, *, data: Any = None) -> None:
+        """Raise ``event_name`` on another instance, exactly once, after this episode commits.
+
+        Sending to a missing or completed instance, or to itself, does not fail the sender.
+        """
+        if not isinstance(event_name, str) or not event_name:
+            raise ValueError("event name must be a non-empty string")
+        from duraray.orchestrations.ids import validate_instance_id
+
+        validate_instance_id(instance_id)
+        ex = self._ex
+        encoded = ex.converter.encode(data)
+        seq = ex.next_sequence()
+        ex.record_action(
+            h.EventSent(
+                timestamp=self.current_utc_datetime,
+                event_id=seq,
+                instance_id=instance_id,
+                name=event_name,
+                input=encoded,
+            ),
+            None,
+        )
+
+    def continue_as_new(self, new_input: Any = None, *, save_events: bool = False) -> None:
+        """End this execution and start the next with ``new_input`` and a fresh history.
+
+        With ``save_events=True`` external events received but not yet consumed are
+        carried over to the next execution; otherwise they are dropped.
+        """
+        ex = self._ex
+        ex.continue_as_new_input = ex.converter.encode(new_input)
+        ex.continue_as_new_called = True
+        ex.save_events = bool(save_events)
+
+
+def _result_hint(target: Any) -> Any:
+    if callable(target) and not isinstance(target, str):
+        from duraray.orchestrations.executor import return_type_hint
+
+        return return_type_hint(target)
+    return None
+
+
+def _check_tags(tags: Any) -> None:
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise TypeError("tags must be a dict of str to str")
+
+
+class ReplaySafeLogger:
+    """A logger proxy that drops every call while the orchestration is replaying."""
+
+    _METHODS = frozenset(
+        {"debug", "info", "warning", "warn", "error", "exception", "critical", "log", "msg", "fatal"}
+    )
+
+    def __init__(self, logger: Any, context: OrchestrationContext) -> None:
+        self._logger = logger
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._logger, name)
+        if name in self._METHODS:
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if self._context.is_replaying:
+                    return None
+                return attr(*args, **kwargs)
+
+            return call
+        return attr
+
+    @property
+    def is_enabled(self) -> bool:
+        """False while replaying."""
+        return not self._context.is_replaying
+
+
+__all__ = ["OrchestrationContext", "ReplaySafeLogger", "Task", "replaying_var"]
+_ = logging

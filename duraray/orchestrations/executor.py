@@ -1,0 +1,578 @@
+"""The replay executor: history events in, new history events (actions) and status out.
+
+One ``OrchestrationExecutor`` drives one execution (generation) of one orchestration
+instance. It is pure: no I/O, no clock, no Ray, no storage. Time comes from
+``OrchestratorStarted`` events, ids from the instance id and a counter.
+
+Two ways to reach the same state, which must produce identical actions:
+
+- **replay**: a fresh executor processes the committed history with ``replaying=True``;
+  every action the code produces is matched against the action events recorded in the
+  history (``TaskScheduled``, ``TimerCreated`` ...), and a mismatch is a
+  ``NonDeterminismError`` that names both sides;
+- **resume**: the partition keeps the executor (and so the live generator) in memory
+  after an episode and feeds it only the next episode's events.
+
+Each episode the partition calls ``process(new_events)`` and ``take_new_events()``; the
+returned events (the actions, then the completion, if any) are appended to the history
+after the episode's input events, so that replaying the history reproduces the episode.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol, get_type_hints
+
+from duraray._errors import (
+    FailureDetails,
+    NonDeterminismError,
+    SerializationError,
+    TaskFailedError,
+)
+from duraray.orchestrations import history as h
+from duraray.orchestrations.context import (
+    OrchestrationContext,
+    RetryTimer,
+    TimerChunk,
+    replaying_var,
+)
+from duraray.orchestrations.task import CancellableTask, RetryableTask, Task, TimerTask
+
+
+class PayloadConverter(Protocol):
+    """Encodes and decodes payloads; ``duraray.runtime.codec`` is the implementation."""
+
+    def encode(self, value: Any) -> bytes: ...
+
+    def decode(self, data: bytes | None, type_hint: Any = None) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorOptions:
+    """Knobs of the executor that the hub's configuration sets.
+
+    ``maximum_timer_interval`` splits timers longer than it into a chain of shorter ones
+    (each a ``TimerCreated``/``TimerFired`` pair), for backends that cap timer length.
+    """
+
+    maximum_timer_interval: timedelta | None = None
+
+
+class _StopExecution(BaseException):
+    """Unwinds the executor when the execution has ended (e.g. a replay mismatch).
+
+    A BaseException so that user code's ``except Exception`` cannot swallow it.
+    """
+
+
+def action_label(event: h.HistoryEvent) -> str:
+    """How an action event reads in messages: ``call_activity('charge')``."""
+    if isinstance(event, h.TaskScheduled):
+        return f"call_activity({event.name!r})"
+    if isinstance(event, h.TimerCreated):
+        return "create_timer"
+    if isinstance(event, h.SubOrchestrationInstanceCreated):
+        return f"call_sub_orchestrator({event.name!r})"
+    if isinstance(event, h.EventSent):
+        return f"send_event({event.instance_id!r}, {event.name!r})"
+    return type(event).__name__
+
+
+def _action_key(event: h.HistoryEvent) -> tuple[str, str]:
+    """What must match between a recorded action and the code's: its kind and name."""
+    if isinstance(event, h.TaskScheduled | h.SubOrchestrationInstanceCreated):
+        return (type(event).__name__, event.name)
+    if isinstance(event, h.EventSent):
+        return (type(event).__name__, event.name.lower())
+    return (type(event).__name__, "")
+
+
+@functools.lru_cache(maxsize=1024)
+def input_type_hint(fn: Callable[..., Any]) -> Any:
+    """The annotated type of a function's input parameter (the second one), or None."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if len(params) < 2:
+        return None
+    try:
+        hints = get_type_hints(fn)
+    except Exception:
+        return None
+    return hints.get(params[1].name)
+
+
+@functools.lru_cache(maxsize=1024)
+def return_type_hint(fn: Callable[..., Any]) -> Any:
+    """The annotated return type of a function, or None."""
+    try:
+        return get_type_hints(fn).get("return")
+    except Exception:
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def accepts_input(fn: Callable[..., Any]) -> bool:
+    """True when ``fn(ctx, input)`` can be called; False for ``fn(ctx)``."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    positional = [
+        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in positional)
+
+
+class OrchestrationExecutor:
+    """Runs one orchestration execution, by replay or by resuming its live generator."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any] | None,
+        *,
+        instance_id: str,
+        converter: PayloadConverter,
+        name_of: Callable[[str, Any], str] | None = None,
+        options: ExecutorOptions | None = None,
+    ) -> None:
+        self.instance_id = instance_id
+        self.converter = converter
+        self.options = options or ExecutorOptions()
+        self._fn = fn
+        self._name_of = name_of or _default_name_of
+        self.context = OrchestrationContext(self)
+
+        self.started: h.ExecutionStarted | None = None
+        self.now: datetime | None = None
+        self.replaying = False
+        #: the ExecutionCompleted or ContinueAsNew event once the execution has ended
+        self.completion: h.HistoryEvent | None = None
+        #: encoded custom status (None = cleared)
+        self.custom_status: bytes | None = None
+        self.continue_as_new_input: Any = None
+        self.continue_as_new_called = False
+        self.save_events = False
+
+        self._gen: Generator[Any, Any, Any] | None = None
+        self._awaited: Task[Any] | None = None
+        self._sequence = 0
+        self._uuid_counter = 0
+        # Actions the code produced that the history has not confirmed yet (replay), and
+        # actions produced for the current episode (live).
+        self._unmatched: dict[int, h.HistoryEvent] = {}
+        self._new_events: list[h.HistoryEvent] = []
+        # Open tasks by task id: what a completion event for that id completes.
+        self._open: dict[int, Any] = {}
+        self._waiters: dict[str, deque[CancellableTask[Any]]] = {}
+        self._buffered: dict[str, deque[Any]] = {}
+        self._buffered_names: dict[str, str] = {}
+        self._arrivals = 0
+
+    # -- the episode interface -----------------------------------------------------------
+
+    def process(self, events: Iterable[h.HistoryEvent], *, replaying: bool = False) -> None:
+        """Apply events in order; ``replaying=True`` for events already in the history."""
+        if not replaying:
+            self._begin_live()
+        self.replaying = replaying
+        token = replaying_var.set(replaying)
+        try:
+            for event in events:
+                if self.completion is not None:
+                    break
+                try:
+                    self._apply(event)
+                except _StopExecution:
+                    break
+        finally:
+            replaying_var.reset(token)
+            self.replaying = False
+
+    def take_new_events(self) -> list[h.HistoryEvent]:
+        """The action events (then the completion) produced since the last call."""
+        self._begin_live()
+        events, self._new_events = self._new_events, []
+        return events
+
+    @property
+    def is_complete(self) -> bool:
+        """True once the execution ended (completed, failed or continued as new)."""
+        return self.completion is not None
+
+    @property
+    def is_waiting(self) -> bool:
+        """True while the generator waits for a task (the normal idle state)."""
+        return self.completion is None and self._awaited is not None
+
+    def buffered_events(self) -> list[tuple[str, Any]]:
+        """External events received but not consumed: (name, encoded data), arrival order."""
+        return _merge_by_arrival(self._buffered, self._buffered_names)
+
+    def close(self) -> None:
+        """Drop the live generator (eviction); user ``finally`` blocks see GeneratorExit."""
+        gen, self._gen = self._gen, None
+        if gen is not None:
+            token = replaying_var.set(True)
+            try:
+                gen.close()
+            except Exception:
+                pass
+            finally:
+                replaying_var.reset(token)
+
+    # -- internal: actions ---------------------------------------------------------------
+
+    def _begin_live(self) -> None:
+        # Actions produced during replay that the history does not contain are new actions
+        # (e.g. the code schedules more work at the end of the last episode): emit them.
+        if self._unmatched:
+            for seq in sorted(self._unmatched):
+                self._new_events.append(self._unmatched[seq])
+            self._unmatched.clear()
+
+    def next_sequence(self) -> int:
+        seq = self._sequence
+        self._sequence += 1
+        return seq
+
+    def next_uuid_counter(self) -> int:
+        value = self._uuid_counter
+        self._uuid_counter += 1
+        return value
+
+    def record_action(self, event: h.HistoryEvent, task: Any) -> None:
+        """Register an action the code produced and what its completion completes."""
+        seq = _event_id(event)
+        if task is not None:
+            self._open[seq] = task
+        if self.replaying:
+            self._unmatched[seq] = event
+        else:
+            self._new_events.append(event)
+
+    def cancel_open(self, task: CancellableTask[Any]) -> None:
+        for seq, entry in list(self._open.items()):
+            if entry is task or (isinstance(entry, TimerChunk) and entry.task is task):
+                del self._open[seq]
+
+    # -- internal: event application -------------------------------------------------------
+
+    def _apply(self, event: h.HistoryEvent) -> None:
+        if isinstance(event, h.OrchestratorStarted):
+            self.now = event.timestamp
+        elif isinstance(event, h.ExecutionStarted):
+            self._start(event)
+        elif isinstance(event, h.TaskCompleted | h.SubOrchestrationInstanceCompleted):
+            self._on_success(event.task_scheduled_id, event.result)
+        elif isinstance(event, h.TaskFailed | h.SubOrchestrationInstanceFailed):
+            self._on_failure(event)
+        elif isinstance(event, h.TimerFired):
+            self._on_timer(event)
+        elif isinstance(event, h.EventRaised):
+            self._on_event(event)
+        elif isinstance(
+            event,
+            h.TaskScheduled | h.TimerCreated | h.SubOrchestrationInstanceCreated | h.EventSent,
+        ):
+            self._match(event)
+        # Suspension, resumption, rewind markers and unknown events carry no code-visible
+        # effect: the partition decides when events reach the executor.
+
+    def _match(self, recorded: h.HistoryEvent) -> None:
+        seq = _event_id(recorded)
+        produced = self._unmatched.pop(seq, None)
+        if produced is None:
+            self._non_determinism(
+                f"history has {action_label(recorded)} at #{seq}, but the code no longer "
+                "schedules anything there"
+            )
+        if _action_key(produced) != _action_key(recorded):
+            self._non_determinism(
+                f"history has {action_label(recorded)} at #{seq}, the code now calls "
+                f"{action_label(produced)}"
+            )
+
+    def _non_determinism(self, message: str) -> None:
+        err = NonDeterminismError(
+            f"{message}; was the orchestration changed while instances were running?"
+        )
+        self._finish_failed(err)
+        raise _StopExecution
+
+    def _start(self, event: h.ExecutionStarted) -> None:
+        self.started = event
+        if self.now is None:
+            self.now = event.timestamp
+        fn = self._fn
+        if fn is None:
+            from duraray._errors import OrchestratorNotRegisteredError
+
+            self._finish_failed(
+                OrchestratorNotRegisteredError(
+                    f"orchestrator {event.name!r} is not registered with this hub"
+                )
+            )
+            return
+        try:
+            value = self.converter.decode(event.input, input_type_hint(fn))
+            result = fn(self.context, value) if accepts_input(fn) else fn(self.context)
+        except Exception as exc:
+            self._finish_failed(exc)
+            return
+        if isinstance(result, types.GeneratorType):
+            self._gen = result
+            self._step(None, None)
+        else:
+            self._finish_completed(result)
+
+    def _on_success(self, seq: int, result: bytes | None) -> None:
+        task = self._open.pop(seq, None)
+        if task is None:
+            return  # duplicate, cancelled or unknown completion: nothing waits for it
+        try:
+            value = self.converter.decode(result, task.result_hint)
+        except SerializationError as exc:
+            task._fail(TaskFailedError(f"{task.description} returned an undecodable result: {exc}"))
+        else:
+            task._complete(value)
+        self._resume()
+
+    def _on_failure(self, event: h.TaskFailed | h.SubOrchestrationInstanceFailed) -> None:
+        seq = event.task_scheduled_id
+        task = self._open.pop(seq, None)
+        if task is None:
+            return
+        details = event.failure
+        if isinstance(task, RetryableTask) and self._should_retry(task, details):
+            delay = task.policy.delay_after(task.attempt)
+            assert self.now is not None
+            timer_seq = self.next_sequence()
+            self.record_action(
+                h.TimerCreated(timestamp=self.now, event_id=timer_seq, fire_at=self.now + delay),
+                RetryTimer(task),
+            )
+            return
+        kind = "Sub-orchestration" if isinstance(event, h.SubOrchestrationInstanceFailed) else "Activity"
+        task._fail(TaskFailedError(f"{kind} task #{seq} failed: {details.message}", details))
+        self._resume()
+
+    def _should_retry(self, task: RetryableTask[Any], details: FailureDetails) -> bool:
+        policy = task.policy
+        if details.non_retriable or task.attempt >= policy.max_number_of_attempts:
+            return False
+        if policy.retry_timeout is not None and self.now is not None:
+            next_start = self.now + policy.delay_after(task.attempt)
+            if next_start - task.first_attempt_at > policy.retry_timeout:
+                return False
+        return True
+
+    def _on_timer(self, event: h.TimerFired) -> None:
+        entry = self._open.pop(event.timer_id, None)
+        if entry is None:
+            return
+        if isinstance(entry, RetryTimer):
+            entry.task.attempt += 1
+            entry.task.reschedule(entry.task)
+            return
+        if isinstance(entry, TimerChunk):
+            entry = entry.task
+        timer: TimerTask = entry
+        assert self.now is not None
+        if event.fire_at < timer.fire_at:
+            self.context._schedule_timer_chunk(timer)
+            return
+        timer._complete(None)
+        self._resume()
+
+    def _on_event(self, event: h.EventRaised) -> None:
+        key = event.name.lower()
+        waiters = self._waiters.get(key)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.is_complete:
+                waiter._complete(self._decode_event(event.input))
+                self._resume()
+                return
+        self._buffered.setdefault(key, deque()).append((self._arrival(), event.input))
+        self._buffered_names.setdefault(key, event.name)
+
+    def _arrival(self) -> int:
+        self._arrivals += 1
+        return self._arrivals
+
+    def _decode_event(self, data: bytes | None) -> Any:
+        try:
+            return self.converter.decode(data)
+        except SerializationError:
+            return None
+
+    def wait_for_event(self, name: str, task: CancellableTask[Any]) -> None:
+        key = name.lower()
+        queue = self._buffered.get(key)
+        if queue:
+            _, data = queue.popleft()
+            task._complete(self._decode_event(data))
+            return
+        self._waiters.setdefault(key, deque()).append(task)
+
+        def _forget(t: CancellableTask[Any]) -> None:
+            waiters = self._waiters.get(key)
+            if waiters and t in waiters:
+                waiters.remove(t)
+
+        task._on_cancel = _forget
+
+    # -- internal: driving the generator -------------------------------------------------
+
+    def _resume(self) -> None:
+        awaited = self._awaited
+        if awaited is not None and awaited.is_complete and self.completion is None:
+            self._awaited = None
+            if awaited.is_failed:
+                self._step(None, awaited.get_exception())
+            else:
+                self._step(awaited._result, None)
+
+    def _step(self, value: Any, exc: BaseException | None) -> None:
+        """Run the generator until it waits on an incomplete task or ends."""
+        gen = self._gen
+        assert gen is not None
+        while True:
+            try:
+                yielded = gen.throw(exc) if exc is not None else gen.send(value)
+            except StopIteration as stop:
+                self._finish_completed(stop.value)
+                return
+            except _StopExecution:
+                raise
+            except Exception as error:
+                self._finish_failed(error)
+                return
+            if self.continue_as_new_called:
+                self._finish_continue_as_new()
+                return
+            if not isinstance(yielded, Task):
+                self._finish_failed(
+                    TypeError(
+                        f"orchestrator yielded {type(yielded).__name__!r}; yield tasks from the "
+                        "context (ctx.call_activity, ctx.create_timer, when_all, ...)"
+                    )
+                )
+                return
+            if not yielded.is_complete:
+                self._awaited = yielded
+                return
+            value, exc = (None, yielded.get_exception()) if yielded.is_failed else (yielded._result, None)
+
+    # -- internal: completion --------------------------------------------------------------
+
+    def _finish_completed(self, result: Any) -> None:
+        if self.continue_as_new_called:
+            self._finish_continue_as_new()
+            return
+        try:
+            encoded = self.converter.encode(result)
+        except SerializationError as exc:
+            self._finish_failed(exc)
+            return
+        self._finish(h.ExecutionCompleted(
+            timestamp=self._timestamp(), status=h.OrchestrationStatus.COMPLETED, result=encoded
+        ))
+
+    def _finish_failed(self, exc: BaseException) -> None:
+        self._finish(h.ExecutionCompleted(
+            timestamp=self._timestamp(),
+            status=h.OrchestrationStatus.FAILED,
+            failure=FailureDetails.from_exception(exc),
+        ))
+
+    def _finish_continue_as_new(self) -> None:
+        self._finish(h.ContinueAsNew(timestamp=self._timestamp(), input=self.continue_as_new_input))
+
+    def _finish(self, event: h.HistoryEvent) -> None:
+        if self.completion is not None:
+            return
+        self.completion = event
+        self._awaited = None
+        self._open.clear()
+        # The completion is always a new event: completed executions are never replayed.
+        self._begin_live()
+        self._new_events.append(event)
+        gen, self._gen = self._gen, None
+        if gen is not None:
+            try:
+                gen.close()
+            except Exception:
+                pass
+
+    def _timestamp(self) -> datetime:
+        assert self.now is not None
+        return self.now
+
+
+def _event_id(event: h.HistoryEvent) -> int:
+    return event.event_id  # type: ignore[attr-defined, no-any-return]
+
+
+def _default_name_of(kind: str, target: Any) -> str:
+    if isinstance(target, str):
+        return target
+    name = getattr(target, "__name__", None)
+    if not name:
+        raise TypeError(f"expected a {kind} function or name, got {target!r}")
+    return str(name)
+
+
+def _merge_by_arrival(
+    buffered: dict[str, deque[Any]], names: dict[str, str]
+) -> list[tuple[str, Any]]:
+    rows = [
+        (arrival, names.get(key, key), data)
+        for key, queue in buffered.items()
+        for arrival, data in queue
+    ]
+    rows.sort(key=lambda row: row[0])
+    return [(name, data) for _, name, data in rows]
+
+
+def replay(
+    fn: Callable[..., Any] | None,
+    history: Iterable[h.HistoryEvent],
+    new_events: Iterable[h.HistoryEvent] = (),
+    *,
+    instance_id: str,
+    converter: PayloadConverter,
+    name_of: Callable[[str, Any], str] | None = None,
+    options: ExecutorOptions | None = None,
+) -> tuple[OrchestrationExecutor, list[h.HistoryEvent]]:
+    """The executor as a pure function: (history, new events) -> (state, new action events).
+
+    Builds a fresh executor, replays ``history``, applies ``new_events`` live and returns
+    the executor (for its status, custom status and completion) with the new events.
+    """
+    executor = OrchestrationExecutor(
+        fn, instance_id=instance_id, converter=converter, name_of=name_of, options=options
+    )
+    executor.process(history, replaying=True)
+    executor.process(new_events, replaying=False)
+    return executor, executor.take_new_events()
+
+
+__all__ = [
+    "ExecutorOptions",
+    "OrchestrationExecutor",
+    "PayloadConverter",
+    "accepts_input",
+    "action_label",
+    "input_type_hint",
+    "replay",
+    "return_type_hint",
+]

@@ -1,0 +1,1 @@
+"""The duraray runtime: partitions, their storage, and the processes that host them."""
