@@ -21,7 +21,7 @@ import contextlib
 import fcntl
 import os
 import threading
-from typing import Any
+from typing import Any, Self
 
 import lmdb
 
@@ -49,7 +49,8 @@ MAX_KEY_SIZE = 511
 
 _LOCK_FILE = "duraray.lock"
 
-Op = tuple[Any, ...]  # ("put", db, key, value) | ("delete", db, key) | ("delete_prefix", db, prefix)
+# ("put", db, key, value) | ("delete", db, key) | ("delete_prefix", db, prefix)
+Op = tuple[Any, ...]
 
 
 class StoreClosedError(RuntimeError):
@@ -135,9 +136,6 @@ class WriteBatch:
     def __bool__(self) -> bool:
         return bool(self._ops)
 
-    def __repr__(self) -> str:
-        return f"<WriteBatch ops={len(self._ops)}>"
-
 
 class PartitionStore(abc.ABC):
     """The storage contract a partition relies on.
@@ -196,12 +194,10 @@ class PartitionStore(abc.ABC):
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         lo, hi = _bounds(prefix, start, stop)
-        if limit == 0 or (hi is not None and lo >= hi):
-            with self._lock:
-                self._check_open()
-            return []
         with self._lock:
             self._check_open()
+            if limit == 0 or (hi is not None and lo >= hi):
+                return []  # the cursor code below may then assume a non-empty range
             return self._scan(db, lo, hi, reverse, limit)
 
     def count(self, db: str, *, prefix: bytes = b"") -> int:
@@ -233,7 +229,7 @@ class PartitionStore(abc.ABC):
             self._closed = True
             self._close()
 
-    def __enter__(self) -> PartitionStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -443,8 +439,9 @@ class LmdbStore(PartitionStore):
         return fd
 
     def _release_dir_lock(self) -> None:
-        # The file is left in place: unlinking it would let a newcomer lock a fresh inode
-        # while a waiter still holds the old one. Truncating it drops our stale pid.
+        # The file is left in place: if we unlinked it, a contender that had already opened
+        # the old inode could lock it while a newcomer creates and locks a new file, giving
+        # the directory two owners. Truncating it just drops our stale pid.
         with contextlib.suppress(OSError):
             os.ftruncate(self._lock_fd, 0)
         os.close(self._lock_fd)  # closing the last fd on the description releases flock

@@ -1,0 +1,107 @@
+"""duraray: durable orchestrations, activities and entities (the Durable Task model) on Ray.
+
+Orchestrations are generator functions replayed from an event log; activities do the
+work; state lives in partitions, each with its own LMDB event log. Everything public is
+importable from here.
+"""
+
+from duraray._errors import (
+    ActivityNotRegisteredError,
+    DurableError,
+    EntityOperationFailedError,
+    FailureDetails,
+    HubConfigurationError,
+    InstanceAlreadyExistsError,
+    InstanceNotFoundError,
+    InstanceStateError,
+    LockingRuleError,
+    NonDeterminismError,
+    OrchestrationFailedError,
+    OrchestratorNotRegisteredError,
+    SerializationError,
+    TaskCancelledError,
+    TaskFailedError,
+)
+from duraray.app import App
+from duraray.config import HubConfig
+from duraray.orchestrations.context import OrchestrationContext, ReplaySafeLogger
+from duraray.orchestrations.history import (
+    ContinueAsNew,
+    EventRaised,
+    EventSent,
+    ExecutionCompleted,
+    ExecutionResumed,
+    ExecutionRewound,
+    ExecutionStarted,
+    ExecutionSuspended,
+    ExecutionTerminated,
+    HistoryEvent,
+    OrchestrationStatus,
+    OrchestratorStarted,
+    SubOrchestrationInstanceCompleted,
+    SubOrchestrationInstanceCreated,
+    SubOrchestrationInstanceFailed,
+    TaskCompleted,
+    TaskFailed,
+    TaskScheduled,
+    TimerCreated,
+    TimerFired,
+)
+from duraray.orchestrations.task import RetryPolicy, Task, when_all, when_any
+from duraray.runtime.activity import ActivityContext
+from duraray.runtime.client import Client, OrchestrationState, Page, PurgeResult
+from duraray.runtime.partition import ReuseIdPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivityContext",
+    "ActivityNotRegisteredError",
+    "App",
+    "Client",
+    "ContinueAsNew",
+    "DurableError",
+    "EntityOperationFailedError",
+    "EventRaised",
+    "EventSent",
+    "ExecutionCompleted",
+    "ExecutionResumed",
+    "ExecutionRewound",
+    "ExecutionStarted",
+    "ExecutionSuspended",
+    "ExecutionTerminated",
+    "FailureDetails",
+    "HistoryEvent",
+    "HubConfig",
+    "HubConfigurationError",
+    "InstanceAlreadyExistsError",
+    "InstanceNotFoundError",
+    "InstanceStateError",
+    "LockingRuleError",
+    "NonDeterminismError",
+    "OrchestrationContext",
+    "OrchestrationFailedError",
+    "OrchestrationState",
+    "OrchestrationStatus",
+    "OrchestratorNotRegisteredError",
+    "OrchestratorStarted",
+    "Page",
+    "PurgeResult",
+    "ReplaySafeLogger",
+    "RetryPolicy",
+    "ReuseIdPolicy",
+    "SerializationError",
+    "SubOrchestrationInstanceCompleted",
+    "SubOrchestrationInstanceCreated",
+    "SubOrchestrationInstanceFailed",
+    "Task",
+    "TaskCancelledError",
+    "TaskCompleted",
+    "TaskFailed",
+    "TaskScheduled",
+    "TimerCreated",
+    "TimerFired",
+    "__version__",
+    "when_all",
+    "when_any",
+]

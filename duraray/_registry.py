@@ -1,0 +1,87 @@
+"""The names under which a hub knows its orchestrations, activities and entities.
+
+Pure data: the App fills it, partitions and workers look code up in it by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ActivitySpec:
+    """A registered activity: the function and its execution options."""
+
+    name: str
+    fn: Callable[..., Any]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """Orchestrations, activities and entities by name; names are unique per kind."""
+
+    def __init__(self) -> None:
+        self.orchestrations: dict[str, Callable[..., Any]] = {}
+        self.activities: dict[str, ActivitySpec] = {}
+        self.entities: dict[str, Any] = {}
+        # Function -> registered name, so code can pass the function itself.
+        self._names: dict[tuple[str, int], str] = {}
+
+    def add_orchestration(self, fn: Callable[..., Any], name: str | None = None) -> str:
+        """Register an orchestrator (a generator function or a plain function)."""
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"orchestration {getattr(fn, '__name__', fn)!r} is async; orchestrations are "
+                "generator functions that yield tasks (use `yield`, not `await`)"
+            )
+        return self._add("orchestration", self.orchestrations, fn, name, fn)
+
+    def add_activity(
+        self, fn: Callable[..., Any], name: str | None = None, **options: Any
+    ) -> str:
+        """Register an activity with its execution options."""
+        resolved = _check_name("activity", name or getattr(fn, "__name__", None))
+        spec = ActivitySpec(resolved, fn, dict(options))
+        return self._add("activity", self.activities, fn, resolved, spec)
+
+    def add_entity(self, target: Any, name: str | None = None) -> str:
+        """Register an entity class or function; entity names are lower-cased."""
+        resolved = _check_name("entity", name or getattr(target, "__name__", None)).lower()
+        return self._add("entity", self.entities, target, resolved, target)
+
+    def _add(
+        self, kind: str, table: dict[str, Any], fn: Any, name: str | None, value: Any
+    ) -> str:
+        if not callable(fn):
+            raise TypeError(f"{kind} must be callable, got {fn!r}")
+        resolved = _check_name(kind, name or getattr(fn, "__name__", None))
+        if resolved in table:
+            raise ValueError(f"an {kind} named {resolved!r} is already registered")
+        table[resolved] = value
+        self._names.setdefault((kind, id(fn)), resolved)
+        return resolved
+
+    def name_of(self, kind: str, target: Any) -> str:
+        """The registered name of a function (or the name itself, if given a string)."""
+        if isinstance(target, str):
+            if not target:
+                raise ValueError(f"{kind} name must not be empty")
+            return target.lower() if kind == "entity" else target
+        name = self._names.get((kind, id(target)))
+        if name is not None:
+            return name
+        fallback = getattr(target, "__name__", None)
+        if not fallback:
+            raise TypeError(f"expected a registered {kind} or its name, got {target!r}")
+        return fallback.lower() if kind == "entity" else str(fallback)
+
+
+def _check_name(kind: str, name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{kind} needs a non-empty name")
+    if any(ord(ch) < 32 for ch in name) or "@" in name and kind == "entity":
+        raise ValueError(f"invalid {kind} name {name!r}")
+    return name

@@ -1,0 +1,123 @@
+"""App: a task hub's code (orchestrations, activities, entities) and how to run it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, TypeVar, overload
+
+from duraray._registry import Registry
+from duraray.config import HubConfig
+from duraray.orchestrations.ids import validate_instance_id
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class App:
+    """A task hub: its name, its registered code and its configuration.
+
+    ``App(name="default", *, partitions=4, **options)``; options are ``HubConfig`` fields.
+    """
+
+    def __init__(self, name: str = "default", *, partitions: int = 4, **options: Any) -> None:
+        if not isinstance(name, str) or not name or "/" in name or not name.isprintable():
+            raise ValueError(f"invalid hub name {name!r}: use a non-empty name without '/'")
+        validate_instance_id(name)
+        self.name = name
+        self.config = HubConfig(partitions=partitions).with_options(**options)
+        self.registry = Registry()
+
+    # -- registration ----------------------------------------------------------------------
+
+    @overload
+    def orchestration(self, fn: F) -> F: ...
+    @overload
+    def orchestration(self, fn: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
+
+    def orchestration(self, fn: Any = None, *, name: str | None = None) -> Any:
+        """Register an orchestrator: ``@app.orchestration`` or ``@app.orchestration(name=...)``."""
+        if fn is None:
+            return lambda f: self._register_orchestration(f, name)
+        return self._register_orchestration(fn, name)
+
+    def _register_orchestration(self, fn: F, name: str | None) -> F:
+        self.registry.add_orchestration(fn, name)
+        return fn
+
+    @overload
+    def activity(self, fn: F) -> F: ...
+    @overload
+    def activity(
+        self, fn: None = None, *, name: str | None = None, **options: Any
+    ) -> Callable[[F], F]: ...
+
+    def activity(self, fn: Any = None, *, name: str | None = None, **options: Any) -> Any:
+        """Register an activity: ``@app.activity`` or ``@app.activity(num_cpus=1, ...)``."""
+        if fn is None:
+            return lambda f: self._register_activity(f, name, options)
+        return self._register_activity(fn, name, options)
+
+    def _register_activity(self, fn: F, name: str | None, options: dict[str, Any]) -> F:
+        self.registry.add_activity(fn, name, **options)
+        return fn
+
+    def entity(self, target: Any = None, *, name: str | None = None) -> Any:
+        """Register an entity class or function: ``@app.entity``."""
+        if target is None:
+            return lambda t: self._register_entity(t, name)
+        return self._register_entity(target, name)
+
+    def _register_entity(self, target: Any, name: str | None) -> Any:
+        self.registry.add_entity(target, name)
+        return target
+
+    def add_orchestration(self, fn: Callable[..., Any], name: str | None = None) -> str:
+        """Register an orchestrator; returns its name."""
+        return self.registry.add_orchestration(fn, name)
+
+    def add_activity(self, fn: Callable[..., Any], name: str | None = None, **options: Any) -> str:
+        """Register an activity with options; returns its name."""
+        return self.registry.add_activity(fn, name, **options)
+
+    def add_entity(self, target: Any, name: str | None = None) -> str:
+        """Register an entity class or function; returns its (lower-cased) name."""
+        return self.registry.add_entity(target, name)
+
+    # -- running ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def run(
+        self,
+        *,
+        address: str | None = None,
+        data_dir: str | None = None,
+        in_process: bool = False,
+        clock: Callable[[], datetime] | None = None,
+        **options: Any,
+    ) -> Iterator[Any]:
+        """Run the hub for the duration of a ``with`` block and yield a ``Client``.
+
+        ``in_process=True`` runs the same engine without Ray (``data_dir=":memory:"`` keeps
+        everything in memory; ``clock`` may be a ``duraray.testing.ManualClock``).
+        Otherwise a local Ray instance (or the one at ``address``) hosts the partitions.
+        Data lives in ``./.duraray`` unless ``data_dir`` is given, and survives the run.
+        """
+        config = self.config.with_options(**options)
+        if data_dir is not None:
+            config = config.with_options(data_dir=str(data_dir))
+        if not in_process:
+            raise NotImplementedError(
+                "the Ray runtime is not available in this build; use in_process=True"
+            )
+        from duraray.runtime.client import Client
+        from duraray.runtime.inprocess import InProcessHub
+
+        hub = InProcessHub(self.name, self.registry, config, clock=clock)
+        client = Client(
+            hub, hub=self.name, registry=self.registry, max_payload_bytes=config.max_payload_bytes
+        )
+        try:
+            yield client
+        finally:
+            hub.close()

@@ -1,0 +1,465 @@
+"""The client: start, query and control orchestration instances of a hub.
+
+A client talks to partitions through a transport (in-process or Ray) that turns
+``(partition, operation, arguments)`` into a future. The client routes each instance id
+to its partition, fans queries and bulk purges out to every partition and merges the
+answers; it never touches storage.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Generic, Protocol, TypeVar
+
+from duraray._errors import (
+    FailureDetails,
+    InstanceNotFoundError,
+    InstanceStateError,
+    OrchestrationFailedError,
+    SerializationError,
+)
+from duraray._registry import Registry
+from duraray.orchestrations import history as h
+from duraray.orchestrations.ids import validate_instance_id
+from duraray.runtime import codec
+from duraray.runtime import records as r
+from duraray.runtime.partition import ReuseIdPolicy
+from duraray.runtime.records import InstanceRecord
+from duraray.runtime.routing import partition_for
+
+T = TypeVar("T")
+OrchestrationStatus = h.OrchestrationStatus
+
+
+class Transport(Protocol):
+    """How a client reaches partitions: one future per request."""
+
+    @property
+    def partition_count(self) -> int: ...
+
+    def submit(
+        self, partition: int, op: str, args: dict[str, Any], request_id: str | None = None
+    ) -> Future[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OrchestrationState:
+    """A snapshot of an orchestration instance, with decoded payloads."""
+
+    instance_id: str
+    name: str
+    runtime_status: OrchestrationStatus
+    created_at: datetime
+    last_updated_at: datetime
+    input: Any = None
+    output: Any = None
+    custom_status: Any = None
+    failure_details: FailureDetails | None = None
+    tags: dict[str, str] | None = None
+    version: str | None = None
+    parent_instance_id: str | None = None
+    completed_at: datetime | None = None
+    scheduled_start_at: datetime | None = None
+
+    @property
+    def serialized_input(self) -> str | None:
+        """The input as JSON text (for tools that expect Durable Functions' strings)."""
+        return _to_json(self.input)
+
+    @property
+    def serialized_output(self) -> str | None:
+        """The output as JSON text."""
+        return _to_json(self.output)
+
+    @property
+    def serialized_custom_status(self) -> str | None:
+        """The custom status as JSON text."""
+        return _to_json(self.custom_status)
+
+    def raise_if_failed(self) -> None:
+        """Raise ``OrchestrationFailedError`` if the instance FAILED."""
+        if self.runtime_status is OrchestrationStatus.FAILED:
+            details = self.failure_details
+            message = details.message if details else "orchestration failed"
+            raise OrchestrationFailedError(
+                f"orchestration {self.instance_id!r} failed: {message}", details
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """How many instances a purge deleted."""
+
+    deleted_instance_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a query; pass ``continuation_token`` back for the next (None: done)."""
+
+    items: list[T]
+    continuation_token: str | None = None
+
+
+def _to_json(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, default=str)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__}")
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def _statuses(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, OrchestrationStatus | str) else list(value)
+    return [OrchestrationStatus(s).value if isinstance(s, str) else s.value for s in items]
+
+
+class Client:
+    """A synchronous client of one hub; every method is also on ``AsyncClient``."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        hub: str,
+        registry: Registry | None = None,
+        max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD_BYTES,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self._transport = transport
+        self.hub = hub
+        self._registry = registry
+        self._max_payload = max_payload_bytes
+        self._on_close = on_close
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _partition(self, instance_id: str) -> int:
+        return partition_for(instance_id, self._transport.partition_count)
+
+    def _call(
+        self,
+        instance_id: str,
+        op: str,
+        args: dict[str, Any],
+        *,
+        mutating: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        validate_instance_id(instance_id)
+        request_id = uuid.uuid4().hex if mutating else None
+        future = self._transport.submit(
+            self._partition(instance_id), op, {"instance_id": instance_id, **args}, request_id
+        )
+        return future.result(timeout)
+
+    def _call_all(self, op: str, args: dict[str, Any], *, mutating: bool = False) -> list[Any]:
+        futures = [
+            self._transport.submit(p, op, args, uuid.uuid4().hex if mutating else None)
+            for p in range(self._transport.partition_count)
+        ]
+        return [f.result() for f in futures]
+
+    def _encode(self, value: Any, what: str) -> bytes:
+        try:
+            return codec.encode(value, max_size=self._max_payload)
+        except SerializationError as exc:
+            raise type(exc)(f"{what}: {exc}") from None
+
+    def _name(self, kind: str, target: Any) -> str:
+        if self._registry is not None:
+            return self._registry.name_of(kind, target)
+        if isinstance(target, str) and target:
+            return target
+        name = getattr(target, "__name__", None)
+        if not name:
+            raise TypeError(f"expected an {kind} function or name, got {target!r}")
+        return str(name)
+
+    def _state(self, record: InstanceRecord | None) -> OrchestrationState | None:
+        if record is None:
+            return None
+        return OrchestrationState(
+            instance_id=record.instance_id,
+            name=record.name,
+            runtime_status=record.status,
+            created_at=record.created_at,
+            last_updated_at=record.last_updated_at,
+            input=codec.decode(record.input),
+            output=codec.decode(record.output),
+            custom_status=codec.decode(record.custom_status),
+            failure_details=record.failure,
+            tags=record.tags,
+            version=record.version,
+            parent_instance_id=record.parent_instance_id,
+            completed_at=record.completed_at,
+            scheduled_start_at=record.scheduled_start_at,
+        )
+
+    # -- orchestrations --------------------------------------------------------------------
+
+    def schedule_new_orchestration(
+        self,
+        orchestrator: Any,
+        *,
+        input: Any = None,
+        instance_id: str | None = None,
+        start_at: datetime | timedelta | None = None,
+        reuse_id_policy: str | None = None,
+        tags: dict[str, str] | None = None,
+        version: str | None = None,
+    ) -> str:
+        """Start an orchestration instance; returns its id once the start is durable.
+
+        ``start_at`` delays the start (the instance stays PENDING until then).
+        ``reuse_id_policy`` (see ``ReuseIdPolicy``) says what happens when the id exists:
+        by default a terminal instance is replaced and a running one is an error.
+        """
+        name = self._name("orchestration", orchestrator)
+        instance_id = validate_instance_id(instance_id) if instance_id else uuid.uuid4().hex
+        encoded = self._encode(input, "orchestration input")
+        if isinstance(start_at, timedelta):
+            start_at = datetime.now(timezone.utc) + start_at
+        if tags is not None and not (
+            isinstance(tags, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
+        ):
+            raise TypeError("tags must be a dict of str to str")
+        if reuse_id_policy is not None and reuse_id_policy not in ReuseIdPolicy.ALL:
+            raise ValueError(f"unknown reuse_id_policy {reuse_id_policy!r}")
+        return self._start(
+            instance_id, name, encoded, version=version, tags=tags,
+            start_at=_utc(start_at), reuse_policy=reuse_id_policy,
+        )
+
+    def _start(self, instance_id: str, name: str, encoded: bytes | None, **args: Any) -> str:
+        result: str = self._call(
+            instance_id, "start", {"name": name, "input": encoded, **args}, mutating=True
+        )
+        return result
+
+    def get_orchestration_state(
+        self, instance_id: str, *, fetch_payloads: bool = True
+    ) -> OrchestrationState | None:
+        """The instance's current state, or None if there is no such instance."""
+        record = self._call(instance_id, "get_state", {"fetch_payloads": fetch_payloads})
+        return self._state(record)
+
+    def get_orchestration_history(self, instance_id: str) -> list[h.HistoryEvent]:
+        """The current execution's history events, payloads decoded."""
+        events = self._call(instance_id, "get_history", {})
+        return [_decode_payloads(e) for e in events]
+
+    def wait_for_orchestration_start(
+        self, instance_id: str, *, timeout: float = 60
+    ) -> OrchestrationState:
+        """Wait until the instance has left PENDING; ``TimeoutError`` after ``timeout`` s."""
+        return self._wait(instance_id, "start", timeout)
+
+    def wait_for_orchestration_completion(
+        self, instance_id: str, *, timeout: float = 60
+    ) -> OrchestrationState:
+        """Wait until the instance is COMPLETED, FAILED or TERMINATED."""
+        return self._wait(instance_id, "completion", timeout)
+
+    def _wait(self, instance_id: str, kind: str, timeout: float) -> OrchestrationState:
+        try:
+            record = self._call(
+                instance_id, "wait", {"kind": kind, "timeout": float(timeout)}, timeout=timeout
+            )
+        except TimeoutError:
+            raise TimeoutError(
+                f"instance {instance_id!r} did not {'start' if kind == 'start' else 'complete'} "
+                f"within {timeout} s"
+            ) from None
+        state = self._state(record)
+        assert state is not None
+        return state
+
+    def raise_orchestration_event(
+        self, instance_id: str, event_name: str, *, data: Any = None
+    ) -> None:
+        """Deliver an external event; unknown id: InstanceNotFoundError, finished: InstanceStateError."""
+        if not isinstance(event_name, str) or not event_name:
+            raise ValueError("event name must be a non-empty string")
+        encoded = self._encode(data, "event data")
+        self._call(instance_id, "raise_event", {"name": event_name, "data": encoded}, mutating=True)
+
+    def terminate_orchestration(
+        self, instance_id: str, *, output: Any = None, recursive: bool = True
+    ) -> None:
+        """Terminate a running instance (and, recursively, its sub-orchestrations).
+
+        Terminating an instance that already finished is a no-op.
+        """
+        encoded = self._encode(output, "termination output")
+        self._call(
+            instance_id, "terminate", {"output": encoded, "recursive": recursive}, mutating=True
+        )
+
+    def suspend_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
+        """Suspend: events are kept, not applied, until ``resume_orchestration``."""
+        self._call(instance_id, "suspend", {"reason": reason}, mutating=True)
+
+    def resume_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
+        """Resume a suspended instance; events received meanwhile are applied in order."""
+        self._call(instance_id, "resume", {"reason": reason}, mutating=True)
+
+    def rewind_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
+        """Re-run a FAILED instance from its failures: only the failed work runs again."""
+        self._call(instance_id, "rewind", {"reason": reason}, mutating=True)
+
+    def restart_orchestration(
+        self, instance_id: str, *, restart_with_new_instance_id: bool = False
+    ) -> str:
+        """Run a finished instance again with its original input; returns the id used."""
+        record: InstanceRecord | None = self._call(instance_id, "get_state", {})
+        if record is None:
+            raise InstanceNotFoundError(f"no orchestration instance with id {instance_id!r}")
+        if not record.status.is_terminal:
+            raise InstanceStateError(
+                f"cannot restart instance {instance_id!r}: it is {record.status.value}"
+            )
+        new_id = uuid.uuid4().hex if restart_with_new_instance_id else instance_id
+        return self._start(
+            new_id, record.name, record.input, version=record.version, tags=record.tags,
+            start_at=None, reuse_policy=ReuseIdPolicy.ERROR_IF_RUNNING,
+        )
+
+    def purge_orchestration(self, instance_id: str, *, recursive: bool = True) -> PurgeResult:
+        """Delete a finished instance and its history (and its sub-orchestrations')."""
+        total = 0
+        pending = [instance_id]
+        while pending:
+            current = pending.pop()
+            count, children = self._call(current, "purge", {}, mutating=True)
+            total += count
+            if recursive and count:
+                pending.extend(children)
+        return PurgeResult(total)
+
+    def purge_orchestrations_by(
+        self,
+        created_time_from: datetime | None = None,
+        created_time_to: datetime | None = None,
+        runtime_status: Any = None,
+    ) -> PurgeResult:
+        """Delete finished instances created in the range, optionally only some statuses."""
+        counts = self._call_all(
+            "purge_by",
+            {
+                "created_from": _utc(created_time_from),
+                "created_to": _utc(created_time_to),
+                "statuses": _statuses(runtime_status),
+            },
+            mutating=True,
+        )
+        return PurgeResult(sum(counts))
+
+    def query_instances(
+        self,
+        *,
+        runtime_status: Any = None,
+        created_time_from: datetime | None = None,
+        created_time_to: datetime | None = None,
+        instance_id_prefix: str | None = None,
+        page_size: int = 100,
+        continuation_token: str | None = None,
+        fetch_payloads: bool = True,
+    ) -> Page[OrchestrationState]:
+        """One page of instances matching the filters, oldest first."""
+        if not isinstance(page_size, int) or page_size < 1:
+            raise ValueError("page_size must be a positive integer")
+        after = _decode_token(continuation_token)
+        results = self._call_all(
+            "query",
+            {
+                "statuses": _statuses(runtime_status),
+                "created_from": _utc(created_time_from),
+                "created_to": _utc(created_time_to),
+                "prefix": instance_id_prefix,
+                "after": after,
+                "limit": page_size,
+                "fetch_payloads": fetch_payloads,
+            },
+        )
+        merged = sorted(
+            (rec for part in results for rec in part), key=lambda rec: _record_key(rec)
+        )
+        page = merged[:page_size]
+        more = len(merged) > page_size or any(len(part) >= page_size for part in results)
+        token = _encode_token(_record_key(page[-1])) if page and more else None
+        return Page([self._state(rec) for rec in page], token)  # type: ignore[misc]
+
+    def get_all_instances(self, **filters: Any) -> list[OrchestrationState]:
+        """Every instance matching ``query_instances`` filters, following all pages."""
+        out: list[OrchestrationState] = []
+        token = None
+        while True:
+            page = self.query_instances(continuation_token=token, **filters)
+            out.extend(page.items)
+            token = page.continuation_token
+            if token is None:
+                return out
+
+    def partition_stats(self) -> list[dict[str, Any]]:
+        """Counters and load of every partition."""
+        return self._call_all("stats", {})
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the client (and stop the hub it owns, for an embedded run)."""
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _record_key(record: InstanceRecord) -> bytes:
+    return r.created_key(codec.utc_micros(record.created_at), record.instance_id)
+
+
+def _encode_token(key: bytes) -> str:
+    return base64.urlsafe_b64encode(key).decode()
+
+
+def _decode_token(token: str | None) -> bytes | None:
+    if token is None:
+        return None
+    try:
+        key = base64.urlsafe_b64decode(token.encode())
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"malformed continuation token {token!r}") from exc
+    if len(key) < 9:
+        raise ValueError(f"malformed continuation token {token!r}")
+    return key
+
+
+def _decode_payloads(event: h.HistoryEvent) -> h.HistoryEvent:
+    changes = {
+        f: codec.decode(getattr(event, f))
+        for f in h.PAYLOAD_FIELDS
+        if hasattr(event, f) and getattr(event, f) is not None
+    }
+    return dataclasses.replace(event, **changes) if changes else event

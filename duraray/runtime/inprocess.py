@@ -1,0 +1,235 @@
+"""The in-process runtime: every partition of a hub in one process, without Ray.
+
+The same ``PartitionCore`` as on Ray, driven by one engine thread; activities run in a
+thread pool. It serves unit tests of user code (with a memory store and a manual clock
+that can skip ahead to the next timer) and of the engine itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from duraray._registry import Registry
+from duraray.config import HubConfig
+from duraray.runtime.activity import execute_activity
+from duraray.runtime.partition import PartitionCore, utc_now
+from duraray.runtime.records import ActivityTask, ClientRequest, Effects, Reply
+from duraray.runtime.store import LmdbStore, MemoryStore, PartitionStore
+
+log = structlog.get_logger("duraray.inprocess")
+
+MEMORY = ":memory:"
+
+
+class ManualClock:
+    """A clock that moves only when told to (or, with ``auto_advance``, when idle).
+
+    With ``auto_advance=True`` the runtime jumps the clock to the next timer whenever no
+    work is pending and no activity is running, so a one-hour timer fires at once.
+    """
+
+    def __init__(self, start: datetime | None = None, *, auto_advance: bool = False) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        if self._now.tzinfo is None:
+            self._now = self._now.replace(tzinfo=timezone.utc)
+        self.auto_advance = auto_advance
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def __call__(self) -> datetime:
+        return self._now
+
+    def now(self) -> datetime:
+        """The current time of this clock."""
+        return self._now
+
+    def advance(self, delta: timedelta | float) -> datetime:
+        """Move the clock forward by ``delta`` (a timedelta or seconds)."""
+        if not isinstance(delta, timedelta):
+            delta = timedelta(seconds=delta)
+        if delta < timedelta(0):
+            raise ValueError("a clock cannot go backwards")
+        return self.set(self._now + delta)
+
+    def set(self, when: datetime) -> datetime:
+        """Move the clock to ``when`` (never backwards)."""
+        with self._lock:
+            if when > self._now:
+                self._now = when
+        for listener in list(self._listeners):
+            listener()
+        return self._now
+
+    def _subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+
+class InProcessHub:
+    """All partitions of one hub in this process, an engine thread and an activity pool."""
+
+    def __init__(
+        self,
+        name: str,
+        registry: Registry,
+        config: HubConfig,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.name = name
+        self.registry = registry
+        self.config = config
+        self.clock = clock or utc_now
+        self._manual = clock if isinstance(clock, ManualClock) else None
+        self.cores: list[PartitionCore] = []
+        try:
+            for index in range(config.partitions):
+                self.cores.append(
+                    PartitionCore(
+                        hub=name,
+                        index=index,
+                        store=self._open_store(index),
+                        registry=registry,
+                        config=config,
+                        clock=self.clock,
+                    )
+                )
+        except BaseException:
+            for core in self.cores:
+                core.close()
+            raise
+        self._wake = threading.Event()
+        self._stopping = False
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.activity_threads, thread_name_prefix=f"duraray-{name}-activity"
+        )
+        if self._manual is not None:
+            self._manual._subscribe(self._wake.set)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"duraray-{name}-engine", daemon=True
+        )
+        self._failure: BaseException | None = None
+        self._thread.start()
+
+    def _open_store(self, index: int) -> PartitionStore:
+        if self.config.data_dir == MEMORY:
+            return MemoryStore()
+        path = Path(self.config.data_dir) / self.name / f"p{index}"
+        return LmdbStore(path, sync=self.config.fsync)
+
+    # -- the client's transport ----------------------------------------------------------
+
+    @property
+    def partition_count(self) -> int:
+        """Number of partitions of the hub."""
+        return len(self.cores)
+
+    def submit(
+        self, partition: int, op: str, args: dict[str, Any], request_id: str | None = None
+    ) -> Future[Any]:
+        """Queue a client operation on a partition; the future resolves after its commit."""
+        if self._stopping:
+            raise RuntimeError(f"hub {self.name!r} is stopped")
+        if self._failure is not None:
+            raise RuntimeError(f"hub {self.name!r} engine failed: {self._failure!r}")
+        future: Future[Any] = Future()
+        self.cores[partition].submit_request(
+            ClientRequest(op=op, args=args, reply_to=future, request_id=request_id)
+        )
+        self._wake.set()
+        return future
+
+    # -- the engine ----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                busy = False
+                for core in self.cores:
+                    if core.has_work() or core.resend_due():
+                        self._release(core, core.run_batch())
+                        busy = True
+                if busy:
+                    continue
+                self._wait_idle()
+        except BaseException as exc:  # the engine must not die silently
+            self._failure = exc
+            log.exception("engine thread failed", hub=self.name)
+
+    def _wait_idle(self) -> None:
+        dues = [d for d in (core.next_due() for core in self.cores) if d is not None]
+        if self._manual is not None:
+            if dues and self._manual.auto_advance and self._idle():
+                self._manual.set(min(dues))
+                return
+            self._wake.wait(0.5 if dues else 1.0)
+            return
+        timeout = 1.0
+        if dues:
+            timeout = max(0.0, min(timeout, (min(dues) - self.clock()).total_seconds()))
+        if timeout > 0:
+            self._wake.wait(timeout)
+
+    def _idle(self) -> bool:
+        with self._in_flight_lock:
+            if self._in_flight:
+                return False
+        return not any(core.has_work() for core in self.cores)
+
+    def _release(self, core: PartitionCore, fx: Effects) -> None:
+        for reply_to, result in fx.replies:
+            if isinstance(reply_to, Future) and not reply_to.done():
+                if isinstance(result, Reply):
+                    reply_to.set_exception(result.error)
+                else:
+                    reply_to.set_result(result)
+        for destination, messages in fx.messages.items():
+            self.cores[destination].submit_messages(core.index, messages)
+        for source, upto in fx.acks.items():
+            self.cores[source].submit_ack(core.index, upto)
+        if fx.activities:
+            with self._in_flight_lock:
+                self._in_flight += len(fx.activities)
+            for task in fx.activities:
+                self._pool.submit(self._run_activity, task)
+
+    def _run_activity(self, task: ActivityTask) -> None:
+        try:
+            result = execute_activity(self.registry, task)
+            self.cores[task.partition].submit_activity_results([result])
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+            self._wake.set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until no partition has work and no activity runs (for tests)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._idle():
+                return True
+            time.sleep(0.005)
+        return False
+
+    def close(self) -> None:
+        """Stop the engine and the activity pool, then close every partition's store."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for core in self.cores:
+            core.close()

@@ -1,0 +1,203 @@
+"""The records a partition stores and exchanges, and the byte layout of its store keys.
+
+Everything here is plain data: rows of the LMDB databases of DESIGN.md §4, the messages
+partitions send each other, the work items a partition accepts and the effects a batch
+releases. Records are encoded positionally by ``codec.pack_record`` and follow the same
+evolution rule as history events: fields are only appended, with defaults.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from duraray._errors import FailureDetails
+from duraray.orchestrations.history import OrchestrationStatus
+
+#: Bumped when the on-disk layout changes incompatibly; stored in ``meta``.
+FORMAT_VERSION = 1
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+SEP = b"\x00"
+
+
+# -- keys ----------------------------------------------------------------------------------
+# Big-endian integers keep byte order equal to numeric order, so range scans over keys
+# serve "by time" and "by sequence" queries directly.
+
+
+def u32(n: int) -> bytes:
+    """A 4-byte big-endian key part."""
+    return _U32.pack(n)
+
+
+def u64(n: int) -> bytes:
+    """An 8-byte big-endian key part."""
+    return _U64.pack(n)
+
+
+def read_u64(b: bytes, offset: int = 0) -> int:
+    """Read an 8-byte big-endian integer at ``offset``."""
+    return int(_U64.unpack_from(b, offset)[0])
+
+
+def read_u32(b: bytes, offset: int = 0) -> int:
+    """Read a 4-byte big-endian integer at ``offset``."""
+    return int(_U32.unpack_from(b, offset)[0])
+
+
+def instance_key(instance_id: str) -> bytes:
+    """``instances`` key: the UTF-8 instance id."""
+    return instance_id.encode()
+
+
+def instance_prefix(instance_id: str) -> bytes:
+    """Prefix of an instance's rows in ``history``, ``inbox`` and ``activities``."""
+    return instance_id.encode() + SEP
+
+
+def seq_key(instance_id: str, seq: int) -> bytes:
+    """``history``/``inbox``/``activities`` key: instance id, NUL, 4-byte sequence."""
+    return instance_id.encode() + SEP + _U32.pack(seq)
+
+
+def created_key(created_micros: int, instance_id: str) -> bytes:
+    """``by_created`` key: 8-byte creation time, then the instance id."""
+    return _U64.pack(created_micros) + instance_id.encode()
+
+
+def timer_key(due_micros: int, instance_id: str, timer_id: int) -> bytes:
+    """``timers`` key: 8-byte due time, instance id, NUL, 4-byte timer id."""
+    return _U64.pack(due_micros) + instance_id.encode() + SEP + _U32.pack(timer_id)
+
+
+def outbox_key(destination: int, seq: int) -> bytes:
+    """``outbox`` key: 4-byte destination partition, 8-byte message sequence."""
+    return _U32.pack(destination) + _U64.pack(seq)
+
+
+def dedup_partition_key(source: int) -> bytes:
+    """``dedup`` key of the highest sequence applied from partition ``source``."""
+    return b"p" + _U32.pack(source)
+
+
+def dedup_request_key(request_id: str) -> bytes:
+    """``dedup`` key of a client request's stored reply."""
+    return b"r" + request_id.encode()
+
+
+# -- rows ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class InstanceRecord:
+    """One row of ``instances``: an orchestration instance's current state."""
+
+    instance_id: str
+    name: str
+    status: OrchestrationStatus
+    execution_id: str
+    created_at: datetime
+    last_updated_at: datetime
+    input: bytes | None = None
+    output: bytes | None = None
+    custom_status: bytes | None = None
+    failure: FailureDetails | None = None
+    tags: dict[str, str] | None = None
+    version: str | None = None
+    parent_instance_id: str | None = None
+    parent_execution_id: str | None = None
+    parent_task_id: int | None = None
+    completed_at: datetime | None = None
+    scheduled_start_at: datetime | None = None
+    history_length: int = 0
+    inbox_length: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TimerRow:
+    """One row of ``timers``: ``kind`` is "timer" (TimerFired) or "start" (delayed start)."""
+
+    kind: str
+    instance_id: str
+    execution_id: str
+    timer_id: int
+    fire_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityTask:
+    """An activity to execute: a row of ``activities`` and the unit of dispatch."""
+
+    instance_id: str
+    execution_id: str
+    task_id: int
+    name: str
+    input: bytes | None
+    partition: int
+    tags: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityResult:
+    """What an activity worker returns: ``failure`` is None on success."""
+
+    instance_id: str
+    execution_id: str
+    task_id: int
+    result: bytes | None = None
+    failure: FailureDetails | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message between partitions, delivered exactly once and in order per sender.
+
+    ``kind`` is one of: "start" (create an orchestration: ``body`` holds the
+    ExecutionStarted fields), "event" (apply ``event`` — an encoded history event — to
+    ``instance_id`` if its execution matches), "terminate", "rewind".
+    """
+
+    seq: int
+    source: int
+    kind: str
+    instance_id: str
+    execution_id: str | None = None
+    event: bytes | None = None
+    body: dict[str, Any] | None = None
+
+
+# -- work in, effects out ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ClientRequest:
+    """A client operation; ``reply_to`` is the shell's handle for the answer."""
+
+    op: str
+    args: dict[str, Any]
+    reply_to: Any = None
+    request_id: str | None = None
+
+
+@dataclass(slots=True)
+class Effects:
+    """What one committed batch releases, in order: replies, messages, activities."""
+
+    replies: list[tuple[Any, Any]] = field(default_factory=list)
+    messages: dict[int, list[Message]] = field(default_factory=dict)
+    acks: dict[int, int] = field(default_factory=dict)
+    activities: list[ActivityTask] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.replies or self.messages or self.acks or self.activities)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A failed client request's answer: the shell raises ``error`` at the caller."""
+
+    error: BaseException
