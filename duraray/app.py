@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar, overload
@@ -103,21 +104,86 @@ class App:
         Otherwise a local Ray instance (or the one at ``address``) hosts the partitions.
         Data lives in ``./.duraray`` unless ``data_dir`` is given, and survives the run.
         """
+        config = self._config(data_dir, options)
+        if in_process:
+            from duraray.runtime.client import Client
+            from duraray.runtime.inprocess import InProcessHub
+
+            hub = InProcessHub(self.name, self.registry, config, clock=clock)
+            client = Client(
+                hub,
+                hub=self.name,
+                registry=self.registry,
+                max_payload_bytes=config.max_payload_bytes,
+            )
+            try:
+                yield client
+            finally:
+                hub.close()
+            return
+        if clock is not None:
+            raise ValueError("a custom clock needs in_process=True")
+        import ray
+
+        from duraray.runtime.manager import PartitionManager, ensure_ray
+
+        started_ray = ensure_ray(address)
+        try:
+            already_up = PartitionManager.find(self.name) is not None
+            client = self._launch(config, detached=False)
+            try:
+                yield client
+            finally:
+                if not already_up:
+                    PartitionManager.stop(self.name)
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+    def start(
+        self,
+        *,
+        address: str | None = "auto",
+        data_dir: str | None = None,
+        detached: bool = True,
+        **options: Any,
+    ) -> Any:
+        """Launch the hub's actors on a running Ray cluster (or attach if they are up).
+
+        Idempotent: a second call attaches to the running hub. With ``detached=True`` the
+        hub outlives this process until ``App.stop()`` or ``Client.shutdown_hub()``.
+        Returns a ``Client``.
+        """
+        from duraray.runtime.manager import ensure_ray
+
+        ensure_ray(address)
+        return self._launch(self._config(data_dir, options), detached=detached)
+
+    def stop(self) -> bool:
+        """Stop this hub's actors on the connected Ray cluster; data stays on disk."""
+        from duraray.runtime.manager import PartitionManager
+
+        return PartitionManager.stop(self.name)
+
+    def _config(self, data_dir: str | None, options: dict[str, Any]) -> HubConfig:
         config = self.config.with_options(**options)
         if data_dir is not None:
             config = config.with_options(data_dir=str(data_dir))
-        if not in_process:
-            raise NotImplementedError(
-                "the Ray runtime is not available in this build; use in_process=True"
-            )
-        from duraray.runtime.client import Client
-        from duraray.runtime.inprocess import InProcessHub
+        if config.data_dir != ":memory:":
+            # Actors do not share the driver's working directory: make the path absolute.
+            config = config.with_options(data_dir=os.path.abspath(config.data_dir))
+        return config
 
-        hub = InProcessHub(self.name, self.registry, config, clock=clock)
-        client = Client(
-            hub, hub=self.name, registry=self.registry, max_payload_bytes=config.max_payload_bytes
+    def _launch(self, config: HubConfig, *, detached: bool) -> Any:
+        from duraray.runtime.client import Client
+        from duraray.runtime.manager import PartitionManager, RayTransport
+
+        if config.data_dir == ":memory:":
+            raise ValueError("data_dir=':memory:' needs in_process=True")
+        handle = PartitionManager(self.name, config, self.registry).launch(detached=detached)
+        return Client(
+            RayTransport(handle),
+            hub=self.name,
+            registry=self.registry,
+            max_payload_bytes=config.max_payload_bytes,
         )
-        try:
-            yield client
-        finally:
-            hub.close()

@@ -26,6 +26,8 @@ class HubConfig:
     - ``max_payload_bytes``: largest encoded input, output, event or state accepted.
     - ``resend_interval``: seconds before an unacknowledged partition message is resent.
     - ``activity_threads``: threads executing activities in the in-process runtime.
+    - ``activity_workers``: activity worker actors on Ray (None: one per cluster CPU, >= 2).
+    - ``worker_concurrency``: activity batches one worker actor runs at once (threads).
     - ``log_format``: "console" or "json".
     """
 
@@ -38,6 +40,8 @@ class HubConfig:
     max_payload_bytes: int = 16 * 1024 * 1024
     resend_interval: float = 5.0
     activity_threads: int = 8
+    activity_workers: int | None = None
+    worker_concurrency: int = 4
     log_format: str = "console"
 
     def __post_init__(self) -> None:
@@ -55,6 +59,10 @@ class HubConfig:
             raise ValueError("resend_interval must be positive")
         if self.activity_threads < 1:
             raise ValueError("activity_threads must be >= 1")
+        if self.activity_workers is not None and self.activity_workers < 1:
+            raise ValueError("activity_workers must be >= 1")
+        if self.worker_concurrency < 1:
+            raise ValueError("worker_concurrency must be >= 1")
         if self.log_format not in ("console", "json"):
             raise ValueError("log_format must be 'console' or 'json'")
 

@@ -8,7 +8,6 @@ the executor records and the partition carries out after the episode commits.
 from __future__ import annotations
 
 import contextvars
-import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -342,4 +341,3 @@ class ReplaySafeLogger:
 
 
 __all__ = ["OrchestrationContext", "ReplaySafeLogger", "Task", "replaying_var"]
-_ = logging

@@ -231,10 +231,15 @@ class Client:
         by default a terminal instance is replaced and a running one is an error.
         """
         name = self._name("orchestration", orchestrator)
-        instance_id = validate_instance_id(instance_id) if instance_id else uuid.uuid4().hex
+        # `is not None`, not truthiness: an empty id is malformed, not "pick one for me".
+        instance_id = (
+            validate_instance_id(instance_id) if instance_id is not None else uuid.uuid4().hex
+        )
         encoded = self._encode(input, "orchestration input")
-        if isinstance(start_at, timedelta):
-            start_at = datetime.now(timezone.utc) + start_at
+        # A delay is resolved by the partition on the hub's clock (a test's ManualClock, or
+        # a Ray node whose clock differs from this process's), not on this wall clock.
+        if start_at is not None and not isinstance(start_at, timedelta):
+            start_at = _utc(start_at)
         if tags is not None and not (
             isinstance(tags, dict)
             and all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
@@ -244,7 +249,7 @@ class Client:
             raise ValueError(f"unknown reuse_id_policy {reuse_id_policy!r}")
         return self._start(
             instance_id, name, encoded, version=version, tags=tags,
-            start_at=_utc(start_at), reuse_policy=reuse_id_policy,
+            start_at=start_at, reuse_policy=reuse_id_policy,
         )
 
     def _start(self, instance_id: str, name: str, encoded: bytes | None, **args: Any) -> str:
@@ -422,6 +427,33 @@ class Client:
         return self._call_all("stats", {})
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def attach(cls, hub: str, *, address: str | None = "auto") -> Client:
+        """A client of a hub already running on a Ray cluster, without the app's code.
+
+        Orchestrations and activities are then named by string.
+        """
+        from duraray._errors import HubConfigurationError
+        from duraray.runtime.manager import PartitionManager, RayTransport, ensure_ray
+
+        ensure_ray(address)
+        handle = PartitionManager.find(hub)
+        if handle is None:
+            raise HubConfigurationError(f"hub {hub!r} is not running on this Ray cluster")
+        return cls(
+            RayTransport(handle), hub=hub, max_payload_bytes=handle.info["max_payload_bytes"]
+        )
+
+    def shutdown_hub(self) -> None:
+        """Stop the hub this client talks to (its actors or its in-process engine)."""
+        shutdown = getattr(self._transport, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+            return
+        from duraray.runtime.manager import PartitionManager
+
+        PartitionManager.stop(self.hub)
 
     def close(self) -> None:
         """Release the client (and stop the hub it owns, for an embedded run)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import itertools
 import struct
 import threading
 import types
@@ -88,7 +89,8 @@ _Q, _QQ, _I, _III = (struct.Struct(f) for f in (">q", ">qq", ">i", ">iii"))
 
 # A tuple is written as an array whose first item is this empty ext marker: the same packer
 # carries on (one nesting budget, so a cycle through tuples is still caught) and the list
-# hook rebuilds the tuple. Only this codec writes ext 2, so no user list starts with it.
+# hook rebuilds the tuple. Only this codec writes ext 2 (a raw msgpack.ExtType is no
+# supported payload type), so no user list starts with the marker.
 _TUPLE_MARK = _ExtType(_EXT_TUPLE, b"")
 _TUPLE_SENTINEL = object()
 
@@ -209,7 +211,7 @@ def encode(value: Any, *, max_size: int | None = DEFAULT_MAX_PAYLOAD_BYTES) -> b
             f"cannot encode a value of type {type(bad).__qualname__!r} at {_locate(value, bad)}: "
             f"supported types are {_SUPPORTED}" + (f" ({hint})" if hint else "")
         ) from None
-    except (ValueError, OverflowError, RecursionError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         # msgpack refuses more than 511 nesting levels with ValueError: a cycle lands here.
         deep = isinstance(exc, RecursionError) or "recursion" in str(exc)
         reason = "it nests too deeply (does it contain itself?)" if deep else str(exc)
@@ -448,15 +450,33 @@ def _field_codec(owner: type, name: str, hint: Any) -> tuple[_Conv | None, _Conv
         # Plans are looked up at call time, so a record nesting itself (FailureDetails.inner)
         # needs no recursion here.
         return _none_safe(pack_record), _none_safe(functools.partial(unpack_record, hint))
-    elif (hint in (list, tuple, dict) or origin in (list, tuple, dict)) and all(
-        _field_codec(owner, name, a) == (None, None) for a in args if a is not Ellipsis
-    ):
-        # Containers hold plain msgpack values; msgpack reads every array back as a list.
-        return None, (_none_safe(tuple) if tuple in (hint, origin) else None)
+    elif hint in (list, tuple, dict) or origin in (list, tuple, dict):
+        return _container_codec(owner, f"{name}[]", origin or hint, args)
     raise SerializationError(
         f"record field {owner.__qualname__}.{name} has a type the record codec cannot carry: "
         f"{hint!r}"
     )
+
+
+def _container_codec(
+    owner: type, name: str, kind: type, args: tuple[Any, ...]
+) -> tuple[_Conv | None, _Conv | None]:
+    # Items may be records, datetimes, ... in turn. Dict keys are plain; a tuple needs an
+    # unpacker even of plain items, as msgpack reads every array back as a list.
+    item_args = args[1:] if kind is dict else [a for a in args if a is not Ellipsis]
+    codecs = [_field_codec(owner, name, a) for a in item_args] or [(None, None)]
+
+    def mapper(fns: list[_Conv | None], out: Callable[[Any], Any]) -> _Conv | None:
+        if all(f is None for f in fns) and out is not tuple:
+            return None
+        fs = [f or _identity for f in fns]
+        if kind is dict:
+            return _none_safe(lambda d: {k: fs[0](v) for k, v in d.items()})
+        each = fs if len(fs) > 1 else itertools.repeat(fs[0])  # tuple[A, B] or list[T]
+        return _none_safe(lambda s: out([f(v) for f, v in zip(each, s, strict=False)]))
+
+    unpacked_as = tuple if kind is tuple else list
+    return mapper([p for p, _ in codecs], list), mapper([u for _, u in codecs], unpacked_as)
 
 
 def _check_payload(owner: type, name: str, value: Any) -> Any:

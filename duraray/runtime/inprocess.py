@@ -223,6 +223,10 @@ class InProcessHub:
             time.sleep(0.005)
         return False
 
+    def shutdown(self) -> None:
+        """Stop the hub (as ``Client.shutdown_hub`` does)."""
+        self.close()
+
     def close(self) -> None:
         """Stop the engine and the activity pool, then close every partition's store."""
         if self._stopping:
@@ -230,6 +234,6 @@ class InProcessHub:
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout=10)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         for core in self.cores:
             core.close()

@@ -31,7 +31,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import structlog
@@ -462,9 +462,11 @@ class PartitionCore:
         input: bytes | None = None,
         version: str | None = None,
         tags: dict[str, str] | None = None,
-        start_at: datetime | None = None,
+        start_at: datetime | timedelta | None = None,
         reuse_policy: str | None = None,
     ) -> str:
+        if isinstance(start_at, timedelta):  # a delay from now, on this partition's clock
+            start_at = self._now + start_at
         policy = reuse_policy or ReuseIdPolicy.ERROR_IF_RUNNING
         if policy not in ReuseIdPolicy.ALL:
             raise ValueError(f"unknown reuse_id_policy {policy!r}")

@@ -1,0 +1,293 @@
+"""Thin Ray actor shells: a partition actor around ``PartitionCore``, and activity workers.
+
+The shells hold no engine logic. A partition actor is an async actor whose event loop
+accepts calls (client requests, messages, acks, activity results) by appending them to
+the core's intake, and runs one background loop: run a batch (in a thread, so calls keep
+arriving while LMDB commits), then release its effects: replies resolve the waiting
+calls, messages go to peers as one Ray call per destination, activities go to workers in
+batches. Ray restarts a dead partition actor; ``PartitionCore.__init__`` recovers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+import ray
+import structlog
+
+from duraray._errors import FailureDetails
+from duraray._registry import Registry
+from duraray.config import HubConfig
+from duraray.runtime.activity import execute_activity
+from duraray.runtime.partition import PartitionCore
+from duraray.runtime.records import ActivityResult, ActivityTask, ClientRequest, Effects, Reply
+from duraray.runtime.store import LmdbStore
+
+log = structlog.get_logger("duraray.actors")
+
+NAMESPACE = "duraray"
+#: Tasks per activity batch sent to one worker: large enough to amortize the Ray call,
+#: small enough that a fan-out spreads over every worker.
+ACTIVITY_BATCH = 32
+#: Times a batch is re-dispatched after its worker died before its tasks fail.
+MAX_REDISPATCH = 5
+
+# Options that place an activity on specific Ray resources rather than the shared pool.
+RESOURCE_OPTIONS = ("num_cpus", "num_gpus", "resources", "memory", "accelerator_type")
+
+
+def partition_actor_name(hub: str, index: int) -> str:
+    """The Ray actor name of a hub's partition."""
+    return f"duraray/{hub}/p{index}"
+
+
+def worker_actor_name(hub: str, index: int) -> str:
+    """The Ray actor name of a hub's activity worker."""
+    return f"duraray/{hub}/w{index}"
+
+
+def partition_dir(data_dir: str, hub: str, index: int) -> str:
+    """Where a partition's LMDB environment lives."""
+    return os.path.join(data_dir, hub, f"p{index}")
+
+
+class ActivityWorkerImpl:
+    """Executes batches of activities; one process of the shared pool."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def run(self, tasks: list[ActivityTask]) -> list[ActivityResult]:
+        """Execute ``tasks`` one after the other and return their results."""
+        return [execute_activity(self.registry, task) for task in tasks]
+
+    def node_id(self) -> str:
+        """The Ray node this worker runs on."""
+        return ray.get_runtime_context().get_node_id()
+
+    def ping(self) -> bool:
+        """Liveness probe."""
+        return True
+
+
+def _run_activity_batch(registry: Registry, tasks: list[ActivityTask]) -> list[ActivityResult]:
+    """A Ray task running activities that asked for specific resources."""
+    return [execute_activity(registry, task) for task in tasks]
+
+
+class PartitionActorImpl:
+    """The async Ray actor hosting one PartitionCore."""
+
+    def __init__(
+        self,
+        hub: str,
+        index: int,
+        config: HubConfig,
+        registry: Registry,
+        worker_count: int,
+    ) -> None:
+        from duraray.runtime.logging import configure_logging
+
+        configure_logging(config.log_format)
+        self.hub = hub
+        self.index = index
+        self.config = config
+        self.registry = registry
+        # Workers and peers are found by name, not passed as handles: constructor arguments
+        # stay small and inline, so Ray can always restart this actor from them.
+        self.workers = [
+            ray.get_actor(worker_actor_name(hub, i), namespace=NAMESPACE)
+            for i in range(worker_count)
+        ]
+        self._peers: dict[int, Any] = {}
+        store = LmdbStore(partition_dir(config.data_dir, hub, index), sync=config.fsync)
+        self.core = PartitionCore(
+            hub=hub, index=index, store=store, registry=registry, config=config
+        )
+        self._registry_ref = ray.put(registry)
+        self._remote_batch = ray.remote(_run_activity_batch)
+        self._wake: asyncio.Event | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        self._round_robin = itertools.count(random.randrange(max(1, worker_count)))
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._started = time.time()
+        self._log = log.bind(hub=hub, partition=index)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None:
+            self._wake = asyncio.Event()
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    def _poke(self) -> None:
+        self._ensure_loop()
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        core = self.core
+        while True:
+            try:
+                if core.has_work() or core.resend_due():
+                    fx = await loop.run_in_executor(self._committer, core.run_batch)
+                    self._release(fx)
+                    await asyncio.sleep(0)  # let queued calls land in the next batch
+                    continue
+                timeout = 1.0
+                due = core.next_due()
+                if due is not None:
+                    wait = (due - datetime.now(due.tzinfo)).total_seconds()
+                    timeout = max(0.0, min(timeout, wait))
+                if timeout > 0:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    except TimeoutError:
+                        pass
+                self._wake.clear()
+            except Exception:
+                # A failed batch was not committed; nothing was released. Crash the actor so
+                # Ray restarts it and the core recovers from its last commit.
+                self._log.exception("partition batch failed; restarting the actor")
+                os._exit(1)
+
+    def _release(self, fx: Effects) -> None:
+        for reply_to, result in fx.replies:
+            if isinstance(reply_to, asyncio.Future) and not reply_to.done():
+                reply_to.set_result(result)
+        for destination, messages in fx.messages.items():
+            self._peer(destination).deliver.remote(self.index, messages)
+        for source, upto in fx.acks.items():
+            self._peer(source).ack.remote(self.index, upto)
+        if fx.activities:
+            self._dispatch(fx.activities)
+
+    def _peer(self, index: int) -> Any:
+        peer = self._peers.get(index)
+        if peer is None:
+            peer = ray.get_actor(partition_actor_name(self.hub, index), namespace=NAMESPACE)
+            self._peers[index] = peer
+        return peer
+
+    # -- activities -------------------------------------------------------------------------
+
+    def _dispatch(self, tasks: list[ActivityTask]) -> None:
+        groups: dict[tuple[Any, ...], list[ActivityTask]] = defaultdict(list)
+        for task in tasks:
+            spec = self.registry.activities.get(task.name)
+            options = spec.options if spec is not None else {}
+            ray_options = {k: options[k] for k in RESOURCE_OPTIONS if k in options}
+            timeout = options.get("timeout")
+            if timeout is not None:
+                key: tuple[Any, ...] = ("single", task.task_id, task.instance_id)
+            else:
+                key = ("pool", tuple(sorted((k, repr(v)) for k, v in ray_options.items())))
+            groups[key].append(task)
+        for key, group in groups.items():
+            spec = self.registry.activities.get(group[0].name)
+            options = spec.options if spec is not None else {}
+            ray_options = {k: options[k] for k in RESOURCE_OPTIONS if k in options}
+            for start in range(0, len(group), ACTIVITY_BATCH):
+                chunk = group[start : start + ACTIVITY_BATCH]
+                task = asyncio.get_running_loop().create_task(
+                    self._execute(chunk, ray_options, options.get("timeout"))
+                )
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+
+    def _submit(self, chunk: list[ActivityTask], ray_options: dict[str, Any]) -> Any:
+        if ray_options or not self.workers:
+            return self._remote_batch.options(**ray_options).remote(self._registry_ref, chunk)
+        worker = self.workers[next(self._round_robin) % len(self.workers)]
+        return worker.run.remote(chunk)
+
+    async def _execute(
+        self, chunk: list[ActivityTask], ray_options: dict[str, Any], timeout: float | None
+    ) -> None:
+        for attempt in range(MAX_REDISPATCH + 1):
+            ref = self._submit(chunk, ray_options)
+            try:
+                if timeout is not None:
+                    results = await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
+                else:
+                    results = await ref
+            except TimeoutError:
+                ray.cancel(ref, force=False)
+                results = [
+                    _failed(t, TimeoutError(f"activity {t.name!r} timed out after {timeout} s"))
+                    for t in chunk
+                ]
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                if attempt < MAX_REDISPATCH:
+                    self._log.warning("activity worker lost; re-dispatching", error=str(exc))
+                    continue
+                results = [_failed(t, RuntimeError(f"activity worker lost: {exc}")) for t in chunk]
+            except Exception as exc:  # a failure outside the activity itself
+                results = [_failed(t, exc) for t in chunk]
+            self.core.submit_activity_results(results)
+            self._poke()
+            return
+
+    # -- calls from clients and peers ---------------------------------------------------------
+
+    async def client_request(self, op: str, args: dict[str, Any], request_id: str | None) -> Any:
+        """Apply a client operation; returns after the batch that applied it committed."""
+        self._ensure_loop()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.core.submit_request(
+            ClientRequest(op=op, args=args, reply_to=future, request_id=request_id)
+        )
+        self._poke()
+        result = await future
+        return result
+
+    async def deliver(self, source: int, messages: list[Any]) -> None:
+        """Messages from partition ``source``."""
+        self.core.submit_messages(source, messages)
+        self._poke()
+
+    async def ack(self, source: int, upto: int) -> None:
+        """Partition ``source`` applied our messages up to ``upto``."""
+        self.core.submit_ack(source, upto)
+        self._poke()
+
+    async def describe(self) -> dict[str, Any]:
+        """Hub metadata for clients that attach without the app's code."""
+        self._ensure_loop()
+        return {
+            "hub": self.hub,
+            "partition": self.index,
+            "partitions": self.config.partitions,
+            "max_payload_bytes": self.config.max_payload_bytes,
+            "data_dir": self.config.data_dir,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "started": self._started,
+        }
+
+    async def ping(self) -> bool:
+        """Liveness probe; also starts the batch loop."""
+        self._ensure_loop()
+        return True
+
+
+def _failed(task: ActivityTask, exc: BaseException) -> ActivityResult:
+    return ActivityResult(
+        task.instance_id, task.execution_id, task.task_id, failure=FailureDetails.from_exception(exc)
+    )
+
+
+PartitionActor = ray.remote(PartitionActorImpl)
+ActivityWorker = ray.remote(ActivityWorkerImpl)
+_ = Reply

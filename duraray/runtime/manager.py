@@ -1,0 +1,274 @@
+"""PartitionManager: launching, attaching to and stopping a hub on Ray, and routing to it.
+
+A hub on Ray is P named partition actors (``duraray/<hub>/p<i>`` in the ``duraray``
+namespace) pinned to the node that holds their data dir, plus a pool of activity worker
+actors spread over the cluster. The manager is driver-side code, not an actor: every
+process can find a hub's actors by name, and ids are routed by the stable hash of
+``routing.partition_for``, so nothing central sits on the hot path.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from duraray._errors import HubConfigurationError
+from duraray._registry import Registry
+from duraray.config import HubConfig
+from duraray.runtime.records import Reply
+from duraray.runtime.routing import partition_for
+
+log = structlog.get_logger("duraray.manager")
+
+
+def ensure_ray(address: str | None = None, **init_options: Any) -> bool:
+    """Connect to Ray (starting a local instance when no address is given).
+
+    Returns True if this call started or connected Ray (so the caller should shut it
+    down), False if Ray was already initialised in this process.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    options: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": "WARNING",
+        "log_to_driver": True,
+    }
+    options.update(init_options)
+    if address is not None:
+        options["address"] = address
+    ray.init(**options)
+    return True
+
+
+@dataclass
+class HubHandle:
+    """The actors of a running hub, as seen from one process."""
+
+    hub: str
+    partitions: list[Any]
+    info: dict[str, Any]
+    # Held so that non-detached workers live as long as the hub: an actor without a
+    # detached lifetime dies when its owner's last handle goes away.
+    workers: list[Any] | None = None
+
+    @property
+    def partition_count(self) -> int:
+        """Number of partitions."""
+        return len(self.partitions)
+
+    def partition_for(self, key: str) -> int:
+        """The partition owning an instance or entity id."""
+        return partition_for(key, len(self.partitions))
+
+
+class RayTransport:
+    """The client's transport on Ray: one actor call per request, as a future."""
+
+    def __init__(self, handle: HubHandle) -> None:
+        self.handle = handle
+
+    @property
+    def partition_count(self) -> int:
+        """Number of partitions of the hub."""
+        return self.handle.partition_count
+
+    def submit(
+        self, partition: int, op: str, args: dict[str, Any], request_id: str | None = None
+    ) -> Future[Any]:
+        """Send a client operation to a partition actor."""
+        actor = self.handle.partitions[partition]
+        ref = actor.client_request.remote(op, args, request_id)
+        out: Future[Any] = Future()
+
+        def done(inner: Future[Any]) -> None:
+            try:
+                result = inner.result()
+            except BaseException as exc:  # Ray errors surface as they are
+                out.set_exception(exc)
+                return
+            if isinstance(result, Reply):
+                out.set_exception(result.error)
+            else:
+                out.set_result(result)
+
+        ref.future().add_done_callback(done)
+        return out
+
+
+class PartitionManager:
+    """Launches, attaches to and stops the actors of one hub."""
+
+    def __init__(self, hub: str, config: HubConfig, registry: Registry | None) -> None:
+        self.hub = hub
+        self.config = config
+        self.registry = registry
+
+    # -- discovery --------------------------------------------------------------------------
+
+    @staticmethod
+    def find(hub: str, timeout: float = 0.0) -> HubHandle | None:
+        """The running hub's actors, or None if the hub is not up."""
+        import ray
+
+        from duraray.runtime.actors import NAMESPACE, partition_actor_name
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                first = ray.get_actor(partition_actor_name(hub, 0), namespace=NAMESPACE)
+                break
+            except ValueError:
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.1)
+        info = ray.get(first.describe.remote())
+        partitions = [first] + [
+            ray.get_actor(partition_actor_name(hub, i), namespace=NAMESPACE)
+            for i in range(1, info["partitions"])
+        ]
+        return HubHandle(hub, partitions, info)
+
+    # -- launching ----------------------------------------------------------------------------
+
+    def launch(self, *, detached: bool) -> HubHandle:
+        """Start the hub's actors on this cluster, or attach if they are already up."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from duraray.runtime.actors import (
+            NAMESPACE,
+            ActivityWorker,
+            PartitionActor,
+            partition_actor_name,
+            partition_dir,
+            worker_actor_name,
+        )
+
+        existing = self.find(self.hub)
+        if existing is not None:
+            if existing.partition_count != self.config.partitions:
+                raise HubConfigurationError(
+                    f"hub {self.hub!r} is running with {existing.partition_count} partitions, "
+                    f"not {self.config.partitions}"
+                )
+            return existing
+        if self.registry is None:
+            raise HubConfigurationError(f"hub {self.hub!r} is not running and no app code was given")
+        config = self.config
+        self._check_data_dir(config, partition_dir)
+
+        node_id = ray.get_runtime_context().get_node_id()
+        lifetime = "detached" if detached else None
+        worker_count = config.activity_workers or max(2, int(ray.cluster_resources().get("CPU", 2)))
+        workers = [
+            ActivityWorker.options(
+                name=worker_actor_name(self.hub, i),
+                namespace=NAMESPACE,
+                lifetime=lifetime,
+                max_restarts=-1,
+                max_task_retries=0,
+                num_cpus=0,
+                max_concurrency=config.worker_concurrency,
+                scheduling_strategy="SPREAD",
+                get_if_exists=True,
+            ).remote(self.registry)
+            for i in range(worker_count)
+        ]
+        names = [partition_actor_name(self.hub, i) for i in range(config.partitions)]
+        partitions = [
+            PartitionActor.options(
+                name=names[i],
+                namespace=NAMESPACE,
+                lifetime=lifetime,
+                max_restarts=-1,
+                max_task_retries=-1,
+                max_concurrency=10_000,
+                num_cpus=0,
+                # The data dir is on this node: the partition must always run here.
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                get_if_exists=True,
+            ).remote(self.hub, i, config, self.registry, worker_count)
+            for i in range(config.partitions)
+        ]
+        try:
+            ray.get([w.ping.remote() for w in workers], timeout=120)
+            ray.get([p.ping.remote() for p in partitions], timeout=120)
+        except Exception as exc:
+            for actor in partitions + workers:
+                ray.kill(actor, no_restart=True)
+            raise HubConfigurationError(f"hub {self.hub!r} failed to start: {exc}") from exc
+        info = ray.get(partitions[0].describe.remote())
+        log.info(
+            "hub started",
+            hub=self.hub,
+            partitions=config.partitions,
+            workers=worker_count,
+            data_dir=config.data_dir,
+            detached=detached,
+        )
+        return HubHandle(self.hub, partitions, info, workers)
+
+    def _check_data_dir(self, config: HubConfig, partition_dir: Any) -> None:
+        """Refuse a data dir that another process holds, before any actor starts."""
+        for i in range(config.partitions):
+            path = partition_dir(config.data_dir, self.hub, i)
+            lock = os.path.join(path, "duraray.lock")
+            if not os.path.exists(lock):
+                continue
+            # A hub stopped a moment ago may still be exiting: allow it a few seconds.
+            deadline = time.monotonic() + 10
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise HubConfigurationError(
+                                f"the data dir {path!r} of hub {self.hub!r} is in use by another "
+                                "process: is the hub already running elsewhere on this data dir?"
+                            ) from None
+                        time.sleep(0.1)
+            finally:
+                os.close(fd)
+
+    @staticmethod
+    def stop(hub: str) -> bool:
+        """Kill a hub's partition and worker actors; its data stays on disk."""
+        import ray
+
+        from duraray.runtime.actors import NAMESPACE, partition_actor_name, worker_actor_name
+
+        handle = PartitionManager.find(hub)
+        if handle is None:
+            return False
+        for actor in handle.partitions:
+            ray.kill(actor, no_restart=True)
+        i = 0
+        while True:
+            try:
+                worker = ray.get_actor(worker_actor_name(hub, i), namespace=NAMESPACE)
+            except ValueError:
+                break
+            ray.kill(worker, no_restart=True)
+            i += 1
+        # Named actors are released asynchronously: wait until the names are free, so a
+        # restart right after stop does not attach to the dying actors.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(partition_actor_name(hub, 0), namespace=NAMESPACE)
+            except ValueError:
+                break
+            time.sleep(0.05)
+        return True
