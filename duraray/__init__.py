@@ -49,6 +49,7 @@ from duraray.orchestrations.history import (
 )
 from duraray.orchestrations.task import RetryPolicy, Task, when_all, when_any
 from duraray.runtime.activity import ActivityContext
+from duraray.runtime.aio import AsyncClient
 from duraray.runtime.client import Client, OrchestrationState, Page, PurgeResult
 from duraray.runtime.partition import ReuseIdPolicy
 
@@ -58,6 +59,7 @@ __all__ = [
     "ActivityContext",
     "ActivityNotRegisteredError",
     "App",
+    "AsyncClient",
     "Client",
     "ContinueAsNew",
     "DurableError",

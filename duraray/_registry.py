@@ -82,6 +82,6 @@ class Registry:
 def _check_name(kind: str, name: Any) -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{kind} needs a non-empty name")
-    if any(ord(ch) < 32 for ch in name) or "@" in name and kind == "entity":
+    if any(ord(ch) < 32 for ch in name) or ("@" in name and kind == "entity"):
         raise ValueError(f"invalid {kind} name {name!r}")
     return name

@@ -19,14 +19,25 @@ class App:
     """A task hub: its name, its registered code and its configuration.
 
     ``App(name="default", *, partitions=4, **options)``; options are ``HubConfig`` fields.
+    The configuration starts from ``HubConfig.load()`` (``$DURARAY_CONFIG`` TOML file and
+    ``DURARAY_*`` variables) unless ``config`` is given; explicit options win.
     """
 
-    def __init__(self, name: str = "default", *, partitions: int = 4, **options: Any) -> None:
+    def __init__(
+        self,
+        name: str = "default",
+        *,
+        partitions: int | None = None,
+        config: HubConfig | None = None,
+        **options: Any,
+    ) -> None:
         if not isinstance(name, str) or not name or "/" in name or not name.isprintable():
             raise ValueError(f"invalid hub name {name!r}: use a non-empty name without '/'")
         validate_instance_id(name)
         self.name = name
-        self.config = HubConfig(partitions=partitions).with_options(**options)
+        if partitions is not None:
+            options["partitions"] = partitions
+        self.config = (config or HubConfig.load()).with_options(**options)
         self.registry = Registry()
 
     # -- registration ----------------------------------------------------------------------

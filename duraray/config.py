@@ -5,11 +5,19 @@ Every knob of a hub lives here; per-call options stay on the calls themselves.
 
 from __future__ import annotations
 
+import os
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 DEFAULT_DATA_DIR = "./.duraray"
+#: Environment variable naming a TOML file to load the hub configuration from.
+CONFIG_ENV = "DURARAY_CONFIG"
+#: Prefix of environment variables that set single options (``DURARAY_PARTITIONS=8``).
+ENV_PREFIX = "DURARAY_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +53,15 @@ class HubConfig:
     log_format: str = "console"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.partitions, int) or not 1 <= self.partitions <= 1024:
+        interval = self.maximum_timer_interval
+        if isinstance(interval, int | float) and not isinstance(interval, bool):
+            # Durations may be given in seconds everywhere (App options, with_options, TOML).
+            object.__setattr__(self, "maximum_timer_interval", timedelta(seconds=interval))
+        if (
+            isinstance(self.partitions, bool)
+            or not isinstance(self.partitions, int)
+            or not 1 <= self.partitions <= 1024
+        ):
             raise ValueError("partitions must be an integer between 1 and 1024")
         if self.max_batch_items < 1:
             raise ValueError("max_batch_items must be >= 1")
@@ -55,7 +71,7 @@ class HubConfig:
             raise ValueError("maximum_timer_interval must be positive")
         if self.max_payload_bytes < 1024:
             raise ValueError("max_payload_bytes must be at least 1024")
-        if self.resend_interval <= 0:
+        if not self.resend_interval > 0:  # also rejects NaN
             raise ValueError("resend_interval must be positive")
         if self.activity_threads < 1:
             raise ValueError("activity_threads must be >= 1")
@@ -66,6 +82,43 @@ class HubConfig:
         if self.log_format not in ("console", "json"):
             raise ValueError("log_format must be 'console' or 'json'")
 
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> HubConfig:
+        """Defaults, then a TOML file, then ``DURARAY_*`` variables, then ``overrides``.
+
+        The file is ``path`` or the one named by ``$DURARAY_CONFIG``; its keys are the field
+        names, at the top level or under a ``[duraray]`` table. Environment variables are
+        the upper-cased field names with the ``DURARAY_`` prefix. Durations are seconds.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        path = path or env.get(CONFIG_ENV)
+        if path:
+            with Path(path).open("rb") as fh:
+                document = tomllib.load(fh)
+            table = document.get("duraray", document)
+            if not isinstance(table, dict):
+                raise ValueError(f"{path}: [duraray] must be a table")
+            values.update(table)
+        kinds = {f.name: f.type for f in fields(cls)}
+        for name in kinds:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = _parse_env(name, str(kinds[name]), raw)
+        values.update(overrides)
+        unknown = sorted(set(values) - set(kinds))
+        if unknown:
+            raise TypeError(f"unknown hub option(s): {', '.join(unknown)}")
+        if isinstance(values.get("maximum_timer_interval"), int | float):
+            values["maximum_timer_interval"] = timedelta(seconds=values["maximum_timer_interval"])
+        return cls(**values)
+
     def with_options(self, **options: Any) -> HubConfig:
         """A copy with ``options`` applied; unknown option names are an error."""
         known = {f.name for f in fields(self)}
@@ -73,3 +126,24 @@ class HubConfig:
         if unknown:
             raise TypeError(f"unknown hub option(s): {', '.join(unknown)}")
         return replace(self, **options)
+
+
+def _parse_env(name: str, kind: str, raw: str) -> Any:
+    """Parse an environment variable by the field's declared type."""
+    text = raw.strip()
+    if "None" in kind and text.lower() in ("", "none", "null"):
+        return None
+    try:
+        if kind.startswith("bool"):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float") or "timedelta" in kind:
+            return float(text)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+    return text

@@ -175,6 +175,9 @@ class OrchestrationExecutor:
         self._buffered: dict[str, deque[Any]] = {}
         self._buffered_names: dict[str, str] = {}
         self._arrivals = 0
+        # A completion reached while replaying: emitted (after any new actions) once the
+        # replay is over, unless the rest of the history shows that the code changed.
+        self._held: h.HistoryEvent | None = None
 
     # -- the episode interface -----------------------------------------------------------
 
@@ -186,10 +189,11 @@ class OrchestrationExecutor:
         token = replaying_var.set(replaying)
         try:
             for event in events:
-                if self.completion is not None:
-                    break
                 try:
-                    self._apply(event)
+                    if self.completion is None:
+                        self._apply(event)
+                    else:
+                        self._apply_after_end(event)
                 except _StopExecution:
                     break
         finally:
@@ -237,6 +241,9 @@ class OrchestrationExecutor:
             for seq in sorted(self._unmatched):
                 self._new_events.append(self._unmatched[seq])
             self._unmatched.clear()
+        if self._held is not None:
+            self._new_events.append(self._held)
+            self._held = None
 
     def next_sequence(self) -> int:
         seq = self._sequence
@@ -278,13 +285,20 @@ class OrchestrationExecutor:
             self._on_timer(event)
         elif isinstance(event, h.EventRaised):
             self._on_event(event)
-        elif isinstance(
-            event,
-            h.TaskScheduled | h.TimerCreated | h.SubOrchestrationInstanceCreated | h.EventSent,
-        ):
+        elif isinstance(event, _ACTION_EVENTS):
             self._match(event)
         # Suspension, resumption, rewind markers and unknown events carry no code-visible
         # effect: the partition decides when events reach the executor.
+
+    def _apply_after_end(self, event: h.HistoryEvent) -> None:
+        if isinstance(event, h.EventRaised):
+            # Buffered, not dropped: continue_as_new(save_events=True) carries over events
+            # that arrive in the same episode after the execution ended.
+            self._on_event(event)
+        elif self._held is not None and isinstance(event, _ACTION_EVENTS):
+            # The code ended while replaying, yet the history recorded more actions: they
+            # must still match, or the code now ends where it used to go on.
+            self._match(event)
 
     def _match(self, recorded: h.HistoryEvent) -> None:
         seq = _event_id(recorded)
@@ -304,6 +318,10 @@ class OrchestrationExecutor:
         err = NonDeterminismError(
             f"{message}; was the orchestration changed while instances were running?"
         )
+        # Actions the changed code produced during replay are not new work: drop them. A
+        # completion the changed code reached during replay gives way to this failure.
+        self._unmatched.clear()
+        self.completion = self._held = None
         self._finish_failed(err)
         raise _StopExecution
 
@@ -503,9 +521,14 @@ class OrchestrationExecutor:
         self.completion = event
         self._awaited = None
         self._open.clear()
+        # Nothing can wait any more: later events must be buffered, not handed to a waiter.
+        self._waiters.clear()
         # The completion is always a new event: completed executions are never replayed.
-        self._begin_live()
-        self._new_events.append(event)
+        if self.replaying:
+            self._held = event
+        else:
+            self._begin_live()
+            self._new_events.append(event)
         gen, self._gen = self._gen, None
         if gen is not None:
             try:
@@ -516,6 +539,14 @@ class OrchestrationExecutor:
     def _timestamp(self) -> datetime:
         assert self.now is not None
         return self.now
+
+
+_ACTION_EVENTS = (
+    h.TaskScheduled,
+    h.TimerCreated,
+    h.SubOrchestrationInstanceCreated,
+    h.EventSent,
+)
 
 
 def _event_id(event: h.HistoryEvent) -> int:

@@ -183,28 +183,30 @@ class PartitionActorImpl:
     # -- activities -------------------------------------------------------------------------
 
     def _dispatch(self, tasks: list[ActivityTask]) -> None:
+        # Group by where the tasks must run: the shared pool, or Ray tasks with the
+        # resources an activity asked for. Activities with a timeout go alone, so one
+        # slow task cannot time out its batch-mates.
         groups: dict[tuple[Any, ...], list[ActivityTask]] = defaultdict(list)
+        plans: dict[tuple[Any, ...], tuple[dict[str, Any], float | None]] = {}
         for task in tasks:
             spec = self.registry.activities.get(task.name)
             options = spec.options if spec is not None else {}
             ray_options = {k: options[k] for k in RESOURCE_OPTIONS if k in options}
             timeout = options.get("timeout")
             if timeout is not None:
-                key: tuple[Any, ...] = ("single", task.task_id, task.instance_id)
+                key: tuple[Any, ...] = ("single", task.instance_id, task.task_id)
             else:
                 key = ("pool", tuple(sorted((k, repr(v)) for k, v in ray_options.items())))
             groups[key].append(task)
+            plans[key] = (ray_options, timeout)
+        loop = asyncio.get_running_loop()
         for key, group in groups.items():
-            spec = self.registry.activities.get(group[0].name)
-            options = spec.options if spec is not None else {}
-            ray_options = {k: options[k] for k in RESOURCE_OPTIONS if k in options}
+            ray_options, timeout = plans[key]
             for start in range(0, len(group), ACTIVITY_BATCH):
                 chunk = group[start : start + ACTIVITY_BATCH]
-                task = asyncio.get_running_loop().create_task(
-                    self._execute(chunk, ray_options, options.get("timeout"))
-                )
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
+                job = loop.create_task(self._execute(chunk, ray_options, timeout))
+                self._in_flight.add(job)
+                job.add_done_callback(self._in_flight.discard)
 
     def _submit(self, chunk: list[ActivityTask], ray_options: dict[str, Any]) -> Any:
         if ray_options or not self.workers:

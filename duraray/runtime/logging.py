@@ -7,6 +7,7 @@ appears once however often the code is replayed.
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -16,7 +17,9 @@ from duraray.orchestrations.context import replaying_var
 _configured: str | None = None
 
 
-def drop_replayed(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def drop_replayed(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """A structlog processor that drops records logged by replaying orchestration code."""
     if replaying_var.get():
         raise structlog.DropEvent

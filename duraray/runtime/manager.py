@@ -130,7 +130,7 @@ class PartitionManager:
                 if time.monotonic() >= deadline:
                     return None
                 time.sleep(0.1)
-        info = ray.get(first.describe.remote())
+        info: dict[str, Any] = ray.get(first.describe.remote())
         partitions = [first] + [
             ray.get_actor(partition_actor_name(hub, i), namespace=NAMESPACE)
             for i in range(1, info["partitions"])
@@ -206,7 +206,7 @@ class PartitionManager:
             for actor in partitions + workers:
                 ray.kill(actor, no_restart=True)
             raise HubConfigurationError(f"hub {self.hub!r} failed to start: {exc}") from exc
-        info = ray.get(partitions[0].describe.remote())
+        started_info: dict[str, Any] = ray.get(partitions[0].describe.remote())
         log.info(
             "hub started",
             hub=self.hub,
@@ -215,7 +215,7 @@ class PartitionManager:
             data_dir=config.data_dir,
             detached=detached,
         )
-        return HubHandle(self.hub, partitions, info, workers)
+        return HubHandle(self.hub, partitions, started_info, workers)
 
     def _check_data_dir(self, config: HubConfig, partition_dir: Any) -> None:
         """Refuse a data dir that another process holds, before any actor starts."""

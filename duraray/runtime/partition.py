@@ -149,6 +149,10 @@ class PartitionCore:
         self._ready: set[str] = set()
         self._watchers: dict[str, list[_Watcher]] = {}
         self._pending_effects = Effects()
+        # Set while a batch runs and cleared by its commit: a batch that raised left memory
+        # ahead of the store (live generators advanced, sequences taken), so the core must
+        # not run another batch; a new core recovers from the store instead.
+        self._broken = False
         self.counters: dict[str, float] = {
             "batches": 0, "items": 0, "episodes": 0, "commit_seconds": 0.0,
             "replays": 0, "activities_dispatched": 0, "messages_sent": 0,
@@ -161,6 +165,7 @@ class PartitionCore:
         self._work: dict[str, list[h.HistoryEvent]] = {}
         self._dirty: set[str] = set()
         self._changed: set[str] = set()
+        self._replied: dict[str, Any] = {}  # request id -> reply, not yet committed
 
         self._check_meta()
         self._recover()
@@ -208,12 +213,19 @@ class PartitionCore:
 
     def run_batch(self) -> Effects:
         """Drain, apply, commit once, then return the batch's effects."""
+        if self._broken:
+            raise RuntimeError(
+                f"partition {self.index} is unusable after a failed batch or commit: its memory "
+                "is ahead of its store; open a new PartitionCore on the store to recover"
+            )
+        self._broken = True
         self._now = self.clock()
         self._wb = WriteBatch()
         self._fx, self._pending_effects = self._pending_effects, Effects()
         self._work = {}
         self._dirty = set()
         self._changed = set()
+        self._replied = {}
 
         for iid in sorted(self._ready):
             self._drain_inbox(iid)
@@ -252,6 +264,7 @@ class PartitionCore:
             started = time.perf_counter()
             self.store.commit(self._wb)
             self.counters["commit_seconds"] += time.perf_counter() - started
+        self._broken = False
         self.counters["batches"] += 1
         self.counters["items"] += taken
 
@@ -330,6 +343,9 @@ class PartitionCore:
             self._pending_effects.messages.setdefault(destination, []).append(msg)
         for key, value in self.store.scan("dedup", prefix=b"p"):
             self._dedup[r.read_u32(key, 1)] = codec.decode(value)
+        for key, value in self.store.scan("dedup", prefix=b"s"):
+            destination = r.read_u32(key, 1)
+            self._out_seq[destination] = max(self._out_seq.get(destination, 0), codec.decode(value))
         if self._pending_effects:
             self._log.info(
                 "partition recovered",
@@ -346,6 +362,7 @@ class PartitionCore:
         self._out_seq[destination] = seq
         msg = Message(seq=seq, source=self.index, kind=kind, instance_id=instance_id, **fields)
         self._wb.put("outbox", r.outbox_key(destination, seq), codec.encode_record(msg))
+        self._wb.put("dedup", r.sent_seq_key(destination), codec.encode(seq))
         self._outbox.setdefault(destination, {})[seq] = (msg, time.monotonic())
         self._fx.messages.setdefault(destination, []).append(msg)
         self.counters["messages_sent"] += 1
@@ -418,6 +435,9 @@ class PartitionCore:
 
     def _on_request(self, req: ClientRequest) -> None:
         if req.request_id is not None:
+            if req.request_id in self._replied:  # a retry queued behind the original
+                self._fx.replies.append((req.reply_to, self._replied[req.request_id]))
+                return
             stored = self.store.get("dedup", r.dedup_request_key(req.request_id))
             if stored is not None:
                 self._fx.replies.append((req.reply_to, _decode_reply(stored)))
@@ -433,6 +453,7 @@ class PartitionCore:
             return
         if req.request_id is not None and req.op in MUTATING_OPS:
             self._wb.put("dedup", r.dedup_request_key(req.request_id), _encode_reply(result))
+            self._replied[req.request_id] = result
         self._fx.replies.append((req.reply_to, result))
 
     def _get_record(self, instance_id: str) -> InstanceRecord | None:

@@ -89,6 +89,16 @@ def dedup_request_key(request_id: str) -> bytes:
     return b"r" + request_id.encode()
 
 
+def sent_seq_key(destination: int) -> bytes:
+    """``dedup`` key of the highest sequence this partition gave a message to ``destination``.
+
+    Kept apart from the outbox because acknowledged messages are deleted from it: a
+    restarted sender must continue the sequence, or the receiver drops its new messages as
+    duplicates.
+    """
+    return b"s" + _U32.pack(destination)
+
+
 # -- rows ----------------------------------------------------------------------------------
 
 
