@@ -30,6 +30,21 @@ class Registry:
         # Function -> registered name, so code can pass the function itself.
         self._names: dict[tuple[str, int], str] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Function ids are per process: a registry shipped to a Ray actor rebuilds its
+        # function -> name index from the unpickled functions (same order, same winners).
+        return {k: v for k, v in self.__dict__.items() if k != "_names"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._names = {}
+        for name, fn in self.orchestrations.items():
+            self._names.setdefault(("orchestration", id(fn)), name)
+        for name, spec in self.activities.items():
+            self._names.setdefault(("activity", id(spec.fn)), name)
+        for name, target in self.entities.items():
+            self._names.setdefault(("entity", id(target)), name)
+
     def add_orchestration(self, fn: Callable[..., Any], name: str | None = None) -> str:
         """Register an orchestrator (a generator function or a plain function)."""
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, get_type_hints
+from typing import Any, NoReturn, Protocol, get_type_hints
 
 from duraray._errors import (
     FailureDetails,
@@ -314,7 +314,7 @@ class OrchestrationExecutor:
                 f"{action_label(produced)}"
             )
 
-    def _non_determinism(self, message: str) -> None:
+    def _non_determinism(self, message: str) -> NoReturn:
         err = NonDeterminismError(
             f"{message}; was the orchestration changed while instances were running?"
         )
@@ -524,6 +524,8 @@ class OrchestrationExecutor:
         # Nothing can wait any more: later events must be buffered, not handed to a waiter.
         self._waiters.clear()
         # The completion is always a new event: completed executions are never replayed.
+        # One reached while replaying is held until the replay is over, since the rest of
+        # the history may still show that the code changed (see _apply_after_end).
         if self.replaying:
             self._held = event
         else:
@@ -550,7 +552,7 @@ _ACTION_EVENTS = (
 
 
 def _event_id(event: h.HistoryEvent) -> int:
-    return event.event_id  # type: ignore[attr-defined, no-any-return]
+    return event.event_id  # type: ignore[attr-defined]
 
 
 def _default_name_of(kind: str, target: Any) -> str:

@@ -46,7 +46,7 @@ class Task(Generic[T]):
             raise RuntimeError("the task has not completed yet")
         if self._exception is not None:
             raise self._exception
-        return self._result  # type: ignore[no-any-return]
+        return self._result
 
     def get_exception(self) -> BaseException | None:
         """The exception the task failed with, or None."""
@@ -116,9 +116,13 @@ class CancellableTask(CompletableTask[T]):
         self._is_cancelled = True
         self._is_complete = True
         self._exception = TaskCancelledError(f"{self.description or 'task'} was cancelled")
-        # Parents are deliberately not notified: cancelling the loser of a when_any must
-        # not look like a second completion, and a when_all over a cancelled task fails
-        # only when the orchestrator awaits it.
+        # Only when_all parents hear of it (they count the task as failed, so awaiting them
+        # raises TaskCancelledError once the rest finish instead of waiting forever); a
+        # cancelled task never wins a when_any.
+        if self._parents:
+            for parent in self._parents:
+                if parent._counts_cancelled:
+                    parent._on_child_completed(self)
         if self._on_cancel is not None:
             self._on_cancel(self)
             self._on_cancel = None
@@ -139,6 +143,9 @@ class CompositeTask(Task[T]):
 
     __slots__ = ("_children", "_completed_count")
 
+    #: whether a cancelled child counts as finished (failed) for this composite
+    _counts_cancelled = False
+
     def __init__(self, tasks: Iterable[Task[Any]]) -> None:
         super().__init__()
         self._children: list[Task[Any]] = list(tasks)
@@ -149,7 +156,7 @@ class CompositeTask(Task[T]):
         for child in self._children:
             child._add_parent(self)
         for child in self._children:
-            if child.is_complete and not _is_cancelled(child):
+            if child.is_complete and (self._counts_cancelled or not _is_cancelled(child)):
                 self._on_child_completed(child)
 
     @property
@@ -165,6 +172,8 @@ class WhenAllTask(CompositeTask[list[Any]]):
     """Completes when every child has; then fails with the first failure, if any."""
 
     __slots__ = ("_first_failure",)
+
+    _counts_cancelled = True
 
     def __init__(self, tasks: Iterable[Task[Any]]) -> None:
         self._first_failure: BaseException | None = None

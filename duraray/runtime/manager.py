@@ -43,8 +43,12 @@ def ensure_ray(address: str | None = None, **init_options: Any) -> bool:
         "log_to_driver": True,
     }
     options.update(init_options)
-    if address is not None:
-        options["address"] = address
+    # No address means RAY_ADDRESS (set for Ray jobs) or else a new local instance: a bare
+    # ray.init() would instead join whatever cluster /tmp/ray/ray_current_cluster names
+    # (`ray start`, a test's Cluster), and Ray ignores RAY_ADDRESS for "local".
+    if address is None:
+        address = os.environ.get("RAY_ADDRESS") or "local"
+    options["address"] = address
     ray.init(**options)
     return True
 

@@ -43,6 +43,8 @@ from duraray._errors import (
     InstanceAlreadyExistsError,
     InstanceNotFoundError,
     InstanceStateError,
+    SerializationError,
+    error_type_name,
 )
 from duraray._registry import Registry
 from duraray.config import HubConfig
@@ -136,6 +138,9 @@ class PartitionCore:
         self._executor_options = ExecutorOptions(
             maximum_timer_interval=self.config.maximum_timer_interval
         )
+        # Payloads made inside the hub (activity inputs, outputs, custom status, sent
+        # events) obey the same max_payload_bytes as the client's.
+        self._converter = _Converter(self.config.max_payload_bytes)
         self._log = log.bind(hub=hub, partition=index)
 
         self._intake: deque[tuple[str, Any]] = deque()
@@ -327,6 +332,13 @@ class PartitionCore:
             live = self._live.get(row.instance_id)
             if live is not None:
                 live.timers.add(key)
+        for iid, live in self._live.items():
+            # A PENDING instance without its start timer had it fire in a committed batch
+            # whose in-memory "drain next batch" was lost with the crash: start it now.
+            if live.record.status is Status.PENDING and not any(
+                self._timers[k].kind == "start" for k in live.timers
+            ):
+                self._ready.add(iid)
         for _, value in self.store.scan("activities"):
             task = codec.decode_record(ActivityTask, value)
             live = self._live.get(task.instance_id)
@@ -801,7 +813,7 @@ class PartitionCore:
         executor = OrchestrationExecutor(
             self.registry.orchestrations.get(record.name),
             instance_id=record.instance_id,
-            converter=_CONVERTER,
+            converter=self._converter,
             name_of=self.registry.name_of,
             options=self._executor_options,
         )
@@ -924,6 +936,19 @@ class PartitionCore:
         live.activities.discard(result.task_id)
         self._wb.delete("activities", r.seq_key(result.instance_id, result.task_id))
         event: h.HistoryEvent
+        limit = self.config.max_payload_bytes
+        if result.failure is None and result.result is not None and len(result.result) > limit:
+            # Workers encode with the default limit; the hub's own limit is enforced here.
+            result = replace(
+                result,
+                result=None,
+                failure=FailureDetails(
+                    message=f"activity result of {len(result.result)} bytes exceeds the "
+                    f"limit of {limit} bytes",
+                    error_type=error_type_name(SerializationError),
+                    non_retriable=True,
+                ),
+            )
         if result.failure is None:
             event = h.TaskCompleted(
                 timestamp=self._now, task_scheduled_id=result.task_id, result=result.result
@@ -1197,9 +1222,14 @@ _DEFERRED: Any = object()
 
 
 class _Converter:
-    """The codec as the executor's payload converter."""
+    """The codec as the executor's payload converter, with the hub's payload size limit."""
 
-    encode = staticmethod(codec.encode)
+    def __init__(self, max_size: int = codec.DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+        self.max_size = max_size
+
+    def encode(self, value: Any) -> bytes:
+        return codec.encode(value, max_size=self.max_size)
+
     decode = staticmethod(codec.decode)
 
 

@@ -577,6 +577,10 @@ class PartitionRecord:
     labels: dict[str, str]
     sizes: list[int]
     pair: tuple[str, int]
+    leases: list[Lease]
+    by_owner: dict[str, Lease]
+    window: tuple[datetime, datetime] | None
+    batches: list[tuple[int, int]]
     status: OrchestrationStatus | None = None
     failure: FailureDetails | None = None
     note: str | None = None
@@ -588,7 +592,7 @@ class UnsupportedRecord:
 
 
 def test_generic_record_round_trips() -> None:
-    """A frozen dataclass record with every supported field kind round-trips."""
+    """A record with every supported field kind, containers of records included, round-trips."""
     record = PartitionRecord(
         name="p0",
         count=-3,
@@ -601,6 +605,10 @@ def test_generic_record_round_trips() -> None:
         labels={"a": "b"},
         sizes=[1, 2],
         pair=("x", 1),
+        leases=[Lease("a"), Lease("b", datetime(2031, 1, 1, tzinfo=UTC))],
+        by_owner={"c": Lease("c")},
+        window=(datetime(2020, 1, 1, tzinfo=UTC), datetime(2021, 1, 1, tzinfo=UTC)),
+        batches=[(1, 2), (3, 4)],
         status=OrchestrationStatus.SUSPENDED,
         failure=FailureDetails("m", "E", inner=FailureDetails("i", "F")),
     )

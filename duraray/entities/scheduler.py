@@ -1,0 +1,157 @@
+"""Per-entity message scheduling and the critical-section (lock) protocol.
+
+An entity receives operations (signals and calls), lock requests and unlocks, in the
+order its partition applies them. While no orchestration holds its lock, operations run
+in arrival order. A lock request makes the requesting critical section the owner; from
+then on only operations sent from inside that critical section run, and everything else
+waits in the entity's queue, in order, until the owner unlocks.
+
+A critical section locks its entities one at a time in sorted order: the request travels
+entity to entity (each grants it by forwarding it to the next), and the last one sends
+the grant back to the orchestration. Two critical sections always acquire shared
+entities in the same order, so they cannot deadlock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from duraray.entities.ids import EntityId
+
+
+@dataclass(frozen=True, slots=True)
+class OperationMessage:
+    """An operation for an entity: a signal, or a call when ``caller_instance`` is set.
+
+    ``lock_owner`` is the critical section the sender is inside, if any.
+    """
+
+    operation: str
+    input: bytes | None = None
+    caller_instance: str | None = None
+    caller_execution: str | None = None
+    caller_task: int | None = None
+    lock_owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LockRequest:
+    """A critical section asking for ``lock_set[position]`` (and then the rest)."""
+
+    owner: str
+    instance_id: str
+    execution_id: str
+    task_id: int
+    lock_set: list[str]
+    position: int = 0
+
+    @property
+    def target(self) -> str:
+        """The entity this request is for now."""
+        return self.lock_set[self.position]
+
+    @property
+    def is_granted(self) -> bool:
+        """True once every entity of the set is locked (the grant goes back)."""
+        return self.position >= len(self.lock_set)
+
+
+@dataclass(frozen=True, slots=True)
+class UnlockMessage:
+    """The critical section ``owner`` releases the entity."""
+
+    owner: str
+
+
+EntityMessage = OperationMessage | LockRequest | UnlockMessage
+
+
+@dataclass(slots=True)
+class EntityRecord:
+    """One row of ``entities``: state, lock and the messages waiting for the lock."""
+
+    entity_id: str
+    state: bytes | None = None
+    locked_by: str | None = None
+    lock_owner: str | None = None
+    queue: list[Any] = field(default_factory=list)
+    last_modified: datetime | None = None
+
+    @property
+    def exists(self) -> bool:
+        """An entity exists while it has state, holds a lock or has queued messages."""
+        return self.state is not None or self.locked_by is not None or bool(self.queue)
+
+
+@dataclass(slots=True)
+class Scheduled:
+    """What to do after admitting messages: run ``ready``, pass on ``lock_steps``."""
+
+    ready: list[OperationMessage] = field(default_factory=list)
+    #: requests advanced past this entity: forward to ``target``, or grant if granted
+    lock_steps: list[LockRequest] = field(default_factory=list)
+    changed: bool = False
+
+
+def sorted_lock_set(entity_ids: Any) -> list[str]:
+    """The lock set of a critical section: ids sorted and de-duplicated."""
+    ids = [EntityId.of(e) for e in entity_ids]
+    if not ids:
+        raise ValueError("lock_entities needs at least one entity")
+    return [str(e) for e in sorted(set(ids))]
+
+
+def admit(record: EntityRecord, messages: list[EntityMessage]) -> Scheduled:
+    """Admit ``messages`` in order; mutates ``record``'s lock and queue."""
+    out = Scheduled()
+    for message in messages:
+        _admit(record, message, out)
+    return out
+
+
+def _admit(record: EntityRecord, message: EntityMessage, out: Scheduled) -> None:
+    if isinstance(message, UnlockMessage):
+        if record.lock_owner == message.owner:
+            record.lock_owner = None
+            record.locked_by = None
+            out.changed = True
+            _drain(record, out)
+        return  # an unlock from a section that does not hold the lock is stale
+    if record.lock_owner is None:
+        if isinstance(message, LockRequest):
+            _acquire(record, message, out)
+        else:
+            out.ready.append(message)
+        return
+    if isinstance(message, OperationMessage) and message.lock_owner == record.lock_owner:
+        out.ready.append(message)
+        return
+    record.queue.append(message)
+    out.changed = True
+
+
+def _acquire(record: EntityRecord, request: LockRequest, out: Scheduled) -> None:
+    record.lock_owner = request.owner
+    record.locked_by = request.instance_id
+    out.changed = True
+    out.lock_steps.append(replace(request, position=request.position + 1))
+
+
+def _drain(record: EntityRecord, out: Scheduled) -> None:
+    while record.queue and record.lock_owner is None:
+        message = record.queue.pop(0)
+        out.changed = True
+        if isinstance(message, LockRequest):
+            _acquire(record, message, out)
+        elif isinstance(message, OperationMessage):
+            out.ready.append(message)
+
+
+def release(record: EntityRecord) -> Scheduled:
+    """Force-release the lock (orphaned lock cleanup) and run what was waiting."""
+    out = Scheduled()
+    if record.lock_owner is not None:
+        _admit(record, UnlockMessage(record.lock_owner), out)
+    return out
