@@ -4,10 +4,10 @@ Every error duraray raises to user code derives from one root::
 
     DurableError
     ├── TaskFailedError                 an activity, sub-orchestration or entity call failed
+    │   └── EntityOperationFailedError  an entity operation called by an orchestration raised
     ├── NonDeterminismError             replayed code no longer matches its recorded history
     ├── TaskCancelledError              a cancelled task was awaited
     ├── OrchestrationFailedError        `OrchestrationState.raise_if_failed()` on a failed instance
-    ├── EntityOperationFailedError      an entity operation raised (inside TaskFailedError)
     ├── LockingRuleError                a critical-section rule was broken at the call site
     ├── InstanceNotFoundError           (also a LookupError) no such instance
     ├── InstanceAlreadyExistsError      an instance with that id is running
@@ -117,14 +117,13 @@ class OrchestrationFailedError(DurableError):
         self.details = details
 
 
-class EntityOperationFailedError(DurableError):
-    """An entity operation raised; ``details`` carries the operation's failure."""
+class EntityOperationFailedError(TaskFailedError):
+    """An entity operation called by an orchestration raised; ``details`` says why.
+
+    A TaskFailedError, so ``except TaskFailedError`` catches failed entity calls too.
+    """
 
     __module__ = "duraray"
-
-    def __init__(self, message: str, details: FailureDetails | None = None) -> None:
-        super().__init__(message)
-        self.details = details
 
 
 class LockingRuleError(DurableError):

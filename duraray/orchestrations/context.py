@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from duraray._errors import LockingRuleError
+from duraray.entities.ids import EntityId
+from duraray.entities.scheduler import sorted_lock_set
 from duraray.orchestrations import history as h
 from duraray.orchestrations.task import (
     CancellableTask,
@@ -182,6 +185,8 @@ class OrchestrationContext:
         the same on every replay.
         """
         ex = self._ex
+        if ex.critical_section is not None or ex.lock_pending is not None:
+            raise LockingRuleError("cannot call a sub-orchestrator inside a critical section")
         name = ex._name_of("orchestration", orchestrator)
         encoded = ex.converter.encode(input)
         hint = _result_hint(orchestrator)
@@ -294,6 +299,159 @@ class OrchestrationContext:
         ex.continue_as_new_input = ex.converter.encode(new_input)
         ex.continue_as_new_called = True
         ex.save_events = bool(save_events)
+
+
+    # -- entities ------------------------------------------------------------------------
+
+    @property
+    def is_in_critical_section(self) -> bool:
+        """True between the grant of ``lock_entities`` and the end of its ``with`` block."""
+        return self._ex.critical_section is not None
+
+    def call_entity(self, entity: Any, operation: str, input: Any = None) -> CompletableTask[Any]:
+        """Call an entity operation and wait for its result.
+
+        A failing operation raises ``EntityOperationFailedError`` (a TaskFailedError).
+        Inside a critical section only entities of the lock set can be called, one call
+        per entity at a time.
+        """
+        ex = self._ex
+        entity_id = EntityId.of(entity)
+        target = str(entity_id)
+        _check_operation(operation)
+        section = ex.critical_section
+        if ex.lock_pending is not None:
+            raise LockingRuleError("cannot call an entity while lock_entities is pending")
+        if section is not None:
+            if target not in section.lock_set:
+                raise LockingRuleError(
+                    f"cannot call {target} inside a critical section that does not lock it "
+                    f"(locked: {', '.join(section.lock_set)})"
+                )
+            if target in section.pending_calls:
+                raise LockingRuleError(
+                    f"a call to {target} is already pending in this critical section; "
+                    "wait for it before calling the entity again"
+                )
+        encoded = ex.converter.encode(input)
+        seq = ex.next_sequence()
+        task: CompletableTask[Any] = CompletableTask(f"call_entity({target!r}, {operation!r}) #{seq}")
+        task.entity = (target, operation)  # type: ignore[attr-defined]
+        ex.record_action(
+            h.EntityOperationCalled(
+                timestamp=self.current_utc_datetime,
+                event_id=seq,
+                entity_id=target,
+                operation=operation,
+                input=encoded,
+                lock_owner=section.id if section is not None else None,
+            ),
+            task,
+        )
+        if section is not None:
+            section.pending_calls.add(target)
+        return task
+
+    def signal_entity(
+        self,
+        entity: Any,
+        operation: str,
+        input: Any = None,
+        *,
+        signal_time: datetime | timedelta | None = None,
+    ) -> None:
+        """Send a one-way operation to an entity (at ``signal_time``, if given).
+
+        Inside a critical section, entities of the lock set cannot be signalled.
+        """
+        ex = self._ex
+        target = str(EntityId.of(entity))
+        _check_operation(operation)
+        section = ex.critical_section
+        if section is not None and target in section.lock_set:
+            raise LockingRuleError(
+                f"cannot signal {target}: it is locked by this critical section (call it instead)"
+            )
+        when: datetime | None
+        if isinstance(signal_time, timedelta):
+            when = self.current_utc_datetime + signal_time
+        elif isinstance(signal_time, datetime):
+            when = _utc(signal_time)
+        elif signal_time is None:
+            when = None
+        else:
+            raise TypeError("signal_time must be a datetime or a timedelta")
+        encoded = ex.converter.encode(input)
+        seq = ex.next_sequence()
+        ex.record_action(
+            h.EntityOperationSignaled(
+                timestamp=self.current_utc_datetime,
+                event_id=seq,
+                entity_id=target,
+                operation=operation,
+                input=encoded,
+                signal_time=when,
+            ),
+            None,
+        )
+
+    def lock_entities(self, entities: Any) -> CompletableTask[CriticalSection]:
+        """Lock entities for a critical section: ``with (yield ctx.lock_entities([a, b])):``.
+
+        The lock set is sorted and de-duplicated; locks are released when the ``with``
+        block exits and, at the latest, when the orchestration ends.
+        """
+        ex = self._ex
+        if ex.critical_section is not None or ex.lock_pending is not None:
+            raise LockingRuleError("cannot lock entities inside a critical section (nested lock)")
+        lock_set = sorted_lock_set(entities)
+        seq = ex.next_sequence()
+        section_id = f"{self.instance_id}#{self.execution_id}#{seq}"
+        task: CompletableTask[CriticalSection] = CompletableTask(f"lock_entities #{seq}")
+        ex.lock_pending = CriticalSection(ex, section_id, lock_set)
+        ex.record_action(
+            h.EntityLockRequested(
+                timestamp=self.current_utc_datetime,
+                event_id=seq,
+                critical_section_id=section_id,
+                lock_set=lock_set,
+            ),
+            task,
+        )
+        return task
+
+
+class CriticalSection:
+    """Entities locked by one orchestration; a context manager that releases them."""
+
+    def __init__(self, executor: OrchestrationExecutor, section_id: str, lock_set: list[str]) -> None:
+        self._ex = executor
+        self.id = section_id
+        self.lock_set = list(lock_set)
+        self.pending_calls: set[str] = set()
+        self.released = False
+
+    @property
+    def locked_entities(self) -> list[EntityId]:
+        """The locked entities, in lock order."""
+        return [EntityId.parse(e) for e in self.lock_set]
+
+    def release(self) -> None:
+        """Release the locks now (the ``with`` block does this on exit)."""
+        if not self.released:
+            self._ex.release_section(self)
+
+    def __enter__(self) -> CriticalSection:
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        self.release()
+        return False
+
+
+def _check_operation(operation: Any) -> None:
+    if not isinstance(operation, str) or not operation:
+        raise ValueError("entity operation must be a non-empty string")
 
 
 def _result_hint(target: Any) -> Any:

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn, Protocol, get_type_hints
 
 from duraray._errors import (
+    EntityOperationFailedError,
     FailureDetails,
     NonDeterminismError,
     SerializationError,
@@ -37,6 +38,7 @@ from duraray._errors import (
 )
 from duraray.orchestrations import history as h
 from duraray.orchestrations.context import (
+    CriticalSection,
     OrchestrationContext,
     RetryTimer,
     TimerChunk,
@@ -81,6 +83,14 @@ def action_label(event: h.HistoryEvent) -> str:
         return f"call_sub_orchestrator({event.name!r})"
     if isinstance(event, h.EventSent):
         return f"send_event({event.instance_id!r}, {event.name!r})"
+    if isinstance(event, h.EntityOperationCalled):
+        return f"call_entity({event.entity_id!r}, {event.operation!r})"
+    if isinstance(event, h.EntityOperationSignaled):
+        return f"signal_entity({event.entity_id!r}, {event.operation!r})"
+    if isinstance(event, h.EntityLockRequested):
+        return f"lock_entities({event.lock_set!r})"
+    if isinstance(event, h.EntityUnlockSent):
+        return "the end of a critical section"
     return type(event).__name__
 
 
@@ -90,6 +100,10 @@ def _action_key(event: h.HistoryEvent) -> tuple[str, str]:
         return (type(event).__name__, event.name)
     if isinstance(event, h.EventSent):
         return (type(event).__name__, event.name.lower())
+    if isinstance(event, h.EntityOperationCalled | h.EntityOperationSignaled):
+        return (type(event).__name__, f"{event.entity_id}.{event.operation}")
+    if isinstance(event, h.EntityLockRequested | h.EntityUnlockSent):
+        return (type(event).__name__, ",".join(event.lock_set))
     return (type(event).__name__, "")
 
 
@@ -178,6 +192,12 @@ class OrchestrationExecutor:
         # A completion reached while replaying: emitted (after any new actions) once the
         # replay is over, unless the rest of the history shows that the code changed.
         self._held: h.HistoryEvent | None = None
+        #: the granted critical section, and one whose lock request is pending
+        self.critical_section: CriticalSection | None = None
+        self.lock_pending: CriticalSection | None = None
+        # Set while the generator is closed: code in finally/__exit__ blocks must not
+        # produce actions then (eviction is not an orchestration step).
+        self._closing = False
 
     # -- the episode interface -----------------------------------------------------------
 
@@ -225,6 +245,7 @@ class OrchestrationExecutor:
         gen, self._gen = self._gen, None
         if gen is not None:
             token = replaying_var.set(True)
+            self._closing = True
             try:
                 gen.close()
             except Exception:
@@ -257,6 +278,8 @@ class OrchestrationExecutor:
 
     def record_action(self, event: h.HistoryEvent, task: Any) -> None:
         """Register an action the code produced and what its completion completes."""
+        if self._closing:
+            return
         seq = _event_id(event)
         if task is not None:
             self._open[seq] = task
@@ -264,6 +287,26 @@ class OrchestrationExecutor:
             self._unmatched[seq] = event
         else:
             self._new_events.append(event)
+
+    def release_section(self, section: CriticalSection) -> None:
+        """Record the end of a critical section: unlock every entity of its lock set."""
+        if section.released or self._closing:
+            return
+        section.released = True
+        if self.critical_section is section:
+            self.critical_section = None
+        if self.lock_pending is section:
+            self.lock_pending = None
+        seq = self.next_sequence()
+        self.record_action(
+            h.EntityUnlockSent(
+                timestamp=self._timestamp(),
+                event_id=seq,
+                critical_section_id=section.id,
+                lock_set=section.lock_set,
+            ),
+            None,
+        )
 
     def cancel_open(self, task: CancellableTask[Any]) -> None:
         for seq, entry in list(self._open.items()):
@@ -285,6 +328,12 @@ class OrchestrationExecutor:
             self._on_timer(event)
         elif isinstance(event, h.EventRaised):
             self._on_event(event)
+        elif isinstance(event, h.EntityOperationCompleted):
+            self._on_entity_result(event.task_scheduled_id, event.result, None)
+        elif isinstance(event, h.EntityOperationFailed):
+            self._on_entity_result(event.task_scheduled_id, None, event.failure)
+        elif isinstance(event, h.EntityLockGranted):
+            self._on_lock_granted(event)
         elif isinstance(event, _ACTION_EVENTS):
             self._match(event)
         # Suspension, resumption, rewind markers and unknown events carry no code-visible
@@ -380,6 +429,37 @@ class OrchestrationExecutor:
             return
         kind = "Sub-orchestration" if isinstance(event, h.SubOrchestrationInstanceFailed) else "Activity"
         task._fail(TaskFailedError(f"{kind} task #{seq} failed: {details.message}", details))
+        self._resume()
+
+    def _on_entity_result(
+        self, seq: int, result: bytes | None, failure: FailureDetails | None
+    ) -> None:
+        task = self._open.get(seq)
+        if task is None:
+            return
+        section = self.critical_section
+        if section is not None:
+            section.pending_calls.discard(getattr(task, "entity", ("", ""))[0])
+        if failure is None:
+            self._on_success(seq, result)
+            return
+        del self._open[seq]
+        target, operation = getattr(task, "entity", ("entity", "operation"))
+        task._fail(
+            EntityOperationFailedError(
+                f"Entity operation {target}.{operation} failed: {failure.message}", failure
+            )
+        )
+        self._resume()
+
+    def _on_lock_granted(self, event: h.EntityLockGranted) -> None:
+        task = self._open.pop(event.task_scheduled_id, None)
+        section = self.lock_pending
+        if task is None or section is None or section.id != event.critical_section_id:
+            return
+        self.lock_pending = None
+        self.critical_section = section
+        task._complete(section)
         self._resume()
 
     def _should_retry(self, task: RetryableTask[Any], details: FailureDetails) -> bool:
@@ -518,6 +598,11 @@ class OrchestrationExecutor:
     def _finish(self, event: h.HistoryEvent) -> None:
         if self.completion is not None:
             return
+        # Locks never outlive the execution: however it ends, release what it holds
+        # (or asked for) before the completion event.
+        for section in (self.critical_section, self.lock_pending):
+            if section is not None and not section.released:
+                self.release_section(section)
         self.completion = event
         self._awaited = None
         self._open.clear()
@@ -533,6 +618,7 @@ class OrchestrationExecutor:
             self._new_events.append(event)
         gen, self._gen = self._gen, None
         if gen is not None:
+            self._closing = True
             try:
                 gen.close()
             except Exception:
@@ -548,6 +634,10 @@ _ACTION_EVENTS = (
     h.TimerCreated,
     h.SubOrchestrationInstanceCreated,
     h.EventSent,
+    h.EntityOperationCalled,
+    h.EntityOperationSignaled,
+    h.EntityLockRequested,
+    h.EntityUnlockSent,
 )
 
 

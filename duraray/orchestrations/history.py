@@ -215,6 +215,71 @@ class ContinueAsNew(HistoryEvent):
     input: Any = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntityOperationCalled(HistoryEvent):
+    """This orchestration called ``operation`` on ``entity_id`` (task ``event_id``)."""
+
+    event_id: int
+    entity_id: str
+    operation: str
+    input: Any = None
+    lock_owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntityOperationSignaled(HistoryEvent):
+    """This orchestration signalled ``operation`` on ``entity_id`` (one-way)."""
+
+    event_id: int
+    entity_id: str
+    operation: str
+    input: Any = None
+    signal_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntityOperationCompleted(HistoryEvent):
+    """The entity call ``task_scheduled_id`` returned ``result``."""
+
+    task_scheduled_id: int
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntityOperationFailed(HistoryEvent):
+    """The entity call ``task_scheduled_id`` raised."""
+
+    task_scheduled_id: int
+    failure: FailureDetails
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntityLockRequested(HistoryEvent):
+    """This orchestration asked to lock ``lock_set`` (sorted) as critical section ``critical_section_id``."""
+
+    event_id: int
+    critical_section_id: str
+    lock_set: list[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntityLockGranted(HistoryEvent):
+    """Every entity of the critical section's lock set is locked."""
+
+    task_scheduled_id: int
+    critical_section_id: str
+    lock_set: list[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntityUnlockSent(HistoryEvent):
+    """The critical section released its locks."""
+
+    event_id: int
+    critical_section_id: str
+    lock_set: list[str]
+
+
 #: Every concrete event class by name: the codec's tag table. Order does not matter;
 #: names are the stable identifiers written to disk.
 EVENT_TYPES: dict[str, type[HistoryEvent]] = {
@@ -238,6 +303,13 @@ EVENT_TYPES: dict[str, type[HistoryEvent]] = {
         ExecutionRewound,
         ExecutionCompleted,
         ContinueAsNew,
+        EntityOperationCalled,
+        EntityOperationSignaled,
+        EntityOperationCompleted,
+        EntityOperationFailed,
+        EntityLockRequested,
+        EntityLockGranted,
+        EntityUnlockSent,
     )
 }
 

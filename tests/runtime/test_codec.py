@@ -411,6 +411,8 @@ def _field_strategy(name: str, hint: Any) -> st.SearchStrategy[Any]:
     }
     if hint in simple:
         return simple[hint]
+    if hint == list[str]:
+        return st.lists(st.text(max_size=5), max_size=3)
     assert dict[str, str] == hint
     return st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3)
 
@@ -464,6 +466,7 @@ def test_event_written_with_fewer_trailing_fields_fills_defaults(cls: type[Histo
         int: 3,
         FailureDetails: FailureDetails("m", "E"),
         OrchestrationStatus: OrchestrationStatus.COMPLETED,
+        list[str]: ["@a@b"],
     }
     hints = typing.get_type_hints(cls)
     required = _required(cls)
