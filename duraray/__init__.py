@@ -50,7 +50,26 @@ from duraray.orchestrations.history import (
 from duraray.orchestrations.task import RetryPolicy, Task, when_all, when_any
 from duraray.runtime.activity import ActivityContext
 from duraray.runtime.aio import AsyncClient
-from duraray.runtime.client import Client, OrchestrationState, Page, PurgeResult
+from duraray.entities.entity import DurableEntity, EntityContext
+from duraray.entities.ids import EntityId, EntityInstanceId
+from duraray.orchestrations.context import CriticalSection
+from duraray.orchestrations.history import (
+    EntityLockGranted,
+    EntityLockRequested,
+    EntityOperationCalled,
+    EntityOperationCompleted,
+    EntityOperationFailed,
+    EntityOperationSignaled,
+    EntityUnlockSent,
+)
+from duraray.runtime.client import (
+    CleanEntityStorageResult,
+    Client,
+    EntityMetadata,
+    OrchestrationState,
+    Page,
+    PurgeResult,
+)
 from duraray.runtime.partition import ReuseIdPolicy
 
 __version__ = "0.1.0"
@@ -61,7 +80,21 @@ __all__ = [
     "App",
     "AsyncClient",
     "Client",
+    "CleanEntityStorageResult",
     "ContinueAsNew",
+    "CriticalSection",
+    "DurableEntity",
+    "EntityContext",
+    "EntityId",
+    "EntityInstanceId",
+    "EntityLockGranted",
+    "EntityLockRequested",
+    "EntityMetadata",
+    "EntityOperationCalled",
+    "EntityOperationCompleted",
+    "EntityOperationFailed",
+    "EntityOperationSignaled",
+    "EntityUnlockSent",
     "DurableError",
     "EntityOperationFailedError",
     "EventRaised",

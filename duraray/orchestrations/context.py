@@ -20,6 +20,7 @@ from duraray.orchestrations import history as h
 from duraray.orchestrations.task import (
     CancellableTask,
     CompletableTask,
+    EntityCallTask,
     RetryableTask,
     RetryPolicy,
     Task,
@@ -335,8 +336,9 @@ class OrchestrationContext:
                 )
         encoded = ex.converter.encode(input)
         seq = ex.next_sequence()
-        task: CompletableTask[Any] = CompletableTask(f"call_entity({target!r}, {operation!r}) #{seq}")
-        task.entity = (target, operation)  # type: ignore[attr-defined]
+        task: EntityCallTask[Any] = EntityCallTask(
+            target, operation, f"call_entity({target!r}, {operation!r}) #{seq}"
+        )
         ex.record_action(
             h.EntityOperationCalled(
                 timestamp=self.current_utc_datetime,

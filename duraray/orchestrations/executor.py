@@ -44,7 +44,13 @@ from duraray.orchestrations.context import (
     TimerChunk,
     replaying_var,
 )
-from duraray.orchestrations.task import CancellableTask, RetryableTask, Task, TimerTask
+from duraray.orchestrations.task import (
+    CancellableTask,
+    EntityCallTask,
+    RetryableTask,
+    Task,
+    TimerTask,
+)
 
 
 class PayloadConverter(Protocol):
@@ -438,13 +444,14 @@ class OrchestrationExecutor:
         if task is None:
             return
         section = self.critical_section
-        if section is not None:
-            section.pending_calls.discard(getattr(task, "entity", ("", ""))[0])
+        if section is not None and isinstance(task, EntityCallTask):
+            section.pending_calls.discard(task.entity_id)
         if failure is None:
             self._on_success(seq, result)
             return
         del self._open[seq]
-        target, operation = getattr(task, "entity", ("entity", "operation"))
+        target = getattr(task, "entity_id", "entity")
+        operation = getattr(task, "operation", "operation")
         task._fail(
             EntityOperationFailedError(
                 f"Entity operation {target}.{operation} failed: {failure.message}", failure

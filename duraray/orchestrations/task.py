@@ -93,6 +93,17 @@ class CompletableTask(Task[T]):
         self.result_hint: Any = None
 
 
+class EntityCallTask(CompletableTask[T]):
+    """A call to an entity operation; remembers which entity and operation."""
+
+    __slots__ = ("entity_id", "operation")
+
+    def __init__(self, entity_id: str, operation: str, description: str = "") -> None:
+        super().__init__(description)
+        self.entity_id = entity_id
+        self.operation = operation
+
+
 class CancellableTask(CompletableTask[T]):
     """A timer or external-event wait that the orchestrator may cancel."""
 
@@ -317,6 +328,7 @@ __all__ = [
     "CancellableTask",
     "CompletableTask",
     "CompositeTask",
+    "EntityCallTask",
     "RetryPolicy",
     "RetryableTask",
     "Task",

@@ -109,9 +109,15 @@ class PartitionActorImpl:
         ]
         self._peers: dict[int, Any] = {}
         store = LmdbStore(partition_dir(config.data_dir, hub, index), sync=config.fsync)
-        self.core = PartitionCore(
-            hub=hub, index=index, store=store, registry=registry, config=config
-        )
+        try:
+            self.core = PartitionCore(
+                hub=hub, index=index, store=store, registry=registry, config=config
+            )
+        except BaseException:
+            # A refused data dir (wrong partition count, another hub's store): release its
+            # lock now, since Ray may keep this failed actor's process alive for a while.
+            store.close()
+            raise
         self._registry_ref = ray.put(registry)
         self._remote_batch = ray.remote(_run_activity_batch)
         self._wake: asyncio.Event | None = None

@@ -30,6 +30,11 @@ ASYNC_METHODS = (
     "purge_orchestrations_by",
     "query_instances",
     "get_all_instances",
+    "signal_entity",
+    "get_entity",
+    "query_entities",
+    "get_all_entities",
+    "clean_entity_storage",
     "partition_stats",
     "shutdown_hub",
 )

@@ -26,6 +26,8 @@ from duraray._errors import (
     SerializationError,
 )
 from duraray._registry import Registry
+from duraray.entities.ids import EntityId
+from duraray.entities.scheduler import EntityRecord
 from duraray.orchestrations import history as h
 from duraray.orchestrations.ids import validate_instance_id
 from duraray.runtime import codec
@@ -91,6 +93,30 @@ class OrchestrationState:
             raise OrchestrationFailedError(
                 f"orchestration {self.instance_id!r} failed: {message}", details
             )
+
+
+@dataclass(frozen=True, slots=True)
+class EntityMetadata:
+    """A snapshot of a durable entity: its state (if asked for) and its lock."""
+
+    id: EntityId
+    last_modified: datetime | None
+    state: Any = None
+    locked_by: str | None = None
+    backlog_queue_size: int = 0
+
+    @property
+    def includes_state(self) -> bool:
+        """True when the state was fetched (and the entity has some)."""
+        return self.state is not None
+
+
+@dataclass(frozen=True, slots=True)
+class CleanEntityStorageResult:
+    """What ``clean_entity_storage`` did."""
+
+    empty_entities_removed: int
+    orphaned_locks_released: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,6 +448,117 @@ class Client:
             if token is None:
                 return out
 
+    # -- entities ------------------------------------------------------------------------
+
+    def _entity_call(self, entity: Any, op: str, args: dict[str, Any], *, mutating: bool) -> Any:
+        entity_id = str(EntityId.of(entity))
+        request_id = uuid.uuid4().hex if mutating else None
+        future = self._transport.submit(
+            partition_for(entity_id, self._transport.partition_count),
+            op,
+            {"entity_id": entity_id, **args},
+            request_id,
+        )
+        return future.result()
+
+    def signal_entity(
+        self,
+        entity_id: Any,
+        operation: str,
+        input: Any = None,
+        *,
+        signal_time: datetime | timedelta | None = None,
+    ) -> None:
+        """Send a one-way operation to an entity; returns once the signal is durable.
+
+        ``signal_time`` (a datetime, or a delay) defers the operation until then.
+        Signals from one client are applied in the order they were sent.
+        """
+        if not isinstance(operation, str) or not operation:
+            raise ValueError("entity operation must be a non-empty string")
+        encoded = self._encode(input, "entity operation input")
+        when: Any = signal_time
+        if signal_time is not None and not isinstance(signal_time, timedelta):
+            when = _utc(signal_time)
+        self._entity_call(
+            entity_id,
+            "signal_entity",
+            {"operation": operation, "input": encoded, "signal_time": when},
+            mutating=True,
+        )
+
+    def get_entity(self, entity_id: Any, *, include_state: bool = True) -> EntityMetadata | None:
+        """The entity's metadata (and state), or None if it does not exist."""
+        record = self._entity_call(
+            entity_id, "get_entity", {"include_state": include_state}, mutating=False
+        )
+        return None if record is None else _entity_metadata(record)
+
+    def query_entities(
+        self,
+        *,
+        name: str | None = None,
+        key_prefix: str | None = None,
+        include_state: bool = True,
+        page_size: int = 100,
+        continuation_token: str | None = None,
+    ) -> Page[EntityMetadata]:
+        """One page of entities, by id; filter by entity name and key prefix."""
+        if not isinstance(page_size, int) or page_size < 1:
+            raise ValueError("page_size must be a positive integer")
+        if key_prefix and not name:
+            raise ValueError("key_prefix needs name")
+        prefix = "@" if not name else f"@{name.lower()}@{key_prefix or ''}"
+        after = None
+        if continuation_token is not None:
+            try:
+                after = base64.urlsafe_b64decode(continuation_token.encode()).decode()
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ValueError(f"malformed continuation token {continuation_token!r}") from exc
+        results = self._call_all(
+            "query_entities",
+            {"prefix": prefix, "after": after, "limit": page_size, "include_state": include_state},
+        )
+        merged = sorted((rec for part in results for rec in part), key=lambda rec: rec.entity_id)
+        page = merged[:page_size]
+        more = len(merged) > page_size or any(len(part) >= page_size for part in results)
+        token = (
+            base64.urlsafe_b64encode(page[-1].entity_id.encode()).decode() if page and more else None
+        )
+        return Page([_entity_metadata(rec) for rec in page], token)
+
+    def get_all_entities(self, **filters: Any) -> list[EntityMetadata]:
+        """Every entity matching ``query_entities`` filters, following all pages."""
+        out: list[EntityMetadata] = []
+        token = None
+        while True:
+            page = self.query_entities(continuation_token=token, **filters)
+            out.extend(page.items)
+            token = page.continuation_token
+            if token is None:
+                return out
+
+    def clean_entity_storage(
+        self, *, remove_empty_entities: bool = True, release_orphaned_locks: bool = True
+    ) -> CleanEntityStorageResult:
+        """Remove empty entities and release locks held by instances no longer running."""
+        results = self._call_all(
+            "clean_entities", {"remove_empty": remove_empty_entities}, mutating=True
+        )
+        removed = sum(count for count, _ in results)
+        released = 0
+        if release_orphaned_locks:
+            for _, locks in results:
+                for entity_id, holder, owner in locks:
+                    state = self.get_orchestration_state(holder, fetch_payloads=False)
+                    if state is not None and not state.runtime_status.is_terminal:
+                        continue
+                    if self._entity_call(
+                        entity_id, "release_entity_lock", {"owner": owner}, mutating=True
+                    ):
+                        released += 1
+        return CleanEntityStorageResult(removed, released)
+
     def partition_stats(self) -> list[dict[str, Any]]:
         """Counters and load of every partition."""
         return self._call_all("stats", {})
@@ -466,6 +603,16 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _entity_metadata(record: EntityRecord) -> EntityMetadata:
+    return EntityMetadata(
+        id=EntityId.parse(record.entity_id),
+        last_modified=record.last_modified,
+        state=codec.decode(record.state),
+        locked_by=record.locked_by,
+        backlog_queue_size=len(record.queue),
+    )
 
 
 def _record_key(record: InstanceRecord) -> bytes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from duraray.entities.executor import Operation, execute_batch
@@ -267,9 +267,11 @@ class EntityHost:
         entity_id: str,
         operation: str,
         input: bytes | None = None,
-        signal_time: datetime | None = None,
+        signal_time: datetime | timedelta | None = None,
     ) -> None:
         message = OperationMessage(operation, input)
+        if isinstance(signal_time, timedelta):  # a delay, on this partition's clock
+            signal_time = self._now + signal_time
         if signal_time is not None and signal_time > self._now:
             self._schedule_signal(entity_id, message, signal_time)
         else:

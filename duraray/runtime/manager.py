@@ -173,6 +173,12 @@ class PartitionManager:
         node_id = ray.get_runtime_context().get_node_id()
         lifetime = "detached" if detached else None
         worker_count = config.activity_workers or max(2, int(ray.cluster_resources().get("CPU", 2)))
+        # Workers go round-robin over the nodes with CPUs, as a soft affinity (a restart
+        # may land elsewhere once its node is gone): Ray's SPREAD alone is best-effort for
+        # zero-resource actors and often leaves a node of a small cluster without a worker.
+        cpu_nodes = sorted(
+            n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0
+        )
         workers = [
             ActivityWorker.options(
                 name=worker_actor_name(self.hub, i),
@@ -182,7 +188,11 @@ class PartitionManager:
                 max_task_retries=0,
                 num_cpus=0,
                 max_concurrency=config.worker_concurrency,
-                scheduling_strategy="SPREAD",
+                scheduling_strategy=(
+                    NodeAffinitySchedulingStrategy(cpu_nodes[i % len(cpu_nodes)], soft=True)
+                    if cpu_nodes
+                    else "SPREAD"
+                ),
                 get_if_exists=True,
             ).remote(self.registry)
             for i in range(worker_count)
@@ -209,6 +219,12 @@ class PartitionManager:
         except Exception as exc:
             for actor in partitions + workers:
                 ray.kill(actor, no_restart=True)
+            # A partition that refused its data dir (partition count, owner) raised a
+            # HubConfigurationError in its constructor; Ray only hands us its formatted
+            # traceback, so surface that error's own message rather than the traceback.
+            cause = str(exc).rsplit("HubConfigurationError: ", 1)
+            if len(cause) == 2:
+                raise HubConfigurationError(cause[1].strip()) from exc
             raise HubConfigurationError(f"hub {self.hub!r} failed to start: {exc}") from exc
         started_info: dict[str, Any] = ray.get(partitions[0].describe.remote())
         log.info(

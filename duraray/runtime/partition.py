@@ -62,6 +62,7 @@ from duraray.runtime.records import (
     Reply,
     TimerRow,
 )
+from duraray.runtime.entity_host import EntityHost
 from duraray.runtime.routing import partition_for
 from duraray.runtime.store import PartitionStore, WriteBatch
 
@@ -115,7 +116,7 @@ class _Watcher:
     deadline: float
 
 
-class PartitionCore:
+class PartitionCore(EntityHost):
     """The logic of one partition over one store; see the module docstring."""
 
     def __init__(
@@ -172,6 +173,7 @@ class PartitionCore:
         self._changed: set[str] = set()
         self._replied: dict[str, Any] = {}  # request id -> reply, not yet committed
 
+        self._init_entities()
         self._check_meta()
         self._recover()
 
@@ -251,6 +253,7 @@ class PartitionCore:
                 for result in item:
                     self._on_activity_result(result)
         self._fire_due_timers()
+        self._process_entities()
 
         # Episodes may add work for other local instances (messages to self go through
         # the outbox, so they never do): one pass suffices.
@@ -438,8 +441,14 @@ class PartitionCore:
             if live is not None:
                 body = msg.body or {}
                 self._terminate(live, body.get("output"), bool(body.get("recursive", True)))
+        elif msg.kind == "entity":
+            self._on_entity_message(msg.instance_id, msg.body or {})
         elif msg.kind == "rewind":
-            self._rewind(msg.instance_id, (msg.body or {}).get("reason"))
+            body = msg.body or {}
+            if body.get("parent") is not None:
+                self._rewind_child(msg.instance_id, body.get("reason"), body["parent"])
+            else:
+                self._rewind(msg.instance_id, body.get("reason"))
         else:
             self._log.warning("unknown message kind dropped", kind=msg.kind)
 
@@ -751,8 +760,13 @@ class PartitionCore:
         return live
 
     def _start_child(self, instance_id: str, body: dict[str, Any]) -> None:
-        parent = (body["parent_instance_id"], body["parent_execution_id"], body["parent_task_id"])
         existing = self._live.get(instance_id)
+        if body.get("parent_instance_id") is None:
+            # Started by an entity operation: a running instance with that id is kept.
+            if existing is None:
+                self._create(instance_id, body["name"], body.get("input"))
+            return
+        parent = (body["parent_instance_id"], body["parent_execution_id"], body["parent_task_id"])
         if existing is not None:
             failure = FailureDetails(
                 message=f"an orchestration instance with id {instance_id!r} is already running",
@@ -774,10 +788,16 @@ class PartitionCore:
 
     def _deliver(self, instance_id: str, event: h.HistoryEvent, execution_id: str | None) -> None:
         live = self._live.get(instance_id)
-        if live is None:
-            return  # unknown or finished: events to it are dropped (send_event never fails)
-        if execution_id is not None and live.record.execution_id != execution_id:
-            return  # addressed to an earlier execution
+        stale = live is None or (
+            execution_id is not None and live.record.execution_id != execution_id
+        )
+        if stale:
+            # Unknown, finished or an earlier execution: events to it are dropped (so
+            # send_event never fails), but a lock granted to it must be given back.
+            if isinstance(event, h.EntityLockGranted):
+                self._unlock_all(event.critical_section_id, list(event.lock_set))
+            return
+        assert live is not None
         if live.buffering:
             self._to_inbox(live, event)
         else:
@@ -895,13 +915,18 @@ class PartitionCore:
         elif isinstance(event, h.EventSent):
             raised = h.EventRaised(timestamp=self._now, name=event.name, input=event.input)
             self._send_event(event.instance_id, raised, None)
+        else:
+            self._entity_action(iid, record.execution_id, event)
 
-    def _add_timer(self, live: _Live, row: TimerRow) -> None:
+    def _put_timer(self, row: TimerRow) -> bytes:
         key = r.timer_key(codec.utc_micros(row.fire_at), row.instance_id, row.timer_id)
         self._wb.put("timers", key, codec.encode_record(row))
         self._timers[key] = row
         heapq.heappush(self._timer_heap, (codec.utc_micros(row.fire_at), key))
-        live.timers.add(key)
+        return key
+
+    def _add_timer(self, live: _Live, row: TimerRow) -> None:
+        live.timers.add(self._put_timer(row))
 
     def _fire_due_timers(self) -> None:
         now_micros = codec.utc_micros(self._now)
@@ -912,6 +937,9 @@ class PartitionCore:
             if row is None:
                 continue  # removed when its instance finished
             self._wb.delete("timers", key)
+            if row.kind == "signal":
+                self._fire_signal(row)
+                continue
             live = self._live.get(row.instance_id)
             if live is None or live.record.execution_id != row.execution_id:
                 continue
@@ -1071,7 +1099,15 @@ class PartitionCore:
         )
         record.status = Status.TERMINATED
         record.output = output
-        children = self._children_of(record.instance_id) if recursive else []
+        history = self._history_with_batch(record.instance_id)
+        children = (
+            list(dict.fromkeys(
+                e.instance_id for e in history if isinstance(e, h.SubOrchestrationInstanceCreated)
+            ))
+            if recursive
+            else []
+        )
+        self._release_held_locks(history)
         self._finish(live)
         for child in children:
             self._send(
@@ -1091,21 +1127,22 @@ class PartitionCore:
             )
             self._send_event(record.parent_instance_id, event, record.parent_execution_id)
 
-    def _children_of(self, instance_id: str) -> list[str]:
-        # Includes events appended in this (uncommitted) batch: the executor's history
-        # in the store lags by at most this batch, so also scan the write batch.
-        children = [
-            e.instance_id
-            for e in self._load_history(instance_id)
-            if isinstance(e, h.SubOrchestrationInstanceCreated)
-        ]
+    def _history_with_batch(self, instance_id: str) -> list[h.HistoryEvent]:
+        """The committed history plus the events appended to it in this batch."""
+        history = self._load_history(instance_id)
         prefix = r.instance_prefix(instance_id)
         for op in self._wb.ops:
             if op[0] == "put" and op[1] == "history" and op[2].startswith(prefix):
-                event = codec.decode_event(op[3])
-                if isinstance(event, h.SubOrchestrationInstanceCreated):
-                    children.append(event.instance_id)
-        return list(dict.fromkeys(children))
+                history.append(codec.decode_event(op[3]))
+        return history
+
+    def _children_of(self, instance_id: str) -> list[str]:
+        """Every sub-orchestration the instance's current execution started."""
+        return list(dict.fromkeys(
+            e.instance_id
+            for e in self._history_with_batch(instance_id)
+            if isinstance(e, h.SubOrchestrationInstanceCreated)
+        ))
 
     def _rewind(self, instance_id: str, reason: str | None) -> None:
         record = self._get_record(instance_id)
@@ -1139,20 +1176,51 @@ class PartitionCore:
                 scheduled.pop(event.task_scheduled_id, None)
             elif isinstance(event, h.TimerFired):
                 scheduled.pop(event.timer_id, None)
-        failed_children = {
-            e.task_scheduled_id for e in old if isinstance(e, h.SubOrchestrationInstanceFailed)
-        }
         for seq, event in scheduled.items():
             if isinstance(event, h.TaskScheduled | h.TimerCreated):
                 self._apply_action(live, event)
-            elif isinstance(event, h.SubOrchestrationInstanceCreated) and seq in failed_children:
+            elif isinstance(event, h.SubOrchestrationInstanceCreated):
+                # Every child whose outcome the kept history lacks: a failed one is rewound,
+                # and one that finished after this instance failed (its report was dropped)
+                # reports again, so the rewound parent never waits forever.
                 self._send(
                     partition_for(event.instance_id, self.partition_count),
                     "rewind",
                     event.instance_id,
-                    body={"reason": reason},
+                    body={"reason": reason, "parent": [instance_id, record.execution_id, seq]},
                 )
         self._touch(live)
+
+    def _rewind_child(self, instance_id: str, reason: str | None, parent: list[Any]) -> None:
+        """A rewound parent asks a child for its outcome: rewind it if it failed, else re-report."""
+        parent_id, parent_execution_id, task_id = parent
+        record = self._get_record(instance_id)
+        if record is not None and record.status is Status.FAILED:
+            self._rewind(instance_id, reason)  # reports to the parent when it finishes
+            return
+        if record is not None and not record.status.is_terminal:
+            return  # still running: it reports to its parent when it finishes
+        event: h.HistoryEvent
+        if (
+            record is not None
+            and record.status is Status.COMPLETED
+            and record.parent_instance_id == parent_id
+        ):
+            event = h.SubOrchestrationInstanceCompleted(
+                timestamp=self._now, task_scheduled_id=task_id, result=record.output
+            )
+        else:
+            state = record.status.value if record is not None else "gone"
+            event = h.SubOrchestrationInstanceFailed(
+                timestamp=self._now,
+                task_scheduled_id=task_id,
+                failure=FailureDetails(
+                    message=f"sub-orchestration {instance_id!r} cannot be rewound: it is {state}",
+                    error_type=error_type_name(InstanceStateError),
+                    non_retriable=True,
+                ),
+            )
+        self._send_event(parent_id, event, parent_execution_id)
 
     def _delete_instance(self, record: InstanceRecord) -> None:
         iid = record.instance_id

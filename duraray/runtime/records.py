@@ -129,13 +129,19 @@ class InstanceRecord:
 
 @dataclass(frozen=True, slots=True)
 class TimerRow:
-    """One row of ``timers``: ``kind`` is "timer" (TimerFired) or "start" (delayed start)."""
+    """One row of ``timers``.
+
+    ``kind`` is "timer" (a TimerFired for an orchestration), "start" (a delayed start) or
+    "signal" (a scheduled entity operation: ``instance_id`` is the entity id and ``body``
+    the encoded message).
+    """
 
     kind: str
     instance_id: str
     execution_id: str
     timer_id: int
     fire_at: datetime
+    body: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""End-to-end tests of duraray through the in-process Client."""

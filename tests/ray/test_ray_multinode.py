@@ -1,0 +1,117 @@
+"""A hub on a local 3-node Ray cluster spreads a fan-out's activities over every node.
+
+The cluster (``ray.cluster_utils.Cluster``) cannot share a process with the session's Ray,
+so a subprocess builds it, runs the hub with ``App.run`` (which uses the Ray that the
+script already initialised), prints one JSON line and shuts everything down. Its Ray temp
+dir is private, so the cluster never becomes the machine's "current cluster" that a
+concurrent bare ``ray.init()`` would join.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+#: Marks the subprocess's result line among Ray's log output.
+RESULT = "DURARAY-RESULT "
+
+SCRIPT = textwrap.dedent(
+    '''
+    import json
+    import sys
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    import duraray as dr
+
+    app = dr.App("rt-multinode", partitions=2)
+
+
+    @app.activity
+    def node_of(ctx, i):
+        return ray.get_runtime_context().get_node_id()
+
+
+    @app.orchestration
+    def where_did_they_run(ctx, n):
+        return (yield dr.when_all([ctx.call_activity(node_of, input=i) for i in range(n)]))
+
+
+    def main(data_dir, fan_out):
+        cluster = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+        )
+        try:
+            for _ in range(2):
+                cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+            nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+            with app.run(data_dir=data_dir, activity_workers=6) as client:
+                instance_id = client.schedule_new_orchestration(where_did_they_run, input=fan_out)
+                state = client.wait_for_orchestration_completion(instance_id, timeout=120)
+                workers = [
+                    ray.get_actor(f"duraray/{app.name}/w{j}", namespace="duraray")
+                    for j in range(6)
+                ]
+                worker_nodes = ray.get([w.node_id.remote() for w in workers])
+            print(%(marker)r + json.dumps({
+                "status": state.runtime_status.value,
+                "cluster_nodes": nodes,
+                "activity_nodes": state.output,
+                "worker_nodes": worker_nodes,
+            }), flush=True)
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+
+
+    main(sys.argv[1], int(sys.argv[2]))
+    '''
+) % {"marker": RESULT}
+
+
+@pytest.mark.timeout(300)
+def test_fan_out_spreads_over_every_node(tmp_path: Path) -> None:
+    """300 activities of one fan-out run on all 3 nodes of a local cluster."""
+    fan_out = 300
+    script = tmp_path / "multinode.py"
+    script.write_text(SCRIPT)
+    # Short: Ray's unix socket paths live under it and must stay under 108 bytes.
+    ray_tmp = tempfile.mkdtemp(prefix="drmn", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = ray_tmp
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "data"), str(fan_out)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+            cwd=tmp_path,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    expected_returncode, expected_result_lines = 0, 1
+    assert expected_returncode == proc.returncode, proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
+    assert expected_result_lines == len(lines), proc.stdout[-4000:]
+    result = json.loads(lines[0][len(RESULT) :])
+
+    expected_status, expected_node_count = "COMPLETED", 3
+    assert expected_status == result["status"]
+    assert expected_node_count == len(result["cluster_nodes"])
+    assert fan_out == len(result["activity_nodes"])
+    assert set(result["cluster_nodes"]) == set(result["worker_nodes"]), result["worker_nodes"]
+    assert set(result["cluster_nodes"]) == set(result["activity_nodes"])
