@@ -16,6 +16,9 @@ from duraray.runtime.client import Client
 #: The Client methods mirrored as coroutines.
 ASYNC_METHODS = (
     "schedule_new_orchestration",
+    "schedule_new_orchestrations",
+    "wait_for_orchestrations",
+    "signal_entities",
     "get_orchestration_state",
     "get_orchestration_history",
     "wait_for_orchestration_start",

@@ -12,7 +12,8 @@ import base64
 import dataclasses
 import json
 import uuid
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -33,7 +34,7 @@ from duraray.orchestrations.ids import validate_instance_id
 from duraray.runtime import codec
 from duraray.runtime import records as r
 from duraray.runtime.partition import ReuseIdPolicy
-from duraray.runtime.records import InstanceRecord
+from duraray.runtime.records import InstanceRecord, Reply
 from duraray.runtime.routing import partition_for
 
 T = TypeVar("T")
@@ -284,6 +285,100 @@ class Client:
         )
         return result
 
+    def schedule_new_orchestrations(
+        self,
+        orchestrator: Any,
+        inputs: Iterable[Any],
+        *,
+        instance_ids: Iterable[str] | None = None,
+        tags: dict[str, str] | None = None,
+        version: str | None = None,
+        reuse_id_policy: str | None = None,
+    ) -> list[str]:
+        """Start one instance per input in a few requests (one per partition and chunk).
+
+        Returns the ids in input order once every start is durable. If some starts fail
+        (e.g. an id already running), the others still happen and the first error is
+        raised afterwards.
+        """
+        name = self._name("orchestration", orchestrator)
+        payloads = [self._encode(value, "orchestration input") for value in inputs]
+        if instance_ids is None:
+            ids = [uuid.uuid4().hex for _ in payloads]
+        else:
+            ids = [validate_instance_id(i) for i in instance_ids]
+            if len(ids) != len(payloads):
+                raise ValueError("instance_ids and inputs differ in length")
+        if reuse_id_policy is not None and reuse_id_policy not in ReuseIdPolicy.ALL:
+            raise ValueError(f"unknown reuse_id_policy {reuse_id_policy!r}")
+        ops = [
+            (
+                iid,
+                "start",
+                {
+                    "instance_id": iid, "name": name, "input": payload, "version": version,
+                    "tags": tags, "start_at": None, "reuse_policy": reuse_id_policy,
+                },
+            )
+            for iid, payload in zip(ids, payloads, strict=True)
+        ]
+        self._batch(ops)
+        return ids
+
+    def _batch(self, ops: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:
+        """Run (routing key, op, args) triples as batch requests; results in order."""
+        by_partition: dict[int, list[int]] = {}
+        for index, (key, _, _) in enumerate(ops):
+            by_partition.setdefault(self._partition(key), []).append(index)
+        pending = []
+        for partition, indexes in by_partition.items():
+            for start in range(0, len(indexes), _BATCH_CHUNK):
+                chunk = indexes[start : start + _BATCH_CHUNK]
+                future = self._transport.submit(
+                    partition,
+                    "batch",
+                    {"ops": [(ops[i][1], ops[i][2]) for i in chunk]},
+                    uuid.uuid4().hex,
+                )
+                pending.append((chunk, future))
+        results: list[Any] = [None] * len(ops)
+        for chunk, future in pending:
+            for index, result in zip(chunk, future.result(), strict=True):
+                results[index] = result
+        first_error = next((r.error for r in results if isinstance(r, Reply)), None)
+        if first_error is not None:
+            raise first_error
+        return results
+
+    def wait_for_orchestrations(
+        self, instance_ids: Iterable[str], *, timeout: float = 60
+    ) -> list[OrchestrationState]:
+        """Wait until every instance has finished; states in the given order."""
+        ids = [validate_instance_id(i) for i in instance_ids]
+        by_partition: dict[int, list[str]] = {}
+        for iid in dict.fromkeys(ids):
+            by_partition.setdefault(self._partition(iid), []).append(iid)
+        futures = [
+            self._transport.submit(
+                partition,
+                "wait_many",
+                {"instance_ids": group, "kind": "completion", "timeout": float(timeout)},
+            )
+            for partition, group in by_partition.items()
+        ]
+        records: dict[str, InstanceRecord] = {}
+        deadline = time.monotonic() + timeout
+        try:
+            for future in futures:
+                for record in future.result(max(0.0, deadline - time.monotonic())):
+                    records[record.instance_id] = record
+        except TimeoutError:
+            raise TimeoutError(
+                f"{len(ids) - len(records)} of {len(ids)} instances did not complete "
+                f"within {timeout} s"
+            ) from None
+        return [self._state(records[iid]) for iid in ids]  # type: ignore[misc]
+
     def get_orchestration_state(
         self, instance_id: str, *, fetch_payloads: bool = True
     ) -> OrchestrationState | None:
@@ -487,6 +582,30 @@ class Client:
             mutating=True,
         )
 
+    def signal_entities(self, signals: Iterable[tuple[Any, str, Any]]) -> None:
+        """Send many one-way operations ``(entity_id, operation, input)`` at once.
+
+        Batched per partition, so thousands of signals cost a few requests; signals to
+        one entity are applied in the order given. Returns once all are durable.
+        """
+        ops = []
+        for entity, operation, value in signals:
+            if not isinstance(operation, str) or not operation:
+                raise ValueError("entity operation must be a non-empty string")
+            entity_id = str(EntityId.of(entity))
+            ops.append(
+                (
+                    entity_id,
+                    "signal_entity",
+                    {
+                        "entity_id": entity_id,
+                        "operation": operation,
+                        "input": self._encode(value, "entity operation input"),
+                    },
+                )
+            )
+        self._batch(ops)
+
     def get_entity(self, entity_id: Any, *, include_state: bool = True) -> EntityMetadata | None:
         """The entity's metadata (and state), or None if it does not exist."""
         record = self._entity_call(
@@ -603,6 +722,9 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_BATCH_CHUNK = 2000
 
 
 def _entity_metadata(record: EntityRecord) -> EntityMetadata:

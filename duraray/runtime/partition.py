@@ -71,7 +71,10 @@ log = structlog.get_logger("duraray.partition")
 
 #: Client operations that change state: their replies are stored for request-id dedup.
 MUTATING_OPS = frozenset(
-    {"start", "raise_event", "terminate", "suspend", "resume", "rewind", "purge", "purge_by"}
+    {
+        "start", "raise_event", "terminate", "suspend", "resume", "rewind", "purge", "purge_by",
+        "batch", "signal_entity", "clean_entities", "release_entity_lock",
+    }
 )
 
 
@@ -528,6 +531,38 @@ class PartitionCore(EntityHost):
             instance_id, name, input, version=version, tags=tags, start_at=start_at
         )
         return instance_id
+
+    def _op_batch(self, req: ClientRequest, *, ops: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+        """Several operations in one request (one Ray call, one commit); results in order.
+
+        A failing operation yields a ``Reply`` in its slot and does not stop the others.
+        """
+        results: list[Any] = []
+        for op, args in ops:
+            handler = getattr(self, f"_op_{op}", None)
+            try:
+                if handler is None or op in _UNBATCHABLE:
+                    raise ValueError(f"operation {op!r} cannot be batched")
+                results.append(handler(req, **args))
+            except (DurableError, ValueError, TypeError, LookupError) as exc:
+                results.append(Reply(exc))
+        return results
+
+    def _op_wait_many(
+        self, req: ClientRequest, *, instance_ids: list[str], kind: str, timeout: float
+    ) -> Any:
+        """Reply once every instance satisfies the wait (records in the given order)."""
+        group = _WaitGroup(list(instance_ids), req.reply_to, kind)
+        deadline = time.monotonic() + timeout
+        for iid in group.pending_ids():
+            record = self._get_record(iid)
+            if record is not None and _wait_satisfied(kind, record):
+                group.satisfy(iid, record)
+            else:
+                self._watchers.setdefault(iid, []).append(_Watcher(kind, group, deadline))
+        if group.done:
+            return group.results()
+        return _DEFERRED
 
     def _op_get_state(
         self, req: ClientRequest, *, instance_id: str, fetch_payloads: bool = True
@@ -1268,6 +1303,12 @@ class PartitionCore(EntityHost):
             keep = []
             for watcher in watchers:
                 if record is not None and _wait_satisfied(watcher.kind, record):
+                    group = watcher.reply_to
+                    if isinstance(group, _WaitGroup):
+                        group.satisfy(iid, replace(record))
+                        if group.done:
+                            self._fx.replies.append((group.reply_to, group.results()))
+                        continue
                     self._fx.replies.append((watcher.reply_to, replace(record)))
                 elif watcher.deadline > now:
                     keep.append(watcher)
@@ -1287,6 +1328,30 @@ class PartitionCore(EntityHost):
 
 
 _DEFERRED: Any = object()
+_UNBATCHABLE = frozenset({"batch", "wait", "wait_many"})
+
+
+class _WaitGroup:
+    """A ``wait_many`` request: replies when its last instance is satisfied."""
+
+    def __init__(self, instance_ids: list[str], reply_to: Any, kind: str) -> None:
+        self.order = instance_ids
+        self.reply_to = reply_to
+        self.kind = kind
+        self.records: dict[str, InstanceRecord] = {}
+
+    def pending_ids(self) -> list[str]:
+        return [i for i in dict.fromkeys(self.order) if i not in self.records]
+
+    def satisfy(self, instance_id: str, record: InstanceRecord) -> None:
+        self.records[instance_id] = record
+
+    @property
+    def done(self) -> bool:
+        return len(self.records) == len(set(self.order))
+
+    def results(self) -> list[InstanceRecord]:
+        return [self.records[i] for i in self.order]
 
 
 class _Converter:
@@ -1354,6 +1419,8 @@ def _rewound_history(old: list[h.HistoryEvent]) -> list[h.HistoryEvent]:
 
 
 def _encode_reply(result: Any) -> bytes:
+    if isinstance(result, list) and any(isinstance(item, Reply) for item in result):
+        return codec.encode({"batch": [codec.decode(_encode_reply(item)) for item in result]})
     if isinstance(result, Reply):
         return codec.encode({"error": type(result.error).__name__, "message": str(result.error)})
     if isinstance(result, InstanceRecord):
@@ -1376,6 +1443,8 @@ _REPLY_ERRORS: dict[str, type[BaseException]] = {
 
 def _decode_reply(data: bytes) -> Any:
     stored = codec.decode(data)
+    if "batch" in stored:
+        return [_decode_reply(codec.encode(item)) for item in stored["batch"]]
     if "error" in stored:
         cls = _REPLY_ERRORS.get(stored["error"], DurableError)
         return Reply(cls(stored["message"]))
