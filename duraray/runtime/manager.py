@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -108,6 +109,35 @@ class RayTransport:
         return out
 
 
+def ship_app_code(registry: Registry) -> list[str]:
+    """Let workers load the app's code even where its modules are not installed.
+
+    Functions are pickled by reference (module + name) by default, which fails on a
+    worker that cannot import the module (a script's helper module, a test module, a
+    notebook). Modules that are not part of an installed package are registered to be
+    pickled by value instead; installed packages stay by reference. Returns the modules.
+    """
+    from ray import cloudpickle
+
+    shipped = []
+    targets: list[Any] = list(registry.orchestrations.values())
+    targets += [spec.fn for spec in registry.activities.values()]
+    targets += list(registry.entities.values())
+    for target in targets:
+        name = getattr(target, "__module__", None)
+        module = sys.modules.get(name) if name else None
+        if module is None or name in ("__main__", "builtins") or name in shipped:
+            continue
+        path = getattr(module, "__file__", None) or ""
+        if not path or any(part in path for part in ("site-packages", "dist-packages")):
+            continue
+        if name == "duraray" or name.startswith("duraray."):
+            continue
+        cloudpickle.register_pickle_by_value(module)
+        shipped.append(name)
+    return shipped
+
+
 class PartitionManager:
     """Launches, attaches to and stops the actors of one hub."""
 
@@ -169,16 +199,11 @@ class PartitionManager:
             raise HubConfigurationError(f"hub {self.hub!r} is not running and no app code was given")
         config = self.config
         self._check_data_dir(config, partition_dir)
+        ship_app_code(self.registry)
 
         node_id = ray.get_runtime_context().get_node_id()
         lifetime = "detached" if detached else None
         worker_count = config.activity_workers or max(2, int(ray.cluster_resources().get("CPU", 2)))
-        # Workers go round-robin over the nodes with CPUs, as a soft affinity (a restart
-        # may land elsewhere once its node is gone): Ray's SPREAD alone is best-effort for
-        # zero-resource actors and often leaves a node of a small cluster without a worker.
-        cpu_nodes = sorted(
-            n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0
-        )
         workers = [
             ActivityWorker.options(
                 name=worker_actor_name(self.hub, i),
@@ -187,12 +212,12 @@ class PartitionManager:
                 max_restarts=-1,
                 max_task_retries=0,
                 num_cpus=0,
+                # One byte of memory: Ray does not honour SPREAD for an actor that asks for
+                # no resources at all (a 3-node test cluster often got no worker on a node);
+                # any non-empty request makes SPREAD place the workers round-robin.
+                memory=1,
                 max_concurrency=config.worker_concurrency,
-                scheduling_strategy=(
-                    NodeAffinitySchedulingStrategy(cpu_nodes[i % len(cpu_nodes)], soft=True)
-                    if cpu_nodes
-                    else "SPREAD"
-                ),
+                scheduling_strategy="SPREAD",
                 get_if_exists=True,
             ).remote(self.registry)
             for i in range(worker_count)
