@@ -70,6 +70,7 @@ from duraray.runtime.client import (
     Page,
     PurgeResult,
 )
+from duraray.runtime.mapping import MapFailure
 from duraray.runtime.partition import ReuseIdPolicy
 
 __version__ = "0.1.0"
@@ -113,6 +114,7 @@ __all__ = [
     "InstanceNotFoundError",
     "InstanceStateError",
     "LockingRuleError",
+    "MapFailure",
     "NonDeterminismError",
     "OrchestrationContext",
     "OrchestrationFailedError",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from duraray.runtime.client import Client
@@ -54,6 +54,16 @@ class AsyncClient:
     def attach(cls, hub: str, *, address: str | None = "auto") -> AsyncClient:
         """An async client of a hub running on a Ray cluster (see ``Client.attach``)."""
         return cls(Client.attach(hub, address=address))
+
+    async def map(self, orchestrator: Any, inputs: Any, **options: Any) -> AsyncIterator[Any]:
+        """``Client.map`` as an async generator (each step runs in a worker thread)."""
+        iterator = await asyncio.to_thread(self.client.map, orchestrator, inputs, **options)
+        done = object()
+        while True:
+            item = await asyncio.to_thread(next, iterator, done)
+            if item is done:
+                return
+            yield item
 
     async def close(self) -> None:
         """Release the client."""

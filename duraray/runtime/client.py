@@ -13,7 +13,7 @@ import dataclasses
 import json
 import uuid
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -378,6 +378,40 @@ class Client:
                 f"within {timeout} s"
             ) from None
         return [self._state(records[iid]) for iid in ids]  # type: ignore[misc]
+
+    def map(
+        self,
+        orchestrator: Any,
+        inputs: Iterable[Any],
+        *,
+        instance_id: str | Callable[[int, Any], str] | None = None,
+        max_in_flight: int = 1000,
+        progress: bool = True,
+        on_error: str = "raise",
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """Run one orchestration per input; yield the outputs in input order.
+
+        At most ``max_in_flight`` instances are outstanding at once; inputs are consumed
+        lazily. ``instance_id`` makes ids deterministic — a prefix (``"job-7"`` gives
+        ``job-7-0``, ``job-7-1``, ...) or a function ``(index, input) -> id`` — so running
+        the same job again re-uses every instance that already completed. ``on_error``:
+        "raise" (the first failed item raises OrchestrationFailedError naming its instance),
+        "skip" (failed items are left out) or "collect" (a ``MapFailure`` takes the item's
+        place). ``progress`` shows a progress bar on a terminal.
+        """
+        from duraray.runtime.mapping import map_orchestrations
+
+        return map_orchestrations(
+            self,
+            orchestrator,
+            inputs,
+            instance_id=instance_id,
+            max_in_flight=max_in_flight,
+            progress=progress,
+            on_error=on_error,
+            timeout=timeout,
+        )
 
     def get_orchestration_state(
         self, instance_id: str, *, fetch_payloads: bool = True
