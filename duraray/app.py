@@ -116,6 +116,9 @@ class App:
         Data lives in ``./.duraray`` unless ``data_dir`` is given, and survives the run.
         """
         config = self._config(data_dir, options)
+        from duraray.runtime.logging import configure_logging
+
+        configure_logging(config.log_format)
         if in_process:
             from duraray.runtime.client import Client
             from duraray.runtime.inprocess import InProcessHub
@@ -165,10 +168,13 @@ class App:
         hub outlives this process until ``App.stop()`` or ``Client.shutdown_hub()``.
         Returns a ``Client``.
         """
+        from duraray.runtime.logging import configure_logging
         from duraray.runtime.manager import ensure_ray
 
+        config = self._config(data_dir, options)
+        configure_logging(config.log_format)
         ensure_ray(address)
-        return self._launch(self._config(data_dir, options), detached=detached)
+        return self._launch(config, detached=detached)
 
     def stop(self) -> bool:
         """Stop this hub's actors on the connected Ray cluster; data stays on disk."""

@@ -36,7 +36,7 @@ class HubConfig:
     - ``activity_threads``: threads executing activities in the in-process runtime.
     - ``activity_workers``: activity worker actors on Ray (None: one per cluster CPU, >= 2).
     - ``worker_concurrency``: activity batches one worker actor runs at once (threads).
-    - ``log_format``: "console" or "json".
+    - ``log_format``: "auto" (console on a terminal, JSON otherwise), "console" or "json".
     """
 
     partitions: int = 4
@@ -50,7 +50,7 @@ class HubConfig:
     activity_threads: int = 8
     activity_workers: int | None = None
     worker_concurrency: int = 4
-    log_format: str = "console"
+    log_format: str = "auto"
 
     def __post_init__(self) -> None:
         interval = self.maximum_timer_interval
@@ -79,8 +79,8 @@ class HubConfig:
             raise ValueError("activity_workers must be >= 1")
         if self.worker_concurrency < 1:
             raise ValueError("worker_concurrency must be >= 1")
-        if self.log_format not in ("console", "json"):
-            raise ValueError("log_format must be 'console' or 'json'")
+        if self.log_format not in ("auto", "console", "json"):
+            raise ValueError("log_format must be 'auto', 'console' or 'json'")
 
     @classmethod
     def load(

@@ -48,7 +48,7 @@ def test_defaults():
         "activity_threads": 8,
         "activity_workers": None,
         "worker_concurrency": 4,
-        "log_format": "console",
+        "log_format": "auto",
     }
     actual = dataclasses.asdict(HubConfig())
     assert expected == actual
@@ -102,7 +102,7 @@ def test_config_is_frozen():
         ({"activity_threads": 0}, "activity_threads must be >= 1"),
         ({"activity_workers": 0}, "activity_workers must be >= 1"),
         ({"worker_concurrency": 0}, "worker_concurrency must be >= 1"),
-        ({"log_format": "xml"}, "log_format must be 'console' or 'json'"),
+        ({"log_format": "xml"}, "log_format must be 'auto', 'console' or 'json'"),
     ],
 )
 def test_invalid_value_raises(options, message):
