@@ -91,16 +91,20 @@ class InProcessHub:
         self.cores: list[PartitionCore] = []
         try:
             for index in range(config.partitions):
-                self.cores.append(
-                    PartitionCore(
+                store = self._open_store(index)
+                try:
+                    core = PartitionCore(
                         hub=name,
                         index=index,
-                        store=self._open_store(index),
+                        store=store,
                         registry=registry,
                         config=config,
                         clock=self.clock,
                     )
-                )
+                except BaseException:
+                    store.close()  # releases the data dir's lock for the next attempt
+                    raise
+                self.cores.append(core)
         except BaseException:
             for core in self.cores:
                 core.close()

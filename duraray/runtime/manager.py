@@ -299,6 +299,7 @@ class PartitionManager:
             return False
         for actor in handle.partitions:
             ray.kill(actor, no_restart=True)
+        names = [partition_actor_name(hub, i) for i in range(handle.partition_count)]
         i = 0
         while True:
             try:
@@ -306,14 +307,17 @@ class PartitionManager:
             except ValueError:
                 break
             ray.kill(worker, no_restart=True)
+            names.append(worker_actor_name(hub, i))
             i += 1
-        # Named actors are released asynchronously: wait until the names are free, so a
-        # restart right after stop does not attach to the dying actors.
+        # Named actors are released asynchronously: wait until every name is free, so a
+        # restart right after stop does not attach to dying actors (workers are created
+        # with get_if_exists, so a dying worker would otherwise join the new hub).
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        while names and time.monotonic() < deadline:
             try:
-                ray.get_actor(partition_actor_name(hub, 0), namespace=NAMESPACE)
+                ray.get_actor(names[0], namespace=NAMESPACE)
             except ValueError:
-                break
+                names.pop(0)
+                continue
             time.sleep(0.05)
         return True
