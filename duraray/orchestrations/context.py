@@ -446,9 +446,8 @@ class CriticalSection:
     def __enter__(self) -> CriticalSection:
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> None:
         self.release()
-        return False
 
 
 def _check_operation(operation: Any) -> None:

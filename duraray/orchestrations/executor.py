@@ -201,6 +201,9 @@ class OrchestrationExecutor:
         #: the granted critical section, and one whose lock request is pending
         self.critical_section: CriticalSection | None = None
         self.lock_pending: CriticalSection | None = None
+        # Lock requests the replayed history recorded and did not unlock: what the entities
+        # really hold when the code turns out to have changed (see _non_determinism).
+        self._recorded_locks: dict[str, list[str]] = {}
         # Set while the generator is closed: code in finally/__exit__ blocks must not
         # produce actions then (eviction is not an orchestration step).
         self._closing = False
@@ -356,6 +359,10 @@ class OrchestrationExecutor:
             self._match(event)
 
     def _match(self, recorded: h.HistoryEvent) -> None:
+        if isinstance(recorded, h.EntityLockRequested):
+            self._recorded_locks[recorded.critical_section_id] = list(recorded.lock_set)
+        elif isinstance(recorded, h.EntityUnlockSent):
+            self._recorded_locks.pop(recorded.critical_section_id, None)
         seq = _event_id(recorded)
         produced = self._unmatched.pop(seq, None)
         if produced is None:
@@ -377,6 +384,22 @@ class OrchestrationExecutor:
         # completion the changed code reached during replay gives way to this failure.
         self._unmatched.clear()
         self.completion = self._held = None
+        # The history, not the changed code, says which locks the entities hold: the code's
+        # sections may never have been requested, or their unlock was just dropped above.
+        for section in (self.critical_section, self.lock_pending):
+            if section is not None:
+                section.released = True
+        self.critical_section = self.lock_pending = None
+        # Not record_action: these are the engine's, not the code's, so they are emitted
+        # (before the failure) even when the changed code had already ended.
+        for section_id, lock_set in self._recorded_locks.items():
+            seq = self.next_sequence()
+            self._unmatched[seq] = h.EntityUnlockSent(
+                timestamp=self._timestamp(),
+                event_id=seq,
+                critical_section_id=section_id,
+                lock_set=lock_set,
+            )
         self._finish_failed(err)
         raise _StopExecution
 

@@ -2,21 +2,1139 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import enum
+import importlib
+import ipaddress
+import json
+import math
+import os
 import sys
+import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any
 
 import click
+
+from duraray._errors import (
+    DurableError,
+    HubConfigurationError,
+    InstanceAlreadyExistsError,
+    InstanceNotFoundError,
+    InstanceStateError,
+    SerializationError,
+)
+from duraray.app import App
+from duraray.entities.ids import EntityId
+from duraray.orchestrations.history import OrchestrationStatus
+from duraray.orchestrations.ids import validate_instance_id
+from duraray.runtime.client import Client, EntityMetadata, OrchestrationState
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Store a connection or output option in ``ctx.obj`` (group- or command-level)."""
+    if value is not None and value is not False and param.name is not None:
+        ctx.ensure_object(dict)[param.name] = value
+    return value
+
+
+def _hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Accept --hub, --app, --address and --json after the command name too."""
+    options = [
+        click.option(
+            "--hub", metavar="NAME", expose_value=False, callback=_remember,
+            help="The hub to act on (running on the Ray cluster).",
+        ),
+        click.option(
+            "--app", metavar="MODULE:APP", expose_value=False, callback=_remember,
+            help="Import this duraray.App and attach to its hub (launching it if needed).",
+        ),
+        click.option(
+            "--address", metavar="ADDRESS", expose_value=False, callback=_remember,
+            help='Ray address (default "auto": the running cluster).',
+        ),
+        click.option(
+            "--json", is_flag=True, expose_value=False, callback=_remember,
+            help="Print machine-readable JSON.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
 @click.group()
 @click.version_option(package_name="duraray")
-def main() -> None:
-    """duraray: durable orchestrations, activities and entities on Ray."""
+@_hub_options
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """duraray: durable orchestrations, activities and entities on Ray.
+
+    Commands that act on a hub reach it with --hub NAME (a hub running on the Ray
+    cluster at --address, "auto" by default) or --app MODULE:APP (the App object: its
+    hub is attached to, or launched detached if it is not running). --hub, --app,
+    --address and --json go before or after the command name. Output is for people by
+    default; --json prints JSON (ISO 8601 times, payloads as JSON values).
+
+    \b
+    Exit codes:
+      0    success
+      1    the operation failed; after a wait, the instance ended FAILED or TERMINATED
+      2    usage error or bad input (malformed JSON, invalid id)
+      3    not found (unknown instance or entity)
+      4    state conflict (e.g. an event raised on a finished instance, an id in use)
+      5    hub unreachable or not running
+      124  timed out waiting
+    """
+    ctx.ensure_object(dict)
 
 
 def _say(message: str) -> None:
     click.echo(message)
     sys.stdout.flush()
+
+
+# == hub commands =========================================================================
+#
+# Every command below reaches a hub through `_client(ctx)`: --hub NAME attaches to a hub
+# running on the Ray cluster at --address ("auto" by default); --app MODULE:APP imports the
+# App and attaches to its hub, launching it (detached) if it is not running. Tests inject a
+# client with `main(obj={"client_factory": ...})`. Errors become the documented exit codes.
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_UNREACHABLE = 5
+EXIT_TIMEOUT = 124
+
+_ERROR_KINDS = {
+    EXIT_FAILED: "failed",
+    EXIT_USAGE: "bad_input",
+    EXIT_NOT_FOUND: "not_found",
+    EXIT_CONFLICT: "conflict",
+    EXIT_UNREACHABLE: "unreachable",
+    EXIT_TIMEOUT: "timeout",
+}
+
+_DEFAULT_TOP = 100
+_WAIT_CHUNK = 30.0  # seconds per wait request when nothing is drawn
+_SPIN_CHUNK = 1.0  # with a spinner: refresh the shown status this often
+_DETAIL_WIDTH = 100
+
+
+class CliError(click.ClickException):
+    """A failure reported as a message (or a JSON object with --json) and an exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.as_json = False
+
+    def show(self, file: Any = None) -> None:
+        """Print the error to stderr: ``Error: ...``, or ``{"error": {...}}`` with --json."""
+        if not self.as_json:
+            super().show(file)
+            return
+        error = {
+            "code": self.exit_code,
+            "kind": _ERROR_KINDS.get(self.exit_code, "failed"),
+            "message": self.format_message(),
+        }
+        click.echo(json.dumps({"error": error}), file=file, err=file is None)
+
+
+def _translate(exc: Exception) -> CliError:
+    """Map an exception raised by a command to its message and exit code."""
+    if isinstance(exc, TimeoutError):
+        code = EXIT_TIMEOUT
+    elif isinstance(exc, InstanceNotFoundError):
+        code = EXIT_NOT_FOUND
+    elif isinstance(exc, InstanceStateError | InstanceAlreadyExistsError):
+        code = EXIT_CONFLICT
+    elif isinstance(exc, ConnectionError) or _is_ray_unavailable(exc):
+        code = EXIT_UNREACHABLE
+    elif isinstance(exc, SerializationError | ValueError):
+        code = EXIT_USAGE
+    else:
+        code = EXIT_FAILED
+    message = (str(exc).strip().splitlines() or [""])[0] or type(exc).__name__
+    if code == EXIT_UNREACHABLE:
+        message = f"hub unreachable: {message}"
+    elif not isinstance(exc, DurableError | TimeoutError | ValueError):
+        message = f"{type(exc).__name__}: {message}"
+    return CliError(message, code)
+
+
+def _is_ray_unavailable(exc: Exception) -> bool:
+    """True for Ray's errors that mean an actor of the hub is gone or unreachable."""
+    names = {"RayActorError", "ActorDiedError", "ActorUnavailableError", "RaySystemError"}
+    return any(
+        cls.__module__.startswith("ray") and cls.__name__ in names for cls in type(exc).__mro__
+    )
+
+
+class _Command(click.Command):
+    """A command whose errors are reported with the documented exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CliError as exc:
+            error = exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            error = _translate(exc)
+            error.__cause__ = exc
+        error.as_json = _json_mode(ctx)
+        raise error
+
+
+def _json_mode(ctx: click.Context) -> bool:
+    return bool((ctx.obj or {}).get("json"))
+
+
+# -- reaching a hub -------------------------------------------------------------------------
+
+
+def _client(ctx: click.Context) -> Client:
+    """The client of the hub given by --hub or --app (or of the injected client factory)."""
+    obj = ctx.ensure_object(dict)
+    factory = obj.get("client_factory")
+    if factory is not None:
+        client: Client = factory()
+        return client
+    hub, spec = obj.get("hub"), obj.get("app")
+    address = obj.get("address") or "auto"
+    if spec:
+        app = _load_app(spec)
+        if hub and hub != app.name:
+            raise click.UsageError(f"--hub {hub!r} is not the hub of --app {spec} ({app.name!r})")
+        _connect_ray(address)
+        started: Client = app.start(address=address)
+        return started
+    if hub:
+        _connect_ray(address)
+        try:
+            return Client.attach(hub, address=address)
+        except HubConfigurationError as exc:
+            raise CliError(
+                f"hub {hub!r} is not running on the Ray cluster at {address!r}: "
+                "start it with `duraray start --app MODULE:APP`",
+                EXIT_UNREACHABLE,
+            ) from exc
+    raise click.UsageError(
+        "no hub given: pass --hub NAME (a hub running on the Ray cluster) or "
+        "--app MODULE:APP (the hub's code)",
+        ctx,
+    )
+
+
+def _load_app(spec: str) -> App:
+    """Import ``module:attribute`` (attribute defaults to ``app``) and check it is an App."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name:
+        raise click.UsageError(f"--app {spec!r} must look like MODULE:APP")
+    cwd = os.getcwd()
+    if cwd not in sys.path:  # like `python -m`: modules next to the caller are importable
+        sys.path.insert(0, cwd)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.UsageError(f"--app {spec}: cannot import {module_name!r}: {exc}")
+    for part in (attribute or "app").split("."):
+        if not hasattr(target, part):
+            raise click.UsageError(f"--app {spec}: {module_name!r} has no attribute {part!r}")
+        target = getattr(target, part)
+    if not isinstance(target, App):
+        raise click.UsageError(f"--app {spec} is a {type(target).__name__}, not a duraray.App")
+    return target
+
+
+def _connect_ray(address: str) -> None:
+    """Join the Ray cluster (workers' output stays off this terminal); exit 5 if none."""
+    from duraray.runtime.manager import ensure_ray
+
+    _setup_logging()
+    try:
+        ensure_ray(address, log_to_driver=False)
+    except ConnectionError as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        raise CliError(
+            f"cannot reach a Ray cluster at {address!r} ({detail}): start one with "
+            "`ray start --head` or pass --address",
+            EXIT_UNREACHABLE,
+        ) from exc
+
+
+def _setup_logging() -> None:
+    """duraray's own log lines go to stderr, warnings and up: stdout is for results."""
+    import logging
+
+    import structlog
+
+    from duraray.runtime.logging import configure_logging
+
+    configure_logging(os.environ.get("DURARAY_LOG_FORMAT", "console"), level=logging.WARNING)
+    structlog.configure(logger_factory=lambda *args: structlog.PrintLogger(sys.stderr))
+
+
+def _start_hub(
+    app: App, *, address: str, data_dir: str | None, partitions: int | None
+) -> dict[str, Any]:
+    """Launch the app's hub detached (or attach if it is up); what is running."""
+    from duraray.runtime.manager import PartitionManager
+
+    _connect_ray(address)
+    already_running = PartitionManager.find(app.name) is not None
+    options: dict[str, Any] = {} if partitions is None else {"partitions": partitions}
+    app.start(address=address, data_dir=data_dir, **options)
+    handle = PartitionManager.find(app.name)
+    info = handle.info if handle is not None else {}
+    return {
+        "hub": app.name,
+        "already_running": already_running,
+        "data_dir": info.get("data_dir"),
+        "partitions": info.get("partitions"),
+        "address": address,
+    }
+
+
+def _stop_hub(hub: str, *, address: str) -> bool:
+    """Stop a hub's actors; False if it was not running."""
+    from duraray.runtime.manager import PartitionManager
+
+    _connect_ray(address)
+    return PartitionManager.stop(hub)
+
+
+def _http_server() -> Callable[..., Any]:
+    """``duraray.runtime.http.api.serve``, imported only when `duraray serve` runs."""
+    try:
+        from duraray.runtime.http.api import serve as http_serve
+    except ImportError as exc:
+        raise CliError(f"the HTTP API is not available: {exc}", EXIT_FAILED) from exc
+    return http_serve  # type: ignore[no-any-return]
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# -- parameter types ----------------------------------------------------------------------
+
+
+class _JsonValue(click.ParamType):
+    """A JSON value; ``@path`` reads it from a file and ``@-`` from stdin."""
+
+    name = "json"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value
+        if value.startswith("@"):
+            path = value[1:]
+            try:
+                text = sys.stdin.read() if path == "-" else Path(path).read_text()
+            except OSError as exc:
+                self.fail(f"cannot read {path!r}: {exc.strerror}", param, ctx)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            self.fail(
+                f"malformed JSON {value!r}: {exc.msg} at column {exc.colno} "
+                """(strings need JSON quotes, e.g. '"text"')""",
+                param,
+                ctx,
+            )
+
+
+class _InstanceId(click.ParamType):
+    name = "instance_id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return validate_instance_id(value)
+        except (TypeError, ValueError) as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _EntityIdType(click.ParamType):
+    name = "@name@key"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, EntityId):
+            return value
+        try:
+            return EntityId.parse(value)
+        except (TypeError, ValueError) as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _DateTime(click.ParamType):
+    """An ISO 8601 date or date-time; without a zone it is UTC."""
+
+    name = "iso8601"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            self.fail(
+                f"{value!r} is not an ISO 8601 date or time "
+                "(e.g. 2026-01-31 or 2026-01-31T12:00:00Z)",
+                param,
+                ctx,
+            )
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+JSON_VALUE = _JsonValue()
+INSTANCE_ID = _InstanceId()
+ENTITY_ID = _EntityIdType()
+ISO_DATETIME = _DateTime()
+STATUS = click.Choice([s.value for s in OrchestrationStatus], case_sensitive=False)
+TERMINAL_STATUS = click.Choice(
+    [s.value for s in OrchestrationStatus if s.is_terminal], case_sensitive=False
+)
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-ready copy of a payload or record: ISO datetimes, base64 bytes, plain lists."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
+    if isinstance(value, datetime | date | dtime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, EntityId):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {
+            k if isinstance(k, str) else str(_jsonable(k)): _jsonable(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    return str(value)  # UUID, Decimal and anything else: their text
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(_jsonable(value), indent=2, allow_nan=False))
+
+
+def _done(ctx: click.Context, message: str, payload: dict[str, Any]) -> None:
+    """Report a finished operation: a sentence, or ``payload`` as JSON."""
+    if _json_mode(ctx):
+        _emit_json(payload)
+    else:
+        click.echo(message)
+
+
+def _htime(value: datetime | None) -> str:
+    """A time for people: ISO 8601 in UTC, to the millisecond."""
+    if value is None:
+        return "-"
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _compact(value: Any, limit: int | None = None) -> str:
+    text = json.dumps(_jsonable(value), ensure_ascii=False)
+    return _clip(text, limit)
+
+
+def _clip(text: str, limit: int | None) -> str:
+    text = " ".join(text.split()) if "\n" in text else text
+    if limit is not None and len(text) > limit:
+        return text[: max(0, limit - 3)] + "..."
+    return text
+
+
+def _failure_text(details: Any) -> str:
+    if details is None:
+        return "-"
+    return f"{details.error_type}: {details.message}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
+        for row in [headers, *rows]
+    )
+
+
+def _block(pairs: list[tuple[str, str]]) -> str:
+    """``key  value`` lines with the values aligned."""
+    width = max(len(key) for key, _ in pairs)
+    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in pairs)
+
+
+def _state_json(state: OrchestrationState, *, payloads: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "instance_id": state.instance_id,
+        "name": state.name,
+        "runtime_status": state.runtime_status.value,
+        "created_at": state.created_at,
+        "last_updated_at": state.last_updated_at,
+        "completed_at": state.completed_at,
+        "scheduled_start_at": state.scheduled_start_at,
+    }
+    if payloads:
+        out.update(input=state.input, output=state.output, custom_status=state.custom_status)
+    out.update(
+        failure_details=state.failure_details,
+        tags=state.tags,
+        version=state.version,
+        parent_instance_id=state.parent_instance_id,
+    )
+    return out
+
+
+def _state_text(state: OrchestrationState) -> str:
+    pairs = [
+        ("instance id", state.instance_id),
+        ("name", state.name),
+        ("status", state.runtime_status.value),
+    ]
+    if state.custom_status is not None:
+        pairs.append(("custom status", _compact(state.custom_status)))
+    pairs += [("created", _htime(state.created_at)), ("last updated", _htime(state.last_updated_at))]
+    if state.completed_at is not None:
+        pairs.append(("completed", _htime(state.completed_at)))
+    if state.scheduled_start_at is not None:
+        pairs.append(("scheduled start", _htime(state.scheduled_start_at)))
+    if state.parent_instance_id:
+        pairs.append(("parent", state.parent_instance_id))
+    if state.version:
+        pairs.append(("version", state.version))
+    if state.tags:
+        pairs.append(("tags", _compact(state.tags)))
+    if state.input is not None:
+        pairs.append(("input", _compact(state.input)))
+    if state.output is not None:
+        pairs.append(("output", _compact(state.output)))
+    if state.failure_details is not None:
+        pairs.append(("failure", _failure_text(state.failure_details)))
+    return _block(pairs)
+
+
+def _show_state(ctx: click.Context, state: OrchestrationState, *, waited: bool) -> None:
+    """Print a state; after a wait, exit 1 if the instance FAILED or was TERMINATED."""
+    if _json_mode(ctx):
+        _emit_json(_state_json(state))
+    else:
+        click.echo(_state_text(state))
+    if waited and state.runtime_status in (
+        OrchestrationStatus.FAILED,
+        OrchestrationStatus.TERMINATED,
+    ):
+        ctx.exit(EXIT_FAILED)
+
+
+def _event_json(event: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": type(event).__name__}
+    for f in dataclasses.fields(event):
+        out[f.name] = _jsonable(getattr(event, f.name))
+    return out
+
+
+_TASK_ID_FIELDS = ("event_id", "task_scheduled_id", "timer_id")
+_NOT_IN_DETAIL = frozenset(
+    {"timestamp", "name", "operation", "execution_id", "parent_execution_id",
+     "critical_section_id", *_TASK_ID_FIELDS}
+)
+_PAYLOAD_FIELDS = frozenset({"input", "result", "output"})
+
+
+def _event_detail(event: Any) -> str:
+    parts = []
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        if f.name in _NOT_IN_DETAIL or value is None:
+            continue
+        if f.name not in _PAYLOAD_FIELDS and value == f.default:
+            continue
+        if f.name in _PAYLOAD_FIELDS or isinstance(value, list | dict):
+            text = _compact(value, 60)
+        elif isinstance(value, datetime):
+            text = _htime(value)
+        elif isinstance(value, enum.Enum):
+            text = str(value.value)
+        elif f.name == "failure":
+            text = _failure_text(value)
+        else:
+            text = str(value)
+        parts.append(f"{f.name}={text}")
+    return _clip(" ".join(parts), _DETAIL_WIDTH)
+
+
+def _history_table(events: list[Any]) -> str:
+    names: dict[int, str] = {}
+    rows = []
+    for index, event in enumerate(events, 1):
+        task_id = next((getattr(event, a) for a in _TASK_ID_FIELDS if hasattr(event, a)), None)
+        name = getattr(event, "name", None) or getattr(event, "operation", None)
+        if name is not None and hasattr(event, "event_id"):
+            names[event.event_id] = name
+        elif name is None and task_id is not None:
+            name = names.get(task_id)
+        rows.append(
+            [
+                str(index),
+                _htime(event.timestamp),
+                type(event).__name__,
+                "" if task_id is None else str(task_id),
+                name or "",
+                _event_detail(event),
+            ]
+        )
+    return _table(["#", "TIME", "EVENT TYPE", "TASK ID", "NAME", "DETAIL"], rows)
+
+
+def _entity_json(meta: EntityMetadata) -> dict[str, Any]:
+    return {
+        "entity_id": str(meta.id),
+        "name": meta.id.name,
+        "key": meta.id.key,
+        "last_modified": meta.last_modified,
+        "locked_by": meta.locked_by,
+        "backlog_queue_size": meta.backlog_queue_size,
+        "state": meta.state,
+    }
+
+
+# -- waiting ----------------------------------------------------------------------------
+
+
+def _progress_enabled(ctx: click.Context) -> bool:
+    """Draw a spinner only for people: never with --json, only when on a terminal."""
+    if _json_mode(ctx):
+        return False
+    forced = (ctx.obj or {}).get("progress")
+    if forced is not None:
+        return bool(forced)
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+class _Spinner:
+    """A one-line spinner on stderr (label, last known status, elapsed seconds)."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, enabled: bool, label: str, status: str) -> None:
+        self.enabled = enabled
+        self.label = label
+        self.status = status
+        self._started = time.monotonic()
+        self._tick = 0
+        self._width = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Spinner:
+        if self.enabled:
+            self._draw()
+            self._thread = threading.Thread(target=self._run, name="duraray-spinner", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        with self._lock:
+            click.echo("\r" + " " * self._width + "\r", err=True, nl=False)
+
+    def update(self, status: str) -> None:
+        self.status = status
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self._draw()
+
+    def _draw(self) -> None:
+        with self._lock:
+            elapsed = time.monotonic() - self._started
+            frame = self.FRAMES[self._tick % len(self.FRAMES)]
+            self._tick += 1
+            text = f"{frame} {self.label} ({self.status}, {elapsed:.0f} s)"
+            padding = " " * max(0, self._width - len(text))
+            self._width = len(text)
+            click.echo("\r" + text + padding, err=True, nl=False)
+
+
+def _require_state(
+    client: Client, instance_id: str, *, payloads: bool = True
+) -> OrchestrationState:
+    state = client.get_orchestration_state(instance_id, fetch_payloads=payloads)
+    if state is None:
+        raise CliError(f"no orchestration instance with id {instance_id!r}", EXIT_NOT_FOUND)
+    return state
+
+
+def _wait_until_done(
+    ctx: click.Context, client: Client, state: OrchestrationState, timeout: float | None
+) -> OrchestrationState:
+    """Wait for COMPLETED, FAILED or TERMINATED; exit 124 after ``timeout`` seconds."""
+    instance_id = state.instance_id
+    if state.runtime_status.is_terminal:
+        return state
+    progress = _progress_enabled(ctx)
+    chunk = _SPIN_CHUNK if progress else _WAIT_CHUNK
+    deadline = None if timeout is None else time.monotonic() + timeout
+    label = f"waiting for {instance_id}"
+    with _Spinner(progress, label, state.runtime_status.value) as spinner:
+        while True:
+            step = chunk if deadline is None else min(chunk, max(0.0, deadline - time.monotonic()))
+            try:
+                return client.wait_for_orchestration_completion(instance_id, timeout=step)
+            except TimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+            current = _require_state(client, instance_id, payloads=False)
+            spinner.update(current.runtime_status.value)
+    current = _require_state(client, instance_id, payloads=False)
+    raise CliError(
+        f"timed out after {timeout:g} s waiting for instance {instance_id!r} to complete "
+        f"(it is {current.runtime_status.value})",
+        EXIT_TIMEOUT,
+    )
+
+
+# -- the commands -------------------------------------------------------------------------
+
+
+@main.command(cls=_Command)
+@click.option("--data-dir", default=None, help="Where the hub keeps its data (default ./.duraray).")
+@click.option("--partitions", type=click.IntRange(1, 1024), default=None, help="Partitions of a new hub.")
+@_hub_options
+@click.pass_context
+def start(ctx: click.Context, data_dir: str | None, partitions: int | None) -> None:
+    """Launch the hub of --app MODULE:APP on the Ray cluster, detached.
+
+    Attaches instead if the hub is already running. Prints the hub name and data dir.
+    """
+    obj = ctx.ensure_object(dict)
+    if not obj.get("app"):
+        raise click.UsageError("start needs --app MODULE:APP (the hub's code)", ctx)
+    app = _load_app(obj["app"])
+    if obj.get("hub") and obj["hub"] != app.name:
+        raise click.UsageError(f"--hub {obj['hub']!r} is not the hub of --app ({app.name!r})", ctx)
+    info = _start_hub(
+        app, address=obj.get("address") or "auto", data_dir=data_dir, partitions=partitions
+    )
+    if _json_mode(ctx):
+        _emit_json(info)
+        return
+    if info["already_running"]:
+        click.echo(f"hub {app.name!r} is already running ({info['partitions']} partitions)")
+        if data_dir is not None and info["data_dir"] != os.path.abspath(data_dir):
+            click.echo(
+                f"warning: it uses data dir {info['data_dir']}, not {os.path.abspath(data_dir)}",
+                err=True,
+            )
+    else:
+        click.echo(f"started hub {app.name!r} ({info['partitions']} partitions)")
+    click.echo(f"data dir: {info['data_dir']}")
+    click.echo(f"stop it with: duraray stop --hub {app.name}")
+
+
+@main.command(cls=_Command)
+@_hub_options
+@click.pass_context
+def stop(ctx: click.Context) -> None:
+    """Stop the hub of --hub NAME (or --app MODULE:APP); its data stays on disk."""
+    obj = ctx.ensure_object(dict)
+    hub = obj.get("hub")
+    if obj.get("app"):
+        name = _load_app(obj["app"]).name
+        if hub and hub != name:
+            raise click.UsageError(f"--hub {hub!r} is not the hub of --app ({name!r})", ctx)
+        hub = name
+    if not hub:
+        raise click.UsageError("stop needs --hub NAME or --app MODULE:APP", ctx)
+    if not _stop_hub(hub, address=obj.get("address") or "auto"):
+        raise CliError(f"hub {hub!r} is not running", EXIT_UNREACHABLE)
+    _done(ctx, f"stopped hub {hub!r} (its data stays on disk)", {"hub": hub, "stopped": True})
+
+
+@main.command(cls=_Command)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--token", envvar="DURARAY_HTTP_TOKEN", default=None,
+    help="Bearer token clients must send ($DURARAY_HTTP_TOKEN); required off loopback.",
+)
+@_hub_options
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
+    """Serve the HTTP management API of --hub NAME or --app MODULE:APP."""
+    if not token and not _is_loopback(host):
+        raise click.UsageError(
+            f"refusing to listen on {host!r} without a token: pass --token (or set "
+            "DURARAY_HTTP_TOKEN), or listen on 127.0.0.1",
+            ctx,
+        )
+    http_serve = _http_server()
+    client = _client(ctx)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"serving hub {client.hub!r} on http://{shown}:{port} (Ctrl-C to stop)", err=True)
+    http_serve(client, host=host, port=port, token=token or None)
+
+
+@main.command(cls=_Command)
+@click.argument("instance_id", type=INSTANCE_ID)
+@click.option("--wait", is_flag=True, help="Wait until it completes, fails or is terminated.")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0), default=None,
+    help="With --wait: give up after this many seconds (exit 124). Default: no limit.",
+)
+@_hub_options
+@click.pass_context
+def status(ctx: click.Context, instance_id: str, wait: bool, timeout: float | None) -> None:
+    """Show an instance's status, input, output and failure.
+
+    With --wait, exit 1 if it ends FAILED or TERMINATED.
+    """
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout needs --wait", ctx)
+    client = _client(ctx)
+    state = _require_state(client, instance_id)
+    if wait:
+        state = _wait_until_done(ctx, client, state, timeout)
+    _show_state(ctx, state, waited=wait)
+
+
+@main.command(cls=_Command)
+@click.argument("instance_id", type=INSTANCE_ID)
+@_hub_options
+@click.pass_context
+def history(ctx: click.Context, instance_id: str) -> None:
+    """Show the history events of an instance's current execution.
+
+    A table (payloads shortened); --json gives every event in full.
+    """
+    events = _client(ctx).get_orchestration_history(instance_id)
+    if _json_mode(ctx):
+        _emit_json([_event_json(e) for e in events])
+    else:
+        click.echo(_history_table(events))
+
+
+@main.command("list", cls=_Command)
+@click.option("--status", "statuses", multiple=True, type=STATUS, help="Only this status (repeatable).")
+@click.option("--prefix", default=None, help="Only instance ids starting with this.")
+@click.option("--created-from", type=ISO_DATETIME, default=None, help="Created at or after (ISO 8601).")
+@click.option("--created-to", type=ISO_DATETIME, default=None, help="Created at or before (ISO 8601).")
+@click.option("--top", type=click.IntRange(min=1), default=None, help=f"At most N, oldest first (default {_DEFAULT_TOP}).")
+@click.option("--all", "fetch_all", is_flag=True, help="Every matching instance.")
+@_hub_options
+@click.pass_context
+def list_instances(
+    ctx: click.Context,
+    statuses: tuple[str, ...],
+    prefix: str | None,
+    created_from: datetime | None,
+    created_to: datetime | None,
+    top: int | None,
+    fetch_all: bool,
+) -> None:
+    """List instances, oldest first (use `status ID` for payloads)."""
+    if top is not None and fetch_all:
+        raise click.UsageError("--top and --all exclude each other", ctx)
+    client = _client(ctx)
+    filters: dict[str, Any] = {
+        "runtime_status": list(statuses) or None,
+        "created_time_from": created_from,
+        "created_time_to": created_to,
+        "instance_id_prefix": prefix,
+        "fetch_payloads": False,
+    }
+    more = False
+    if fetch_all:
+        states = client.get_all_instances(**filters)
+    else:
+        page = client.query_instances(page_size=top or _DEFAULT_TOP, **filters)
+        states, more = page.items, page.continuation_token is not None
+    if _json_mode(ctx):
+        _emit_json([_state_json(s, payloads=False) for s in states])
+        return
+    if not states:
+        click.echo("no instances match")
+        return
+    rows = [
+        [s.instance_id, s.name, s.runtime_status.value, _htime(s.created_at), _htime(s.last_updated_at)]
+        for s in states
+    ]
+    click.echo(_table(["INSTANCE ID", "NAME", "STATUS", "CREATED", "LAST UPDATED"], rows))
+    if more:
+        click.echo(f"(showing the first {len(states)}; more match: use --top N or --all)", err=True)
+
+
+@main.command("raise", cls=_Command)
+@click.argument("instance_id", type=INSTANCE_ID)
+@click.argument("event_name")
+@click.option("--data", type=JSON_VALUE, default=None, help="Event data as JSON (or @file).")
+@_hub_options
+@click.pass_context
+def raise_event(ctx: click.Context, instance_id: str, event_name: str, data: Any) -> None:
+    """Raise external event EVENT_NAME on an instance (exit 4 if it has finished)."""
+    _client(ctx).raise_orchestration_event(instance_id, event_name, data=data)
+    _done(
+        ctx,
+        f"raised event {event_name!r} on instance {instance_id!r}",
+        {"instance_id": instance_id, "event_name": event_name, "raised": True},
+    )
+
+
+@main.command(cls=_Command)
+@click.argument("instance_id", type=INSTANCE_ID)
+@click.option("--reason", type=JSON_VALUE, default=None, help="Its output, as JSON (or @file).")
+@_hub_options
+@click.pass_context
+def terminate(ctx: click.Context, instance_id: str, reason: Any) -> None:
+    """Terminate a running instance and its sub-orchestrations.
+
+    Terminating an instance that has already finished changes nothing (exit 0).
+    """
+    client = _client(ctx)
+    state = _require_state(client, instance_id, payloads=False)
+    status_value = state.runtime_status.value
+    if state.runtime_status.is_terminal:
+        _done(
+            ctx,
+            f"instance {instance_id!r} has already finished ({status_value}): nothing to do",
+            {"instance_id": instance_id, "terminated": False, "runtime_status": status_value},
+        )
+        return
+    client.terminate_orchestration(instance_id, output=reason)
+    _done(
+        ctx,
+        f"terminated instance {instance_id!r}",
+        {"instance_id": instance_id, "terminated": True},
+    )
+
+
+def _lifecycle_command(name: str, verb: str, summary: str) -> None:
+    @main.command(name, cls=_Command, help=summary)
+    @click.argument("instance_id", type=INSTANCE_ID)
+    @click.option("--reason", default=None, help="Why (recorded in the history).")
+    @_hub_options
+    @click.pass_context
+    def command(ctx: click.Context, instance_id: str, reason: str | None) -> None:
+        client = _client(ctx)
+        getattr(client, f"{name}_orchestration")(instance_id, reason=reason)
+        _done(
+            ctx,
+            f"{verb} instance {instance_id!r}",
+            {"instance_id": instance_id, "operation": name, "done": True},
+        )
+
+
+_lifecycle_command(
+    "suspend", "suspended", "Suspend a running instance: events wait until it is resumed."
+)
+_lifecycle_command("resume", "resumed", "Resume a suspended instance.")
+_lifecycle_command(
+    "rewind", "rewound", "Rewind a FAILED instance: only its failed work runs again."
+)
+
+
+@main.command(cls=_Command)
+@click.argument("instance_id", type=INSTANCE_ID)
+@click.option("--new-id", is_flag=True, help="Run it under a new instance id.")
+@_hub_options
+@click.pass_context
+def restart(ctx: click.Context, instance_id: str, new_id: bool) -> None:
+    """Run a finished instance again with its original input."""
+    used = _client(ctx).restart_orchestration(instance_id, restart_with_new_instance_id=new_id)
+    _done(
+        ctx,
+        f"restarted instance {instance_id!r} as {used!r}",
+        {"instance_id": used, "restarted_from": instance_id},
+    )
+
+
+@main.command(cls=_Command)
+@click.argument("instance_id", type=INSTANCE_ID, required=False)
+@click.option("--status", "statuses", multiple=True, type=TERMINAL_STATUS, help="Only this status (repeatable).")
+@click.option("--created-from", type=ISO_DATETIME, default=None, help="Created at or after (ISO 8601).")
+@click.option("--created-to", type=ISO_DATETIME, default=None, help="Created at or before (ISO 8601).")
+@_hub_options
+@click.pass_context
+def purge(
+    ctx: click.Context,
+    instance_id: str | None,
+    statuses: tuple[str, ...],
+    created_from: datetime | None,
+    created_to: datetime | None,
+) -> None:
+    """Delete a finished instance (with its sub-orchestrations), or all that match filters."""
+    filtered = bool(statuses) or created_from is not None or created_to is not None
+    if instance_id is not None and filtered:
+        raise click.UsageError("give an instance id or filters, not both", ctx)
+    if instance_id is None and not filtered:
+        raise click.UsageError(
+            "give an instance id, or at least one of --status, --created-from, --created-to",
+            ctx,
+        )
+    client = _client(ctx)
+    if instance_id is None:
+        result = client.purge_orchestrations_by(created_from, created_to, list(statuses) or None)
+        count = result.deleted_instance_count
+        _done(ctx, f"purged {count} finished instance(s)", {"deleted_instance_count": count})
+        return
+    state = _require_state(client, instance_id, payloads=False)
+    if not state.runtime_status.is_terminal:
+        raise CliError(
+            f"cannot purge instance {instance_id!r}: it is {state.runtime_status.value} "
+            "(terminate it first)",
+            EXIT_CONFLICT,
+        )
+    count = client.purge_orchestration(instance_id).deleted_instance_count
+    _done(
+        ctx,
+        f"purged instance {instance_id!r} ({count} instance(s) deleted)",
+        {"instance_id": instance_id, "deleted_instance_count": count},
+    )
+
+
+@main.command(cls=_Command)
+@click.argument("name")
+@click.option("--input", "input_", type=JSON_VALUE, default=None, help="Input as JSON (or @file).")
+@click.option("--id", "instance_id", type=INSTANCE_ID, default=None, help="Instance id (default: random).")
+@click.option("--wait", is_flag=True, help="Wait until it completes, fails or is terminated.")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0), default=None,
+    help="With --wait: give up after this many seconds (exit 124). Default: no limit.",
+)
+@_hub_options
+@click.pass_context
+def schedule(
+    ctx: click.Context,
+    name: str,
+    input_: Any,
+    instance_id: str | None,
+    wait: bool,
+    timeout: float | None,
+) -> None:
+    """Start orchestration NAME (exit 4 if the id is in use by a running instance)."""
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout needs --wait", ctx)
+    client = _client(ctx)
+    iid = client.schedule_new_orchestration(name, input=input_, instance_id=instance_id)
+    if not wait:
+        _done(
+            ctx,
+            f"scheduled orchestration {name!r} as instance {iid!r}",
+            {"instance_id": iid, "name": name},
+        )
+        return
+    if not _json_mode(ctx):
+        click.echo(f"scheduled orchestration {name!r} as instance {iid!r}")
+    state = _wait_until_done(ctx, client, _require_state(client, iid), timeout)
+    _show_state(ctx, state, waited=True)
+
+
+@main.command(cls=_Command)
+@click.argument("entity_id", type=ENTITY_ID)
+@click.argument("operation")
+@click.option("--input", "input_", type=JSON_VALUE, default=None, help="Input as JSON (or @file).")
+@_hub_options
+@click.pass_context
+def signal(ctx: click.Context, entity_id: EntityId, operation: str, input_: Any) -> None:
+    """Signal OPERATION on entity ENTITY_ID (written @name@key)."""
+    _client(ctx).signal_entity(entity_id, operation, input_)
+    _done(
+        ctx,
+        f"signalled {operation!r} on entity {entity_id}",
+        {"entity_id": str(entity_id), "operation": operation, "signalled": True},
+    )
+
+
+@main.command(cls=_Command)
+@click.argument("entity_id", type=ENTITY_ID, required=False)
+@click.option("--list", "list_all", is_flag=True, help="List entities instead.")
+@click.option("--name", default=None, help="With --list: only entities of this name.")
+@_hub_options
+@click.pass_context
+def entity(
+    ctx: click.Context, entity_id: EntityId | None, list_all: bool, name: str | None
+) -> None:
+    """Show an entity's state, lock and backlog (ENTITY_ID is @name@key), or --list them."""
+    if (entity_id is None) == (not list_all):
+        raise click.UsageError("give an entity id (@name@key) or --list", ctx)
+    if name is not None and not list_all:
+        raise click.UsageError("--name needs --list", ctx)
+    if name is not None and (not name or "@" in name):
+        raise click.BadParameter(f"entity name {name!r} must be non-empty, without '@'", ctx)
+    client = _client(ctx)
+    if entity_id is not None:
+        meta = client.get_entity(entity_id)
+        if meta is None:
+            raise CliError(f"no entity with id {entity_id}", EXIT_NOT_FOUND)
+        if _json_mode(ctx):
+            _emit_json(_entity_json(meta))
+            return
+        click.echo(
+            _block(
+                [
+                    ("entity id", str(meta.id)),
+                    ("last modified", _htime(meta.last_modified)),
+                    ("locked by", meta.locked_by or "-"),
+                    ("backlog", str(meta.backlog_queue_size)),
+                    ("state", _compact(meta.state)),
+                ]
+            )
+        )
+        return
+    entities = client.get_all_entities(name=name)
+    if _json_mode(ctx):
+        _emit_json([_entity_json(m) for m in entities])
+        return
+    if not entities:
+        click.echo("no entities match")
+        return
+    rows = [
+        [str(m.id), _htime(m.last_modified), m.locked_by or "-", str(m.backlog_queue_size),
+         _compact(m.state, 60)]
+        for m in entities
+    ]
+    click.echo(_table(["ENTITY ID", "LAST MODIFIED", "LOCKED BY", "BACKLOG", "STATE"], rows))
 
 
 @main.command()
@@ -105,6 +1223,60 @@ def demo(data_dir: str, address: str | None) -> None:
         _say(f"done: {total} instances stored in {data_dir}/demo (delete the folder to start over)")
 
 
+def _import_bench_runner() -> object:
+    """``benchmarks.run`` from the source checkout: it is not installed with duraray.
+
+    Looked for beside this package (an editable install) and in the current directory.
+    """
+    import importlib
+    from pathlib import Path
+
+    candidates = [Path(__file__).resolve().parents[2], Path.cwd()]
+    for root in candidates:
+        if (root / "benchmarks" / "run.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            return importlib.import_module("benchmarks.run")
+    raise click.ClickException(
+        "the benchmarks/ folder was not found (looked in "
+        + ", ".join(str(c) for c in candidates)
+        + "); run `duraray bench` from a duraray source checkout"
+    )
+
+
+@main.command()
+@click.option(
+    "--workloads",
+    default=None,
+    help="Comma-separated workloads (hello5, hello5_latency, fan_out, entity_signals, bank, "
+    "timers, recovery, raw_ray); default: all.",
+)
+@click.option(
+    "--partitions", default="4", show_default=True, help="Partition count, or several: 1,4."
+)
+@click.option("--quick", is_flag=True, help="Small N for every workload (a smoke run).")
+@click.option("--out", default="bench-results", show_default=True, help="Report folder.")
+@click.option("--no-fsync", is_flag=True, help="Commit without fsync.")
+@click.option("--data-dir", default=None, help="Parent of the hubs' temporary data dirs.")
+def bench(
+    workloads: str | None,
+    partitions: str,
+    quick: bool,
+    out: str,
+    no_fsync: bool,
+    data_dir: str | None,
+) -> None:
+    """Run the benchmarks in one process and write a report (JSON lines, Markdown, chart)."""
+    runner: Any = _import_bench_runner()
+    try:
+        names = runner.parse_workloads(workloads)
+        counts = runner.parse_partitions(partitions)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    runner.common.quiet_logs()
+    lines = runner.run_all(names, counts, quick, out, fsync=not no_fsync, data_dir=data_dir)
+    if not all(line["correct"] for line in lines):
+        raise click.ClickException("some benchmark results were not correct (see above)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -60,11 +60,15 @@ class EntityHost:
     _entities: dict[str, EntityRecord]
     _entity_inbox: dict[str, list[EntityMessage]]
     _entity_dirty: set[str]
+    _entity_converter: _EntityConverter
 
     def _init_entities(self: PartitionCore) -> None:
         self._entities = {}
         self._entity_inbox = {}
         self._entity_dirty = set()
+        # Entity state, results and signal inputs obey the hub's max_payload_bytes, like
+        # the payloads made by orchestrations.
+        self._entity_converter = _EntityConverter(self.config.max_payload_bytes)
 
     # -- records ----------------------------------------------------------------------------
 
@@ -81,7 +85,12 @@ class EntityHost:
         if record is not None:
             return record if record.exists else None
         data = self.store.get("entities", entity_key(entity_id))
-        return None if data is None else _decode_entity(data)
+        if data is None:
+            return None
+        # A stored row without state, lock or queue (left for clean_entity_storage) is no
+        # entity, as query_entities already treats it.
+        record = _decode_entity(data)
+        return record if record.exists else None
 
     def _save_entities(self: PartitionCore) -> None:
         for entity_id in self._entity_dirty:
@@ -159,7 +168,7 @@ class EntityHost:
             entity_id,
             record.state,
             [Operation(m.operation, m.input, m) for m in ready],
-            converter=_ENTITY_CONVERTER,
+            converter=self._entity_converter,
             name_of=self.registry.name_of,
             new_instance_id=lambda: uuid.uuid4().hex,
             now=self._now,
@@ -355,11 +364,14 @@ def _decode_entity(data: bytes) -> EntityRecord:
 
 
 class _EntityConverter:
-    """The codec as the entity executor's converter."""
+    """The codec as the entity executor's converter, with the hub's payload size limit."""
 
-    encode = staticmethod(codec.encode)
+    def __init__(self, max_size: int = codec.DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+        self.max_size = max_size
+
+    def encode(self, value: Any) -> bytes:
+        return codec.encode(value, max_size=self.max_size)
+
     decode = staticmethod(codec.decode)
     convert = staticmethod(codec.convert)
 
-
-_ENTITY_CONVERTER = _EntityConverter()

@@ -1033,6 +1033,11 @@ class PartitionCore(EntityHost):
         record.status = completion.status
         record.output = completion.result
         record.failure = completion.failure
+        if completion.status is Status.FAILED:
+            # The executor releases the sections it knows of; a failure in replay (changed
+            # code) may not know them all, so release whatever the history still holds.
+            # An unlock for a lock already released is ignored by the entity.
+            self._release_held_locks(self._history_with_batch(record.instance_id))
         self._finish(live)
         if record.parent_instance_id is not None and record.parent_task_id is not None:
             event: h.HistoryEvent

@@ -253,6 +253,98 @@ class Kit:
             result=codec.encode(result),
         )
 
+    # -- entity events -------------------------------------------------------------------
+
+    @staticmethod
+    def section_id(seq: int, *, instance_id: str = INSTANCE_ID, execution_id: str = "exec-1") -> str:
+        """The critical-section id of the ``lock_entities`` call that got task id ``seq``."""
+        return f"{instance_id}#{execution_id}#{seq}"
+
+    def entity_called(
+        self,
+        seq: int,
+        entity_id: str,
+        operation: str,
+        input: Any = None,
+        *,
+        t: float = 0,
+        lock_owner: str | None = None,
+    ) -> h.EntityOperationCalled:
+        return h.EntityOperationCalled(
+            timestamp=self.at(t),
+            event_id=seq,
+            entity_id=entity_id,
+            operation=operation,
+            input=codec.encode(input),
+            lock_owner=lock_owner,
+        )
+
+    def entity_signaled(
+        self,
+        seq: int,
+        entity_id: str,
+        operation: str,
+        input: Any = None,
+        *,
+        t: float = 0,
+        signal_at: float | None = None,
+    ) -> h.EntityOperationSignaled:
+        """A signal; ``signal_at`` is its due time in seconds after T0, if any."""
+        return h.EntityOperationSignaled(
+            timestamp=self.at(t),
+            event_id=seq,
+            entity_id=entity_id,
+            operation=operation,
+            input=codec.encode(input),
+            signal_time=None if signal_at is None else self.at(signal_at),
+        )
+
+    def entity_done(
+        self, seq: int, result: Any = None, *, t: float = 0
+    ) -> h.EntityOperationCompleted:
+        return h.EntityOperationCompleted(
+            timestamp=self.at(t), task_scheduled_id=seq, result=codec.encode(result)
+        )
+
+    def entity_fail(
+        self, seq: int, message: str = "boom", *, t: float = 0, **kw: Any
+    ) -> h.EntityOperationFailed:
+        return h.EntityOperationFailed(
+            timestamp=self.at(t), task_scheduled_id=seq, failure=self.failure(message, **kw)
+        )
+
+    def lock_requested(
+        self, seq: int, lock_set: list[str], *, t: float = 0
+    ) -> h.EntityLockRequested:
+        return h.EntityLockRequested(
+            timestamp=self.at(t),
+            event_id=seq,
+            critical_section_id=self.section_id(seq),
+            lock_set=list(lock_set),
+        )
+
+    def lock_granted(
+        self, seq: int, lock_set: list[str], *, t: float = 0
+    ) -> h.EntityLockGranted:
+        """The grant of the lock requested as task ``seq``."""
+        return h.EntityLockGranted(
+            timestamp=self.at(t),
+            task_scheduled_id=seq,
+            critical_section_id=self.section_id(seq),
+            lock_set=list(lock_set),
+        )
+
+    def unlock_sent(
+        self, seq: int, lock_set: list[str], *, section: int, t: float = 0
+    ) -> h.EntityUnlockSent:
+        """Task ``seq`` released the section that ``lock_entities`` task ``section`` opened."""
+        return h.EntityUnlockSent(
+            timestamp=self.at(t),
+            event_id=seq,
+            critical_section_id=self.section_id(section),
+            lock_set=list(lock_set),
+        )
+
     # -- executors -----------------------------------------------------------------------
 
     def executor(

@@ -1,0 +1,525 @@
+"""The HTTP management API of a hub: Durable Functions' routes and payloads over a Client.
+
+``create_app(client)`` returns a Starlette app; every route calls the client (through
+``AsyncClient``, so the event loop never waits on a commit) and maps its errors to status
+codes. This module owns routing, request validation and status codes; the JSON shapes are
+built in ``payloads.py``, metrics in ``metrics.py``, the token check in ``auth.py``. It
+never touches partitions or storage. The dashboard (``dashboard.py``, if present) adds
+``GET /`` and ``/static/...`` and calls the routes below from the browser, so the shapes
+documented here are a contract: keys are only ever added.
+
+Routes (``{id}`` is an instance id, percent-encoded; ids containing ``/`` cannot be
+addressed by URL and are refused at start):
+
+=======================================================  ==================================
+``POST /api/orchestrations/{name}[?instance_id=]``       start; body = JSON input (empty:
+                                                         None) -> 202 check-status payload,
+                                                         409 if the id is running
+``GET /api/instances/{id}[?showHistory&showInput]``      status -> 202 while Pending,
+                                                         Running, Suspended or
+                                                         ContinuedAsNew; 200 once finished
+                                                         (500 for Failed/Terminated with
+                                                         ``returnInternalServerErrorOnFailure=true``)
+``POST /api/instances/{id}/raiseEvent/{event}``          body = event data -> 202
+``POST /api/instances/{id}/terminate[?reason=]``         body (JSON) or reason = the output;
+                                                         ``recursive=false`` -> 202
+``POST /api/instances/{id}/suspend|resume|rewind``       ``?reason=`` (or a JSON string
+                                                         body) -> 202
+``POST /api/instances/{id}/restart``                     ``?restartWithNewInstanceId=true``
+                                                         -> 202 check-status payload of the
+                                                         id used
+``DELETE /api/instances/{id}``                           purge -> 200 ``{instancesDeleted}``
+``GET /api/instances``                                   query: ``runtimeStatus`` (comma
+                                                         list), ``createdTimeFrom``,
+                                                         ``createdTimeTo`` (ISO 8601),
+                                                         ``instanceIdPrefix``, ``top``
+                                                         (1-1000, default 100),
+                                                         ``showInput`` (default false)
+                                                         -> 200 list of status payloads
+``DELETE /api/instances?createdTimeFrom=...``            bulk purge of finished instances
+                                                         (+ ``createdTimeTo``,
+                                                         ``runtimeStatus``) -> 200
+                                                         ``{instancesDeleted}``, 404 if none
+``POST /api/entities/{name}/{key}?op=``                  signal; body = JSON input -> 202
+``GET /api/entities/{name}/{key}``                       -> 200 entity payload, 404
+``GET /api/entities[?name=&keyPrefix=&top=]``            -> 200 list of entity payloads
+                                                         (``includeState=false`` omits
+                                                         state)
+``GET /api/partitions``                                  -> 200 ``Client.partition_stats()``
+``GET /metrics``                                         Prometheus text (see metrics.py)
+``GET /healthz``                                         200 ``{"status": "ok", "hub"}``
+=======================================================  ==================================
+
+List routes page: the response header ``x-ms-continuation-token`` (absent on the last
+page) goes back in the same request header for the next page.
+
+Status codes: 202 accepted or still running, 200 done, 400 malformed body, query or id
+(also unserializable or oversized payloads), 401 missing or wrong bearer token, 404
+unknown instance or entity, 409 start with a running id, 410 the instance's state forbids
+the operation (raiseEvent, terminate, suspend or resume of a finished instance, rewind of
+one that did not fail, restart or purge of a running one), 413 body over the size limit.
+Every error body is ``{"error": "<message>"}``. 202 responses of start, restart and
+status carry ``Location`` (the status URL) and ``Retry-After: 1``.
+
+JSON shapes (times are ISO 8601 UTC with ``Z``; payloads are JSON values, bytes as
+base64, see ``payloads.to_json``):
+
+- check-status payload: ``{id, statusQueryGetUri, sendEventPostUri (ends in the literal
+  "{eventName}"), terminatePostUri, suspendPostUri, resumePostUri, rewindPostUri,
+  restartPostUri, purgeHistoryDeleteUri}``, absolute URLs (``?reason=`` may be appended);
+- status payload: ``{name, instanceId, runtimeStatus ("Pending", "Running", "Completed",
+  "ContinuedAsNew", "Failed", "Terminated", "Suspended"), input (null unless shown),
+  customStatus, output (a Failed instance's error message when it has no output),
+  createdTime, lastUpdatedTime, failureDetails (null, or {errorType, errorMessage,
+  stackTrace, isNonRetriable, innerFailure?}), version, tags, parentInstanceId,
+  historyEvents?}``;
+- history event: ``{"EventType": "<class name>", <field>: <value>, ...}`` with the event's
+  own (snake_case) field names, e.g. ``{"EventType": "TaskCompleted", "timestamp": ...,
+  "task_scheduled_id": 2, "result": 42}``; failures are ``{message, error_type,
+  stack_trace, inner, non_retriable}``;
+- entity payload: ``{entityId: {name, key}, state, lastModified, lockedBy,
+  backlogQueueSize}``;
+- ``/api/partitions``: a list, one object per partition: ``{partition, counters: {batches,
+  items, episodes, commit_seconds, replays, activities_dispatched, messages_sent,
+  entity_operations?}, live_instances: {STATUS: n}, cached_executors, timers,
+  activities_in_flight, outbox, queue_depth}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from duraray.orchestrations.history import OrchestrationStatus
+from duraray.runtime.aio import AsyncClient
+from duraray.runtime.client import Client, OrchestrationState
+from duraray.runtime.http import parsing as q
+from duraray.runtime.http import payloads as p
+from duraray.runtime.http.auth import BearerTokenMiddleware
+from duraray.runtime.http.metrics import hub_registry
+from duraray.runtime.http.parsing import CONTINUATION_HEADER, NO_BODY, ApiError, call
+
+__all__ = [
+    "CONTINUATION_HEADER",
+    "DEFAULT_MAX_BODY_BYTES",
+    "ApiError",
+    "HttpApi",
+    "check_status_payload",
+    "create_app",
+    "create_check_status_response",
+    "wait_for_completion_or_create_check_status_response",
+]
+
+log = structlog.get_logger("duraray.http")
+
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+RETRY_AFTER_SECONDS = 1
+MAX_PAGE_SIZE = 1000
+
+
+def as_async(client: Client | AsyncClient) -> AsyncClient:
+    """An ``AsyncClient`` over ``client`` (itself if it already is one)."""
+    return client if isinstance(client, AsyncClient) else AsyncClient(client)
+
+
+# -- check-status responses (also for user code: SEMANTICS #72) ---------------------------
+
+
+def check_status_payload(
+    request: Request, instance_id: str, *, base_url: str | None = None
+) -> dict[str, str]:
+    """The management payload of an instance, with URLs absolute to ``base_url`` or the request."""
+    return p.management_urls(base_url or str(request.base_url), instance_id)
+
+
+def _accepted_headers(status_url: str) -> dict[str, str]:
+    return {"Location": status_url, "Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+def create_check_status_response(
+    request: Request, instance_id: str, *, base_url: str | None = None
+) -> JSONResponse:
+    """202 with the management payload, ``Location`` = status URL and ``Retry-After``."""
+    payload = check_status_payload(request, instance_id, base_url=base_url)
+    return JSONResponse(
+        payload, status_code=202, headers=_accepted_headers(payload["statusQueryGetUri"])
+    )
+
+
+async def wait_for_completion_or_create_check_status_response(
+    client: Client | AsyncClient,
+    request: Request,
+    instance_id: str,
+    timeout: float = 10,
+    retry_interval: float = 1,
+    *,
+    base_url: str | None = None,
+) -> Response:
+    """Wait up to ``timeout`` s for the instance to finish, then answer as Durable Functions does.
+
+    200 with the output when it completed; 500 with the status payload when it failed;
+    200 with the status payload when it was terminated; else (still running after
+    ``timeout``) the 202 check-status response. An unknown id answers 404. The engine
+    notifies completion, so nothing polls: ``retry_interval`` is kept for the Durable
+    Functions signature and only checked (positive, at most ``timeout``).
+    """
+    if not retry_interval > 0:
+        raise ValueError("retry_interval must be positive")
+    if timeout < retry_interval:
+        raise ValueError(
+            f"total timeout {timeout} s should be at least the retry interval {retry_interval} s"
+        )
+    aclient = as_async(client)
+    try:
+        state = await call(aclient.get_orchestration_state, instance_id)
+        if state is None:
+            return q.error_response(404, f"no orchestration instance with id {instance_id!r}")
+        if not state.runtime_status.is_terminal:
+            try:
+                state = await aclient.wait_for_orchestration_completion(
+                    instance_id, timeout=timeout
+                )
+            except TimeoutError:
+                return create_check_status_response(request, instance_id, base_url=base_url)
+    except ApiError as exc:
+        return q.error_response(exc.status, exc.message)
+    if state.runtime_status is OrchestrationStatus.COMPLETED:
+        return JSONResponse(p.to_json(state.output), status_code=200)
+    status_code = 500 if state.runtime_status is OrchestrationStatus.FAILED else 200
+    return JSONResponse(p.status_json(state), status_code=status_code)
+
+
+# -- the routes -----------------------------------------------------------------------------
+
+
+class HttpApi:
+    """The route handlers over one client; ``routes()`` lists them for Starlette."""
+
+    def __init__(
+        self, client: Client | AsyncClient, *, max_body_bytes: int, base_url: str | None
+    ) -> None:
+        if max_body_bytes < 0:
+            raise ValueError("max_body_bytes must be >= 0")
+        self.client = as_async(client)
+        self.hub = self.client.hub
+        self.max_body_bytes = max_body_bytes
+        self.base_url = base_url
+        self.registry = hub_registry(self.hub, self.client.client.partition_stats)
+
+    def routes(self) -> list[BaseRoute]:
+        """The API's routes, in matching order."""
+        instance = "/api/instances/{instance_id}"
+        return [
+            Route("/api/orchestrations/{name}", self.start, methods=["POST"]),
+            Route("/api/instances", self.list_instances, methods=["GET"]),
+            Route("/api/instances", self.purge_by, methods=["DELETE"]),
+            Route(instance, self.status, methods=["GET"]),
+            Route(instance, self.purge, methods=["DELETE"]),
+            Route(f"{instance}/raiseEvent/{{event}}", self.raise_event, methods=["POST"]),
+            Route(f"{instance}/terminate", self.terminate, methods=["POST"]),
+            Route(f"{instance}/suspend", self.suspend, methods=["POST"]),
+            Route(f"{instance}/resume", self.resume, methods=["POST"]),
+            Route(f"{instance}/rewind", self.rewind, methods=["POST"]),
+            Route(f"{instance}/restart", self.restart, methods=["POST"]),
+            Route("/api/entities", self.list_entities, methods=["GET"]),
+            Route("/api/entities/{name}/{key}", self.signal_entity, methods=["POST"]),
+            Route("/api/entities/{name}/{key}", self.get_entity, methods=["GET"]),
+            Route("/api/partitions", self.partitions, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+        ]
+
+    async def _json(self, request: Request, what: str) -> Any:
+        return await q.read_json(request, self.max_body_bytes, what)
+
+    async def _value(self, request: Request, what: str) -> Any:
+        value = await q.read_json(request, self.max_body_bytes, what)
+        return None if value is NO_BODY else value
+
+    async def _reason(self, request: Request) -> str | None:
+        return await q.read_reason(request, self.max_body_bytes)
+
+    def _base(self, request: Request) -> str:
+        return self.base_url or str(request.base_url)
+
+    # -- orchestrations ----------------------------------------------------------------
+
+    async def start(self, request: Request) -> Response:
+        """Start an orchestration; 202 with the check-status payload."""
+        name = request.path_params["name"]
+        instance_id = request.query_params.get("instance_id") or request.query_params.get(
+            "instanceId"
+        )
+        if instance_id is not None and "/" in instance_id:
+            raise ApiError(400, f"instance id {instance_id!r} must not contain '/' over HTTP")
+        value = await self._value(request, "orchestration input")
+        started = await call(
+            self.client.schedule_new_orchestration, name, input=value, instance_id=instance_id
+        )
+        return create_check_status_response(request, started, base_url=self.base_url)
+
+    async def status(self, request: Request) -> Response:
+        """An instance's status: 202 while it runs, 200 once finished, 404 unknown."""
+        instance_id = request.path_params["instance_id"]
+        show_history = q.query_bool(request, "showHistory", False)
+        show_input = q.query_bool(request, "showInput", True)
+        fail_500 = q.query_bool(request, "returnInternalServerErrorOnFailure", False)
+        state: OrchestrationState | None = await call(
+            self.client.get_orchestration_state, instance_id
+        )
+        if state is None:
+            raise ApiError(404, f"no orchestration instance with id {instance_id!r}")
+        history = None
+        if show_history:
+            history = await call(self.client.get_orchestration_history, instance_id)
+        payload = p.status_json(state, show_input=show_input, history=history)
+        status = state.runtime_status
+        if not status.is_terminal:
+            url = p.management_urls(self._base(request), instance_id)["statusQueryGetUri"]
+            return JSONResponse(payload, status_code=202, headers=_accepted_headers(url))
+        failed = status in (OrchestrationStatus.FAILED, OrchestrationStatus.TERMINATED)
+        return JSONResponse(payload, status_code=500 if failed and fail_500 else 200)
+
+    async def raise_event(self, request: Request) -> Response:
+        """Deliver an external event; the body is its data."""
+        instance_id = request.path_params["instance_id"]
+        data = await self._value(request, "event data")
+        await call(
+            self.client.raise_orchestration_event,
+            instance_id,
+            request.path_params["event"],
+            data=data,
+        )
+        return Response(status_code=202)
+
+    async def terminate(self, request: Request) -> Response:
+        """Terminate a running instance; 410 when it already finished."""
+        instance_id = request.path_params["instance_id"]
+        body = await self._json(request, "termination output")
+        output = request.query_params.get("reason") if body is NO_BODY else body
+        recursive = q.query_bool(request, "recursive", True)
+        await self._require_unfinished(instance_id, "terminate")
+        await call(
+            self.client.terminate_orchestration, instance_id, output=output, recursive=recursive
+        )
+        return Response(status_code=202)
+
+    async def _require_unfinished(self, instance_id: str, verb: str) -> None:
+        # The client treats terminating a finished instance as a no-op; over HTTP it is 410.
+        state = await call(
+            self.client.get_orchestration_state, instance_id, fetch_payloads=False
+        )
+        if state is None:
+            raise ApiError(404, f"no orchestration instance with id {instance_id!r}")
+        if state.runtime_status.is_terminal:
+            raise ApiError(
+                410,
+                f"cannot {verb} instance {instance_id!r}: it is {state.runtime_status.value}",
+            )
+
+    async def suspend(self, request: Request) -> Response:
+        """Suspend a running instance."""
+        reason = await self._reason(request)
+        await call(
+            self.client.suspend_orchestration, request.path_params["instance_id"], reason=reason
+        )
+        return Response(status_code=202)
+
+    async def resume(self, request: Request) -> Response:
+        """Resume a suspended instance."""
+        reason = await self._reason(request)
+        await call(
+            self.client.resume_orchestration, request.path_params["instance_id"], reason=reason
+        )
+        return Response(status_code=202)
+
+    async def rewind(self, request: Request) -> Response:
+        """Rewind a failed instance."""
+        reason = await self._reason(request)
+        await call(
+            self.client.rewind_orchestration, request.path_params["instance_id"], reason=reason
+        )
+        return Response(status_code=202)
+
+    async def restart(self, request: Request) -> Response:
+        """Run a finished instance again; 202 with the check-status payload of the id used."""
+        new_id = q.query_bool(request, "restartWithNewInstanceId", False)
+        await self._json(request, "request body")  # validated, not used
+        started = await call(
+            self.client.restart_orchestration,
+            request.path_params["instance_id"],
+            restart_with_new_instance_id=new_id,
+        )
+        return create_check_status_response(request, started, base_url=self.base_url)
+
+    async def purge(self, request: Request) -> Response:
+        """Delete a finished instance and its history."""
+        instance_id = request.path_params["instance_id"]
+        result = await call(self.client.purge_orchestration, instance_id)
+        if result.deleted_instance_count:
+            return JSONResponse({"instancesDeleted": result.deleted_instance_count})
+        state = await call(
+            self.client.get_orchestration_state, instance_id, fetch_payloads=False
+        )
+        if state is None:
+            raise ApiError(404, f"no orchestration instance with id {instance_id!r}")
+        if not state.runtime_status.is_terminal:
+            raise ApiError(
+                410,
+                f"cannot purge instance {instance_id!r}: it is {state.runtime_status.value}; "
+                f"only finished instances can be purged",
+            )
+        # It finished between the purge and this check: nothing was deleted; a retry will.
+        raise ApiError(409, f"instance {instance_id!r} finished while being purged; retry")
+
+    async def purge_by(self, request: Request) -> Response:
+        """Delete finished instances created in a time range (Durable Functions' bulk purge)."""
+        created_from = q.query_time(request, "createdTimeFrom")
+        if created_from is None:
+            raise ApiError(400, "bulk purge needs createdTimeFrom (ISO 8601)")
+        result = await call(
+            self.client.purge_orchestrations_by,
+            created_time_from=created_from,
+            created_time_to=q.query_time(request, "createdTimeTo"),
+            runtime_status=q.query_statuses(request),
+        )
+        deleted = result.deleted_instance_count
+        if not deleted:
+            return q.error_response(404, "no finished instance matched", instancesDeleted=0)
+        return JSONResponse({"instancesDeleted": deleted})
+
+    async def list_instances(self, request: Request) -> Response:
+        """One page of instances matching the filters, oldest first."""
+        show_input = q.query_bool(request, "showInput", False)
+        page = await call(
+            self.client.query_instances,
+            runtime_status=q.query_statuses(request),
+            created_time_from=q.query_time(request, "createdTimeFrom"),
+            created_time_to=q.query_time(request, "createdTimeTo"),
+            instance_id_prefix=request.query_params.get("instanceIdPrefix") or None,
+            page_size=q.query_int(request, "top", 100, 1, MAX_PAGE_SIZE),
+            continuation_token=q.continuation(request),
+        )
+        body = [p.status_json(state, show_input=show_input) for state in page.items]
+        return JSONResponse(body, headers=q.page_headers(page.continuation_token))
+
+    # -- entities ----------------------------------------------------------------------
+
+    async def signal_entity(self, request: Request) -> Response:
+        """Send a one-way operation (``?op=``) to an entity; the body is its input."""
+        entity = q.entity_id(request.path_params["name"], request.path_params["key"])
+        operation = request.query_params.get("op")
+        if not operation:
+            raise ApiError(400, "query parameter op (the operation name) is required")
+        value = await self._value(request, "operation input")
+        await call(self.client.signal_entity, entity, operation, value)
+        return Response(status_code=202)
+
+    async def get_entity(self, request: Request) -> Response:
+        """An entity's state and metadata; 404 if it does not exist."""
+        entity = q.entity_id(request.path_params["name"], request.path_params["key"])
+        metadata = await call(self.client.get_entity, entity)
+        if metadata is None:
+            raise ApiError(404, f"no entity {entity}")
+        return JSONResponse(p.entity_json(metadata))
+
+    async def list_entities(self, request: Request) -> Response:
+        """One page of entities, by id."""
+        page = await call(
+            self.client.query_entities,
+            name=request.query_params.get("name") or None,
+            key_prefix=request.query_params.get("keyPrefix") or None,
+            include_state=q.query_bool(request, "includeState", True),
+            page_size=q.query_int(request, "top", 100, 1, MAX_PAGE_SIZE),
+            continuation_token=q.continuation(request),
+        )
+        body = [p.entity_json(entity) for entity in page.items]
+        return JSONResponse(body, headers=q.page_headers(page.continuation_token))
+
+    # -- operations --------------------------------------------------------------------
+
+    async def partitions(self, request: Request) -> Response:
+        """Counters and load of every partition."""
+        return JSONResponse(p.to_json(await self.client.partition_stats()))
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus exposition of the partitions' counters and load."""
+        text = await asyncio.to_thread(generate_latest, self.registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(self, request: Request) -> Response:
+        """Liveness: the server answers (it does not ask the partitions)."""
+        return JSONResponse({"status": "ok", "hub": self.hub})
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return q.error_response(exc.status, exc.message)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error in HTTP API", path=request.url.path, error=repr(exc))
+    return q.error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _dashboard_routes() -> list[BaseRoute]:
+    try:
+        from duraray.runtime.http.dashboard import dashboard_routes
+    except ImportError as exc:
+        if getattr(exc, "name", None) != "duraray.runtime.http.dashboard":
+            # The module exists but cannot load: serve the API anyway, and say why.
+            log.warning("dashboard unavailable", error=repr(exc))
+        return []
+    return list(dashboard_routes())
+
+
+def create_app(
+    client: Client | AsyncClient,
+    *,
+    token: str | None = None,
+    require_token: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    base_url: str | None = None,
+) -> Starlette:
+    """The HTTP API (and dashboard, if installed) of the hub ``client`` talks to.
+
+    ``token``: when given, every request but ``/healthz`` and the dashboard's static page
+    must send ``Authorization: Bearer <token>``; ``require_token=True`` makes a missing
+    token an error here (``serve`` sets it for non-loopback addresses). ``base_url``
+    overrides the request's base URL in the management URLs (behind a proxy).
+    ``max_body_bytes``: larger request bodies are refused with 413.
+    """
+    if require_token and not token:
+        raise ValueError("require_token=True needs a token (or set DURARAY_HTTP_TOKEN for serve)")
+    api = HttpApi(client, max_body_bytes=max_body_bytes, base_url=base_url)
+    middleware = [Middleware(BearerTokenMiddleware, token=token)] if token else []
+    app = Starlette(
+        routes=[*api.routes(), *_dashboard_routes()],
+        middleware=middleware,
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _server_error,
+        },
+    )
+    app.state.api = api
+    return app

@@ -1,0 +1,198 @@
+"""Request parsing and error mapping of the HTTP API: bodies, query parameters, client errors.
+
+Everything a route needs to turn a request into client arguments, and a client error into
+a status code, as small functions that raise ``ApiError`` (answered as
+``{"error": message}``); the routes themselves live in ``api.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from duraray._errors import (
+    InstanceAlreadyExistsError,
+    InstanceNotFoundError,
+    InstanceStateError,
+    SerializationError,
+)
+from duraray.entities.ids import EntityId
+from duraray.orchestrations.history import OrchestrationStatus
+from duraray.runtime.http import payloads as p
+
+CONTINUATION_HEADER = "x-ms-continuation-token"
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
+    """The JSON error body every route uses."""
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def call(method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+    """Run a client coroutine, turning its errors into HTTP errors."""
+    try:
+        return await method(*args, **kwargs)
+    except InstanceNotFoundError as exc:
+        raise ApiError(404, str(exc)) from None
+    except InstanceStateError as exc:
+        raise ApiError(410, str(exc)) from None
+    except InstanceAlreadyExistsError as exc:
+        raise ApiError(409, str(exc)) from None
+    except SerializationError as exc:
+        raise ApiError(400, str(exc)) from None
+    except (ValueError, TypeError) as exc:  # the client's argument checks (ids, tokens)
+        raise ApiError(400, str(exc)) from None
+
+
+# -- bodies ----------------------------------------------------------------------------------
+
+
+class _NoBody:
+    """The body was empty (as opposed to a JSON ``null``)."""
+
+    def __repr__(self) -> str:
+        return "NO_BODY"
+
+
+NO_BODY: Any = _NoBody()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body; 413 past ``limit`` bytes, declared or streamed."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise ApiError(400, f"invalid Content-Length {declared!r}") from None
+        if size > limit:
+            raise ApiError(413, f"request body of {size} bytes exceeds the {limit}-byte limit")
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():  # chunked bodies declare no length
+        received += len(chunk)
+        if received > limit:
+            raise ApiError(413, f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+async def read_json(request: Request, limit: int, what: str) -> Any:
+    """The body as JSON (NaN and Infinity refused), or ``NO_BODY`` when it is empty."""
+    body = await read_body(request, limit)
+    if not body.strip():
+        return NO_BODY
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise ApiError(400, f"{what} is not valid JSON: {exc}") from None
+
+
+async def read_reason(request: Request, limit: int) -> str | None:
+    """``?reason=``, else an optional JSON string body; any other body is a 400."""
+    body = await read_json(request, limit, "request body")
+    reason = request.query_params.get("reason")
+    if body is NO_BODY or body is None:
+        return reason
+    if not isinstance(body, str):
+        raise ApiError(400, "the request body, if any, must be a JSON string (the reason)")
+    return reason if reason is not None else body
+
+
+# -- query parameters and path parts -------------------------------------------------------------
+
+
+def query_bool(request: Request, name: str, default: bool) -> bool:
+    """A true/false query parameter (also 1/0, yes/no, on/off)."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ApiError(400, f"query parameter {name}={raw!r} must be true or false")
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within ``[low, high]``."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name}={raw!r} must be an integer") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"query parameter {name}={value} must be between {low} and {high}")
+    return value
+
+
+def query_time(request: Request, name: str) -> datetime | None:
+    """An ISO 8601 date-time query parameter; without an offset it is UTC."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ApiError(
+            400, f"query parameter {name}={raw!r} must be an ISO 8601 date-time"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def query_statuses(request: Request) -> list[OrchestrationStatus] | None:
+    """``runtimeStatus``: comma-separated and/or repeated, in any casing; None if absent."""
+    names = [
+        part
+        for raw in request.query_params.getlist("runtimeStatus")
+        for part in raw.split(",")
+        if part.strip()
+    ]
+    if not names:
+        return None
+    try:
+        return [p.parse_status(name) for name in names]
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def continuation(request: Request) -> str | None:
+    """The continuation token the request carries, if any."""
+    return request.headers.get(CONTINUATION_HEADER) or None
+
+
+def page_headers(token: str | None) -> dict[str, str]:
+    """The response header that hands out the next page's token (none on the last page)."""
+    return {CONTINUATION_HEADER: token} if token else {}
+
+
+def entity_id(name: str, key: str) -> EntityId:
+    """The entity addressed by ``/api/entities/{name}/{key}``; 400 if invalid."""
+    try:
+        return EntityId(name, key)
+    except (ValueError, TypeError) as exc:
+        raise ApiError(400, str(exc)) from None
