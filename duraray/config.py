@@ -30,6 +30,8 @@ class HubConfig:
     - ``max_batch_items``: most work items a partition takes into one batch.
     - ``max_cached_orchestrations``: live generators kept per partition; older ones are
       evicted and rebuilt by replay when their next event arrives.
+    - ``max_cached_entities``: entity records kept in memory per partition (the rest are
+      read from the store when used).
     - ``maximum_timer_interval``: split longer durable timers into chunks (None: no cap).
     - ``max_payload_bytes``: largest encoded input, output, event or state accepted.
     - ``resend_interval``: seconds before an unacknowledged partition message is resent.
@@ -44,6 +46,7 @@ class HubConfig:
     fsync: bool = True
     max_batch_items: int = 5000
     max_cached_orchestrations: int = 20000
+    max_cached_entities: int = 100000
     maximum_timer_interval: timedelta | None = None
     max_payload_bytes: int = 16 * 1024 * 1024
     resend_interval: float = 5.0
@@ -65,6 +68,8 @@ class HubConfig:
             raise ValueError("partitions must be an integer between 1 and 1024")
         if self.max_batch_items < 1:
             raise ValueError("max_batch_items must be >= 1")
+        if self.max_cached_entities < 0:
+            raise ValueError("max_cached_entities must be >= 0")
         if self.max_cached_orchestrations < 0:
             raise ValueError("max_cached_orchestrations must be >= 0")
         if self.maximum_timer_interval is not None and self.maximum_timer_interval <= timedelta(0):

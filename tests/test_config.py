@@ -42,6 +42,7 @@ def test_defaults():
         "fsync": True,
         "max_batch_items": 5000,
         "max_cached_orchestrations": 20000,
+        "max_cached_entities": 100000,
         "maximum_timer_interval": None,
         "max_payload_bytes": 16 * 1024 * 1024,
         "resend_interval": 5.0,
@@ -89,6 +90,7 @@ def test_config_is_frozen():
         ({"partitions": True}, "partitions must be an integer between 1 and 1024"),
         ({"max_batch_items": 0}, "max_batch_items must be >= 1"),
         ({"max_cached_orchestrations": -1}, "max_cached_orchestrations must be >= 0"),
+        ({"max_cached_entities": -1}, "max_cached_entities must be >= 0"),
         ({"maximum_timer_interval": timedelta(0)}, "maximum_timer_interval must be positive"),
         (
             {"maximum_timer_interval": timedelta(seconds=-1)},

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
@@ -124,8 +125,8 @@ _ERROR_KINDS = {
 }
 
 _DEFAULT_TOP = 100
-_WAIT_CHUNK = 30.0  # seconds per wait request when nothing is drawn
-_SPIN_CHUNK = 1.0  # with a spinner: refresh the shown status this often
+_FOREVER = 365 * 24 * 3600.0  # "no limit" for a wait: one request that outlasts any session
+_SPIN_REFRESH = 1.0  # with a spinner: refresh the shown status this often (seconds)
 _DETAIL_WIDTH = 100
 
 
@@ -134,7 +135,7 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # per instance, not per class
         self.as_json = False
 
     def show(self, file: Any = None) -> None:
@@ -316,21 +317,23 @@ def _stop_hub(hub: str, *, address: str) -> bool:
 
 
 def _http_server() -> Callable[..., Any]:
-    """``duraray.runtime.http.api.serve``, imported only when `duraray serve` runs."""
+    """``duraray.runtime.http.serve``, imported only when `duraray serve` runs."""
     try:
-        from duraray.runtime.http.api import serve as http_serve
+        from duraray.runtime.http import serve as http_serve
     except ImportError as exc:
         raise CliError(f"the HTTP API is not available: {exc}", EXIT_FAILED) from exc
-    return http_serve  # type: ignore[no-any-return]
+    return http_serve
 
 
 def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
+    """``localhost`` or a loopback IP (the HTTP server's own rule, checked before connecting)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(name).is_loopback
     except ValueError:
-        return False
+        return False  # any other name may resolve to a public interface
 
 
 # -- parameter types ----------------------------------------------------------------------
@@ -478,9 +481,14 @@ def _clip(text: str, limit: int | None) -> str:
 
 
 def _failure_text(details: Any) -> str:
+    """``type: message``, then the failures that caused it (``<- type: message``)."""
     if details is None:
         return "-"
-    return f"{details.error_type}: {details.message}"
+    parts = []
+    while details is not None:
+        parts.append(f"{details.error_type}: {details.message}")
+        details = details.inner
+    return " <- ".join(parts)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -530,7 +538,10 @@ def _state_text(state: OrchestrationState) -> str:
     ]
     if state.custom_status is not None:
         pairs.append(("custom status", _compact(state.custom_status)))
-    pairs += [("created", _htime(state.created_at)), ("last updated", _htime(state.last_updated_at))]
+    pairs += [
+        ("created", _htime(state.created_at)),
+        ("last updated", _htime(state.last_updated_at)),
+    ]
     if state.completed_at is not None:
         pairs.append(("completed", _htime(state.completed_at)))
     if state.scheduled_start_at is not None:
@@ -709,44 +720,77 @@ def _require_state(
 def _wait_until_done(
     ctx: click.Context, client: Client, state: OrchestrationState, timeout: float | None
 ) -> OrchestrationState:
-    """Wait for COMPLETED, FAILED or TERMINATED; exit 124 after ``timeout`` seconds."""
+    """Wait for COMPLETED, FAILED or TERMINATED; exit 124 after ``timeout`` seconds.
+
+    One wait request per call, however long: a wait that times out stays registered in
+    its partition, so polling with short waits would pile them up. The spinner refreshes
+    the status it shows with plain state reads instead.
+    """
     instance_id = state.instance_id
     if state.runtime_status.is_terminal:
         return state
-    progress = _progress_enabled(ctx)
-    chunk = _SPIN_CHUNK if progress else _WAIT_CHUNK
-    deadline = None if timeout is None else time.monotonic() + timeout
-    label = f"waiting for {instance_id}"
-    with _Spinner(progress, label, state.runtime_status.value) as spinner:
-        while True:
-            step = chunk if deadline is None else min(chunk, max(0.0, deadline - time.monotonic()))
-            try:
-                return client.wait_for_orchestration_completion(instance_id, timeout=step)
-            except TimeoutError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-            current = _require_state(client, instance_id, payloads=False)
-            spinner.update(current.runtime_status.value)
-    current = _require_state(client, instance_id, payloads=False)
-    raise CliError(
-        f"timed out after {timeout:g} s waiting for instance {instance_id!r} to complete "
-        f"(it is {current.runtime_status.value})",
-        EXIT_TIMEOUT,
-    )
+    limit = _FOREVER if timeout is None else timeout
+    try:
+        if not _progress_enabled(ctx):
+            return client.wait_for_orchestration_completion(instance_id, timeout=limit)
+        label = f"waiting for {instance_id}"
+        with _Spinner(True, label, state.runtime_status.value) as spinner:
+            waiting = _in_background(
+                lambda: client.wait_for_orchestration_completion(instance_id, timeout=limit)
+            )
+            while not futures.wait([waiting], timeout=_SPIN_REFRESH).done:
+                current = client.get_orchestration_state(instance_id, fetch_payloads=False)
+                if current is not None:
+                    spinner.update(current.runtime_status.value)
+            return waiting.result()
+    except TimeoutError:
+        current = _require_state(client, instance_id, payloads=False)
+        raise CliError(
+            f"timed out after {limit:g} s waiting for instance {instance_id!r} to complete "
+            f"(it is {current.runtime_status.value})",
+            EXIT_TIMEOUT,
+        ) from None
+
+
+def _in_background(fn: Callable[[], OrchestrationState]) -> futures.Future[OrchestrationState]:
+    """Run ``fn`` on a daemon thread (Ctrl-C must not wait for it); its future."""
+    future: futures.Future[OrchestrationState] = futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="duraray-wait", daemon=True).start()
+    return future
 
 
 # -- the commands -------------------------------------------------------------------------
 
 
+def _created_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--created-from and --created-to (ISO 8601, UTC unless a zone is given)."""
+    fn = click.option(
+        "--created-to", type=ISO_DATETIME, default=None, help="Created at or before (ISO 8601)."
+    )(fn)
+    return click.option(
+        "--created-from", type=ISO_DATETIME, default=None, help="Created at or after (ISO 8601)."
+    )(fn)
+
+
 @main.command(cls=_Command)
 @click.option("--data-dir", default=None, help="Where the hub keeps its data (default ./.duraray).")
-@click.option("--partitions", type=click.IntRange(1, 1024), default=None, help="Partitions of a new hub.")
+@click.option(
+    "--partitions", type=click.IntRange(1, 1024), default=None, help="Partitions of a new hub."
+)
 @_hub_options
 @click.pass_context
 def start(ctx: click.Context, data_dir: str | None, partitions: int | None) -> None:
-    """Launch the hub of --app MODULE:APP on the Ray cluster, detached.
+    """Launch the hub of --app MODULE:APP on Ray, detached.
 
-    Attaches instead if the hub is already running. Prints the hub name and data dir.
+    Attaches instead if the hub is already running. Prints the hub name and data dir;
+    `duraray stop --hub NAME` stops it.
     """
     obj = ctx.ensure_object(dict)
     if not obj.get("app"):
@@ -777,7 +821,10 @@ def start(ctx: click.Context, data_dir: str | None, partitions: int | None) -> N
 @_hub_options
 @click.pass_context
 def stop(ctx: click.Context) -> None:
-    """Stop the hub of --hub NAME (or --app MODULE:APP); its data stays on disk."""
+    """Stop a hub (--hub NAME or --app MODULE:APP).
+
+    Its data stays on disk. Exit 5 if it was not running.
+    """
     obj = ctx.ensure_object(dict)
     hub = obj.get("hub")
     if obj.get("app"):
@@ -802,7 +849,11 @@ def stop(ctx: click.Context) -> None:
 @_hub_options
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
-    """Serve the HTTP management API of --hub NAME or --app MODULE:APP."""
+    """Serve the HTTP management API of a hub.
+
+    Listening on anything but loopback needs a bearer token (--token or
+    $DURARAY_HTTP_TOKEN).
+    """
     if not token and not _is_loopback(host):
         raise click.UsageError(
             f"refusing to listen on {host!r} without a token: pass --token (or set "
@@ -856,11 +907,15 @@ def history(ctx: click.Context, instance_id: str) -> None:
 
 
 @main.command("list", cls=_Command)
-@click.option("--status", "statuses", multiple=True, type=STATUS, help="Only this status (repeatable).")
+@click.option(
+    "--status", "statuses", multiple=True, type=STATUS, help="Only this status (repeatable)."
+)
 @click.option("--prefix", default=None, help="Only instance ids starting with this.")
-@click.option("--created-from", type=ISO_DATETIME, default=None, help="Created at or after (ISO 8601).")
-@click.option("--created-to", type=ISO_DATETIME, default=None, help="Created at or before (ISO 8601).")
-@click.option("--top", type=click.IntRange(min=1), default=None, help=f"At most N, oldest first (default {_DEFAULT_TOP}).")
+@_created_options
+@click.option(
+    "--top", type=click.IntRange(min=1), default=None,
+    help=f"At most N, oldest first (default {_DEFAULT_TOP}).",
+)
 @click.option("--all", "fetch_all", is_flag=True, help="Every matching instance.")
 @_hub_options
 @click.pass_context
@@ -897,7 +952,13 @@ def list_instances(
         click.echo("no instances match")
         return
     rows = [
-        [s.instance_id, s.name, s.runtime_status.value, _htime(s.created_at), _htime(s.last_updated_at)]
+        [
+            s.instance_id,
+            s.name,
+            s.runtime_status.value,
+            _htime(s.created_at),
+            _htime(s.last_updated_at),
+        ]
         for s in states
     ]
     click.echo(_table(["INSTANCE ID", "NAME", "STATUS", "CREATED", "LAST UPDATED"], rows))
@@ -912,7 +973,10 @@ def list_instances(
 @_hub_options
 @click.pass_context
 def raise_event(ctx: click.Context, instance_id: str, event_name: str, data: Any) -> None:
-    """Raise external event EVENT_NAME on an instance (exit 4 if it has finished)."""
+    """Raise an external event on an instance.
+
+    Exit 4 if the instance has finished.
+    """
     _client(ctx).raise_orchestration_event(instance_id, event_name, data=data)
     _done(
         ctx,
@@ -991,9 +1055,11 @@ def restart(ctx: click.Context, instance_id: str, new_id: bool) -> None:
 
 @main.command(cls=_Command)
 @click.argument("instance_id", type=INSTANCE_ID, required=False)
-@click.option("--status", "statuses", multiple=True, type=TERMINAL_STATUS, help="Only this status (repeatable).")
-@click.option("--created-from", type=ISO_DATETIME, default=None, help="Created at or after (ISO 8601).")
-@click.option("--created-to", type=ISO_DATETIME, default=None, help="Created at or before (ISO 8601).")
+@click.option(
+    "--status", "statuses", multiple=True, type=TERMINAL_STATUS,
+    help="Only this status (repeatable).",
+)
+@_created_options
 @_hub_options
 @click.pass_context
 def purge(
@@ -1003,7 +1069,12 @@ def purge(
     created_from: datetime | None,
     created_to: datetime | None,
 ) -> None:
-    """Delete a finished instance (with its sub-orchestrations), or all that match filters."""
+    """Delete a finished instance, or every one matching filters.
+
+    `purge ID` deletes the instance and its sub-orchestrations (exit 4 if it is still
+    running); `purge --status FAILED --created-to 2026-01-01` deletes finished instances
+    that match.
+    """
     filtered = bool(statuses) or created_from is not None or created_to is not None
     if instance_id is not None and filtered:
         raise click.UsageError("give an instance id or filters, not both", ctx)
@@ -1036,7 +1107,9 @@ def purge(
 @main.command(cls=_Command)
 @click.argument("name")
 @click.option("--input", "input_", type=JSON_VALUE, default=None, help="Input as JSON (or @file).")
-@click.option("--id", "instance_id", type=INSTANCE_ID, default=None, help="Instance id (default: random).")
+@click.option(
+    "--id", "instance_id", type=INSTANCE_ID, default=None, help="Instance id (default: random)."
+)
 @click.option("--wait", is_flag=True, help="Wait until it completes, fails or is terminated.")
 @click.option(
     "--timeout", type=click.FloatRange(min=0), default=None,
@@ -1052,7 +1125,11 @@ def schedule(
     wait: bool,
     timeout: float | None,
 ) -> None:
-    """Start orchestration NAME (exit 4 if the id is in use by a running instance)."""
+    """Start an orchestration instance.
+
+    Exit 4 if --id names an instance that is still running. With --wait, exit 1 if it
+    ends FAILED or TERMINATED.
+    """
     if timeout is not None and not wait:
         raise click.UsageError("--timeout needs --wait", ctx)
     client = _client(ctx)
@@ -1095,7 +1172,10 @@ def signal(ctx: click.Context, entity_id: EntityId, operation: str, input_: Any)
 def entity(
     ctx: click.Context, entity_id: EntityId | None, list_all: bool, name: str | None
 ) -> None:
-    """Show an entity's state, lock and backlog (ENTITY_ID is @name@key), or --list them."""
+    """Show an entity's state, lock and backlog, or --list entities.
+
+    ENTITY_ID is written @name@key.
+    """
     if (entity_id is None) == (not list_all):
         raise click.UsageError("give an entity id (@name@key) or --list", ctx)
     if name is not None and not list_all:

@@ -9,6 +9,7 @@ Here those decisions become store writes and messages.
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from dataclasses import replace
@@ -73,8 +74,10 @@ class EntityHost:
     # -- records ----------------------------------------------------------------------------
 
     def _entity(self: PartitionCore, entity_id: str) -> EntityRecord:
-        record = self._entities.get(entity_id)
-        if record is None:
+        record = self._entities.pop(entity_id, None)
+        if record is not None:
+            self._entities[entity_id] = record  # most recently used last
+        else:
             data = self.store.get("entities", entity_key(entity_id))
             record = EntityRecord(entity_id) if data is None else _decode_entity(data)
             self._entities[entity_id] = record
@@ -104,6 +107,12 @@ class EntityHost:
                 self._wb.delete("entities", entity_key(entity_id))
                 del self._entities[entity_id]
         self._entity_dirty = set()
+        # Every cached record is saved now: drop the least recently used beyond the bound
+        # (they are read back from the store when next needed).
+        excess = len(self._entities) - self.config.max_cached_entities
+        if excess > 0:
+            for entity_id in list(itertools.islice(self._entities, excess)):
+                del self._entities[entity_id]
 
     # -- messages in ------------------------------------------------------------------------
 

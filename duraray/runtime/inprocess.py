@@ -191,12 +191,8 @@ class InProcessHub:
         return not any(core.has_work() for core in self.cores)
 
     def _release(self, core: PartitionCore, fx: Effects) -> None:
-        for reply_to, result in fx.replies:
-            if isinstance(reply_to, Future) and not reply_to.done():
-                if isinstance(result, Reply):
-                    reply_to.set_exception(result.error)
-                else:
-                    reply_to.set_result(result)
+        # Messages and activities first, replies last: a client that gets its answer and
+        # then checks wait_idle() must not see the hub idle before the work it caused.
         for destination, messages in fx.messages.items():
             self.cores[destination].submit_messages(core.index, messages)
         for source, upto in fx.acks.items():
@@ -206,6 +202,12 @@ class InProcessHub:
                 self._in_flight += len(fx.activities)
             for task in fx.activities:
                 self._pool.submit(self._run_activity, task)
+        for reply_to, result in fx.replies:
+            if isinstance(reply_to, Future) and not reply_to.done():
+                if isinstance(result, Reply):
+                    reply_to.set_exception(result.error)
+                else:
+                    reply_to.set_result(result)
 
     def _run_activity(self, task: ActivityTask) -> None:
         try:

@@ -833,6 +833,16 @@ class PartitionCore(EntityHost):
                 self._unlock_all(event.critical_section_id, list(event.lock_set))
             return
         assert live is not None
+        relock = live.record.relock
+        if relock and isinstance(event, h.EntityLockGranted):
+            if event.critical_section_id in relock:
+                # A lock re-acquired after a rewind: the history already has its grant.
+                relock.remove(event.critical_section_id)
+                live.record.relock = relock or None
+                self._dirty.add(instance_id)
+                if not relock:
+                    self._ready.add(instance_id)
+                return
         if live.buffering:
             self._to_inbox(live, event)
         else:
@@ -848,7 +858,7 @@ class PartitionCore(EntityHost):
 
     def _drain_inbox(self, instance_id: str) -> None:
         live = self._live.get(instance_id)
-        if live is None or live.record.status is Status.SUSPENDED:
+        if live is None or live.record.status is Status.SUSPENDED or live.record.relock:
             return
         live.buffering = False
         record = live.record
@@ -1216,6 +1226,7 @@ class PartitionCore(EntityHost):
                 scheduled.pop(event.task_scheduled_id, None)
             elif isinstance(event, h.TimerFired):
                 scheduled.pop(event.timer_id, None)
+        self._relock_sections(live, kept)
         for seq, event in scheduled.items():
             if isinstance(event, h.TaskScheduled | h.TimerCreated):
                 self._apply_action(live, event)
@@ -1230,6 +1241,28 @@ class PartitionCore(EntityHost):
                     body={"reason": reason, "parent": [instance_id, record.execution_id, seq]},
                 )
         self._touch(live)
+
+    def _relock_sections(self, live: _Live, kept: list[h.HistoryEvent]) -> None:
+        """Re-acquire the locks of critical sections the rewound history is still inside.
+
+        The failure released them, so each open section asks for its locks again. A
+        section the kept history already saw granted must not run before the new grant
+        arrives: the instance stays buffered until then (``record.relock``).
+        """
+        requested: dict[str, h.EntityLockRequested] = {}
+        granted: set[str] = set()
+        for event in kept:
+            if isinstance(event, h.EntityLockRequested):
+                requested[event.critical_section_id] = event
+            elif isinstance(event, h.EntityLockGranted):
+                granted.add(event.critical_section_id)
+            elif isinstance(event, h.EntityUnlockSent):
+                requested.pop(event.critical_section_id, None)
+        record = live.record
+        relock = [cs for cs in requested if cs in granted]
+        record.relock = relock or None
+        for event in requested.values():
+            self._entity_action(record.instance_id, record.execution_id, event)
 
     def _rewind_child(self, instance_id: str, reason: str | None, parent: list[Any]) -> None:
         """A rewound parent asks a child for its outcome: rewind it if it failed, else re-report."""

@@ -125,6 +125,8 @@ class InstanceRecord:
     scheduled_start_at: datetime | None = None
     history_length: int = 0
     inbox_length: int = 0
+    #: critical sections of a rewound instance waiting to be granted again
+    relock: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -306,6 +306,12 @@ def test_send_event_between_orchestrations(hub):
     target = hub.schedule_new_orchestration(approval, instance_id=_id("target"))
     sent = hub.schedule_new_orchestration(sender, input=target, instance_id=_id("sender"))
     assert "sent" == _done(hub, sent).output
+    # The sender's event travels partition to partition after the sender commits: wait
+    # until the target has it, so the events below arrive after it.
+    poll(
+        lambda: hub.get_orchestration_history(target),
+        lambda events: any(isinstance(e, dr.EventRaised) for e in events),
+    )
     hub.raise_orchestration_event(target, "step", data="b")
     hub.raise_orchestration_event(target, "step", data="c")
     expected = ["from sender", "b", "c"]

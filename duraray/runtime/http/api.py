@@ -15,7 +15,8 @@ addressed by URL and are refused at start):
 ``POST /api/orchestrations/{name}[?instance_id=]``       start; body = JSON input (empty:
                                                          None) -> 202 check-status payload,
                                                          409 if the id is running
-``GET /api/instances/{id}[?showHistory&showInput]``      status -> 202 while Pending,
+``GET /api/instances/{id}[?showHistory&showInput]``      status (showInput defaults to
+                                                         true) -> 202 while Pending,
                                                          Running, Suspended or
                                                          ContinuedAsNew; 200 once finished
                                                          (500 for Failed/Terminated with
@@ -28,7 +29,8 @@ addressed by URL and are refused at start):
 ``POST /api/instances/{id}/restart``                     ``?restartWithNewInstanceId=true``
                                                          -> 202 check-status payload of the
                                                          id used
-``DELETE /api/instances/{id}``                           purge -> 200 ``{instancesDeleted}``
+``DELETE /api/instances/{id}``                           purge -> 200 ``{instancesDeleted}``;
+                                                         404 unknown, 410 still running
 ``GET /api/instances``                                   query: ``runtimeStatus`` (comma
                                                          list), ``createdTimeFrom``,
                                                          ``createdTimeTo`` (ISO 8601),
@@ -55,7 +57,8 @@ page) goes back in the same request header for the next page.
 
 Status codes: 202 accepted or still running, 200 done, 400 malformed body, query or id
 (also unserializable or oversized payloads), 401 missing or wrong bearer token, 404
-unknown instance or entity, 409 start with a running id, 410 the instance's state forbids
+unknown instance or entity, 409 start with a running id (or a purge that raced the
+instance finishing: retry), 410 the instance's state forbids
 the operation (raiseEvent, terminate, suspend or resume of a finished instance, rewind of
 one that did not fail, restart or purge of a running one), 413 body over the size limit.
 Every error body is ``{"error": "<message>"}``. 202 responses of start, restart and
@@ -178,7 +181,7 @@ async def wait_for_completion_or_create_check_status_response(
         raise ValueError(
             f"total timeout {timeout} s should be at least the retry interval {retry_interval} s"
         )
-    aclient = as_async(client)
+    aclient: Any = as_async(client)  # its coroutines are attached at import time
     try:
         state = await call(aclient.get_orchestration_state, instance_id)
         if state is None:
@@ -209,7 +212,8 @@ class HttpApi:
     ) -> None:
         if max_body_bytes < 0:
             raise ValueError("max_body_bytes must be >= 0")
-        self.client = as_async(client)
+        # Any: AsyncClient's coroutines are attached at import time, so mypy cannot see them.
+        self.client: Any = as_async(client)
         self.hub = self.client.hub
         self.max_body_bytes = max_body_bytes
         self.base_url = base_url
@@ -315,9 +319,7 @@ class HttpApi:
 
     async def _require_unfinished(self, instance_id: str, verb: str) -> None:
         # The client treats terminating a finished instance as a no-op; over HTTP it is 410.
-        state = await call(
-            self.client.get_orchestration_state, instance_id, fetch_payloads=False
-        )
+        state = await call(self.client.get_orchestration_state, instance_id, fetch_payloads=False)
         if state is None:
             raise ApiError(404, f"no orchestration instance with id {instance_id!r}")
         if state.runtime_status.is_terminal:
@@ -367,9 +369,7 @@ class HttpApi:
         result = await call(self.client.purge_orchestration, instance_id)
         if result.deleted_instance_count:
             return JSONResponse({"instancesDeleted": result.deleted_instance_count})
-        state = await call(
-            self.client.get_orchestration_state, instance_id, fetch_payloads=False
-        )
+        state = await call(self.client.get_orchestration_state, instance_id, fetch_payloads=False)
         if state is None:
             raise ApiError(404, f"no orchestration instance with id {instance_id!r}")
         if not state.runtime_status.is_terminal:

@@ -44,9 +44,7 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "episodes": ("duraray_episodes", "Orchestration episodes executed."),
     "commit_seconds": ("duraray_commit_seconds", "Seconds spent committing batches."),
     "replays": ("duraray_replays", "Orchestrations rebuilt by replaying their history."),
-    "activities_dispatched": (
-        "duraray_activities_dispatched", "Activity tasks handed to workers."
-    ),
+    "activities_dispatched": ("duraray_activities_dispatched", "Activity tasks handed to workers."),
     "messages_sent": ("duraray_messages_sent", "Messages sent to other partitions."),
     "entity_operations": ("duraray_entity_operations", "Entity operations executed."),
 }
@@ -56,11 +54,13 @@ GAUGES: dict[str, tuple[str, str]] = {
     "queue_depth": ("duraray_queue_depth", "Work items waiting for the partition's next batch."),
     "timers": ("duraray_timers", "Durable timers scheduled in the partition."),
     "activities_in_flight": (
-        "duraray_activities_in_flight", "Activities dispatched and not yet answered."
+        "duraray_activities_in_flight",
+        "Activities dispatched and not yet answered.",
     ),
     "outbox": ("duraray_outbox_messages", "Partition messages sent and not yet acknowledged."),
     "cached_executors": (
-        "duraray_cached_executors", "Live orchestration generators cached in memory."
+        "duraray_cached_executors",
+        "Live orchestration generators cached in memory.",
     ),
 }
 
@@ -114,10 +114,10 @@ class PartitionStatsCollector:
                     name, doc = COUNTERS.get(key, (_metric_name(key), f"Engine counter {key}."))
                     family = counters[key] = CounterMetricFamily(name, doc, labels=_LABELS)
                 family.add_metric(labels, value)
-            for key, family in gauges.items():
-                value = part.get(key)
-                if _is_number(value):
-                    family.add_metric(labels, value)
+            for key, gauge in gauges.items():
+                load = part.get(key)
+                if isinstance(load, int | float) and not isinstance(load, bool):
+                    gauge.add_metric(labels, load)
         yield live
         yield from counters.values()
         yield from gauges.values()

@@ -45,9 +45,7 @@ def build_server(
         max_body_bytes=max_body_bytes,
         base_url=base_url,
     )
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level
-    )
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
     return uvicorn.Server(config)
 
 

@@ -58,7 +58,8 @@ function labelOf(kind, e) {
     case "suborchestration":
       return e.name;
     case "entity":
-      return `${e.entity_id} · ${e.operation}`;
+      // "@stock@sku-42" reads better as "stock@sku-42".
+      return `${String(e.entity_id).replace(/^@/, "")} · ${e.operation}`;
     case "lock":
       return `lock ${(e.lock_set || []).join(", ")}`;
     default:
@@ -126,7 +127,12 @@ export function buildTimeline(events, { end } = {}) {
       return;
     }
     const describe = MARKERS[e.EventType];
-    if (describe) markers.push({ time: t, label: describe(e), type: e.EventType, events: [index] });
+    if (describe) {
+      // A failed execution gets its own marker colour.
+      const failed = e.EventType === "ExecutionCompleted" && (e.failure || e.status === "FAILED");
+      const type = failed ? "ExecutionFailed" : e.EventType;
+      markers.push({ time: t, label: describe(e), type, events: [index] });
+    }
   });
 
   if (Number.isNaN(start)) start = spans.length ? spans[0].start : last;

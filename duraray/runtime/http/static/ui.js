@@ -93,12 +93,15 @@ export function formatDuration(millis) {
   if (!Number.isFinite(millis)) return "—";
   if (millis < 1000) return `${Math.round(millis)} ms`;
   const s = millis / 1000;
-  if (s < 60) return `${s < 10 ? s.toFixed(1) : Math.round(s)} s`;
-  const m = Math.floor(s / 60);
-  if (m < 60) return `${m} min ${Math.round(s % 60)} s`;
+  if (s < 60) return `${s < 10 ? Number(s.toFixed(1)) : Math.round(s)} s`;
+  // Larger units leave out a zero remainder: "2 min", not "2 min 0 s".
+  const both = (a, unitA, b, unitB) => (b ? `${a} ${unitA} ${b} ${unitB}` : `${a} ${unitA}`);
+  const whole = Math.round(s);
+  const m = Math.floor(whole / 60);
+  if (m < 60) return both(m, "min", whole % 60, "s");
   const hours = Math.floor(m / 60);
-  if (hours < 48) return `${hours} h ${m % 60} min`;
-  return `${Math.floor(hours / 24)} d ${hours % 24} h`;
+  if (hours < 48) return both(hours, "h", m % 60, "min");
+  return both(Math.floor(hours / 24), "d", hours % 24, "h");
 }
 
 /** A datetime-local input's value (local time) as ISO 8601 UTC, or "" when empty. */

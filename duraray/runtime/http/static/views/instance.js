@@ -207,6 +207,8 @@ export function instanceView(instanceId) {
       await view.refresh({ force: true });
     } catch (error) {
       notify("error", `${action.label} failed: ${errorText(error)}`);
+      // A refusal usually means the page is behind the instance (410): catch up.
+      await view.refresh({ force: true });
     }
   }
 

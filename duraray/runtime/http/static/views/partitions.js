@@ -8,8 +8,11 @@ import { badge, errorText, fill, formatDuration, h } from "../ui.js";
 const num = (v) => (Number.isFinite(Number(v)) ? Number(v) : 0);
 const fmt = (v, digits = 0) => num(v).toLocaleString(undefined, { maximumFractionDigits: digits, minimumFractionDigits: digits });
 
-/** A latency in ms, with decimals where they matter (commits often take under 1 ms). */
-const latency = (millis) => (millis < 10 ? `${fmt(millis, 2)} ms` : formatDuration(millis));
+/** A latency given in ms, in µs or with decimals where they matter (a commit can take µs). */
+function latency(millis) {
+  if (millis < 1) return `${fmt(millis * 1000)} µs`;
+  return millis < 10 ? `${fmt(millis, 2)} ms` : formatDuration(millis);
+}
 
 /** Average batch size and commit latency (ms) from the counters. */
 function derived(counters) {
@@ -91,9 +94,10 @@ export function partitionsView() {
           const batchesRate = rate(p, "batches");
           return h("tr", { "data-partition": p.partition },
             h("td", { class: "mono" }, p.partition),
-            h("td", { class: "meter-cell" },
-              h("span", { class: "meter" }, h("span", { class: "meter-fill", style: `width:${((depth / maxQueue) * 100).toFixed(1)}%` })),
-              h("span", { class: "num" }, fmt(depth))),
+            h("td", {},
+              h("div", { class: "meter-cell" },
+                h("span", { class: "meter" }, h("span", { class: "meter-fill", style: `width:${((depth / maxQueue) * 100).toFixed(1)}%` })),
+                h("span", { class: "num" }, fmt(depth)))),
             h("td", { class: "num", title: batchesRate === null ? null : `${fmt(batchesRate, 1)} batches/s` }, fmt(c.batches)),
             h("td", { class: "num" }, fmt(d.batchSize, 1)),
             h("td", { class: "num" }, latency(d.commitMs)),
