@@ -24,9 +24,18 @@ from duraray._errors import (
 )
 from duraray.app import App
 from duraray.config import HubConfig
-from duraray.orchestrations.context import OrchestrationContext, ReplaySafeLogger
+from duraray.entities.entity import DurableEntity, EntityContext
+from duraray.entities.ids import EntityId, EntityInstanceId
+from duraray.orchestrations.context import CriticalSection, OrchestrationContext, ReplaySafeLogger
 from duraray.orchestrations.history import (
     ContinueAsNew,
+    EntityLockGranted,
+    EntityLockRequested,
+    EntityOperationCalled,
+    EntityOperationCompleted,
+    EntityOperationFailed,
+    EntityOperationSignaled,
+    EntityUnlockSent,
     EventRaised,
     EventSent,
     ExecutionCompleted,
@@ -50,18 +59,6 @@ from duraray.orchestrations.history import (
 from duraray.orchestrations.task import RetryPolicy, Task, when_all, when_any
 from duraray.runtime.activity import ActivityContext
 from duraray.runtime.aio import AsyncClient
-from duraray.entities.entity import DurableEntity, EntityContext
-from duraray.entities.ids import EntityId, EntityInstanceId
-from duraray.orchestrations.context import CriticalSection
-from duraray.orchestrations.history import (
-    EntityLockGranted,
-    EntityLockRequested,
-    EntityOperationCalled,
-    EntityOperationCompleted,
-    EntityOperationFailed,
-    EntityOperationSignaled,
-    EntityUnlockSent,
-)
 from duraray.runtime.client import (
     CleanEntityStorageResult,
     Client,
@@ -80,11 +77,12 @@ __all__ = [
     "ActivityNotRegisteredError",
     "App",
     "AsyncClient",
-    "Client",
     "CleanEntityStorageResult",
+    "Client",
     "ContinueAsNew",
     "CriticalSection",
     "DurableEntity",
+    "DurableError",
     "EntityContext",
     "EntityId",
     "EntityInstanceId",
@@ -94,10 +92,9 @@ __all__ = [
     "EntityOperationCalled",
     "EntityOperationCompleted",
     "EntityOperationFailed",
+    "EntityOperationFailedError",
     "EntityOperationSignaled",
     "EntityUnlockSent",
-    "DurableError",
-    "EntityOperationFailedError",
     "EventRaised",
     "EventSent",
     "ExecutionCompleted",
@@ -134,6 +131,7 @@ __all__ = [
     "Task",
     "TaskCancelledError",
     "TaskCompleted",
+    "TaskFailedError",
     "TaskFailed",
     "TaskScheduled",
     "TimerCreated",

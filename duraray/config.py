@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ class HubConfig:
     - ``activity_threads``: threads executing activities in the in-process runtime.
     - ``activity_workers``: activity worker actors on Ray (None: one per cluster CPU, >= 2).
     - ``worker_concurrency``: activity batches one worker actor runs at once (threads).
+    - ``http_token``: bearer token of the HTTP API (``duraray serve``); required when it
+      listens on a non-loopback address. Not shown in ``repr``.
     - ``log_format``: "auto" (console on a terminal, JSON otherwise), "console" or "json".
     """
 
@@ -54,6 +56,7 @@ class HubConfig:
     activity_workers: int | None = None
     worker_concurrency: int = 4
     log_format: str = "auto"
+    http_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         interval = self.maximum_timer_interval

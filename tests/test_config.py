@@ -43,6 +43,7 @@ def test_defaults():
         "max_batch_items": 5000,
         "max_cached_orchestrations": 20000,
         "max_cached_entities": 100000,
+        "http_token": None,
         "maximum_timer_interval": None,
         "max_payload_bytes": 16 * 1024 * 1024,
         "resend_interval": 5.0,

@@ -11,12 +11,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import uuid
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
 from duraray._errors import (
@@ -146,7 +146,7 @@ def _utc(value: datetime | None) -> datetime | None:
         return None
     if not isinstance(value, datetime):
         raise TypeError(f"expected a datetime, got {type(value).__name__}")
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _statuses(value: Any) -> list[str] | None:

@@ -118,14 +118,14 @@ def _start_chunk(
     for index, value in chunk:
         iid = make_id(index, value)
         ids.append(validate_instance_id(iid) if iid is not None else uuid.uuid4().hex)
-    existing = client._batch([(iid, "get_state", {"instance_id": iid, "fetch_payloads": False}) for iid in ids])
+    existing = _read_records(client, ids)
     to_start = [
         (iid, value)
         for iid, (_, value), record in zip(ids, chunk, existing, strict=True)
         # Completed or still running: awaited as they are. Anything else runs (again).
         if record is None
-        or record.status not in (OrchestrationStatus.COMPLETED,)
-        and not record.status.is_running
+        or (record.status not in (OrchestrationStatus.COMPLETED,)
+        and not record.status.is_running)
     ]
     if to_start:
         client.schedule_new_orchestrations(
@@ -135,6 +135,39 @@ def _start_chunk(
             reuse_id_policy=ReuseIdPolicy.IGNORE_IF_RUNNING,
         )
     return [(index, iid) for (index, _), iid in zip(chunk, ids, strict=True)]
+
+
+def _read_records(client: Client, ids: list[str]) -> list[Any]:
+    """The instance records of ``ids`` (None where absent), in order, one request per partition.
+
+    Not ``Client._batch``: that sends a request id, which makes the partition store the reply
+    for deduplication, and a reply holding instance records cannot be stored (nor need it
+    be: a read has nothing to deduplicate).
+    """
+    from duraray.runtime.records import Reply
+
+    by_partition: dict[int, list[int]] = {}
+    for index, iid in enumerate(ids):
+        by_partition.setdefault(client._partition(iid), []).append(index)
+    pending = [
+        (
+            indexes,
+            client._transport.submit(
+                partition,
+                "batch",
+                {"ops": [("get_state", {"instance_id": ids[i], "fetch_payloads": False}) for i in indexes]},
+                None,
+            ),
+        )
+        for partition, indexes in by_partition.items()
+    ]
+    records: list[Any] = [None] * len(ids)
+    for indexes, future in pending:
+        for index, record in zip(indexes, future.result(), strict=True):
+            if isinstance(record, Reply):
+                raise record.error
+            records[index] = record
+    return records
 
 
 def _failure_error(index: int, instance_id: str, state: OrchestrationState) -> OrchestrationFailedError:

@@ -31,7 +31,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -52,6 +52,7 @@ from duraray.orchestrations import history as h
 from duraray.orchestrations.executor import ExecutorOptions, OrchestrationExecutor
 from duraray.runtime import codec
 from duraray.runtime import records as r
+from duraray.runtime.entity_host import EntityHost
 from duraray.runtime.records import (
     ActivityResult,
     ActivityTask,
@@ -62,7 +63,6 @@ from duraray.runtime.records import (
     Reply,
     TimerRow,
 )
-from duraray.runtime.entity_host import EntityHost
 from duraray.runtime.routing import partition_for
 from duraray.runtime.store import PartitionStore, WriteBatch
 
@@ -80,7 +80,7 @@ MUTATING_OPS = frozenset(
 
 def utc_now() -> datetime:
     """The wall clock, in UTC: the default clock of a partition."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class ReuseIdPolicy:
@@ -157,6 +157,7 @@ class PartitionCore(EntityHost):
         self._dedup: dict[int, int] = {}
         self._ready: set[str] = set()
         self._watchers: dict[str, list[_Watcher]] = {}
+        self._watch_deadline: float | None = None
         self._pending_effects = Effects()
         # Set while a batch runs and cleared by its commit: a batch that raised left memory
         # ahead of the store (live generators advanced, sequences taken), so the core must
@@ -204,6 +205,8 @@ class PartitionCore(EntityHost):
         """True if ``run_batch`` would do something now."""
         if self._intake or self._ready or self._pending_effects:
             return True
+        if self._watch_deadline is not None and self._watch_deadline <= time.monotonic():
+            return True  # an expired wait to answer
         due = self.next_due()
         return due is not None and due <= self.clock()
 
@@ -559,7 +562,7 @@ class PartitionCore(EntityHost):
             if record is not None and _wait_satisfied(kind, record):
                 group.satisfy(iid, record)
             else:
-                self._watchers.setdefault(iid, []).append(_Watcher(kind, group, deadline))
+                self._add_watcher(iid, _Watcher(kind, group, deadline))
         if group.done:
             return group.results()
         return _DEFERRED
@@ -585,8 +588,7 @@ class PartitionCore(EntityHost):
         record = self._get_record(instance_id)
         if record is not None and _wait_satisfied(kind, record):
             return replace(record)
-        watcher = _Watcher(kind, req.reply_to, time.monotonic() + timeout)
-        self._watchers.setdefault(instance_id, []).append(watcher)
+        self._add_watcher(instance_id, _Watcher(kind, req.reply_to, time.monotonic() + timeout))
         return _DEFERRED
 
     def _op_raise_event(
@@ -834,15 +836,18 @@ class PartitionCore(EntityHost):
             return
         assert live is not None
         relock = live.record.relock
-        if relock and isinstance(event, h.EntityLockGranted):
-            if event.critical_section_id in relock:
-                # A lock re-acquired after a rewind: the history already has its grant.
-                relock.remove(event.critical_section_id)
-                live.record.relock = relock or None
-                self._dirty.add(instance_id)
-                if not relock:
-                    self._ready.add(instance_id)
-                return
+        if (
+            relock
+            and isinstance(event, h.EntityLockGranted)
+            and event.critical_section_id in relock
+        ):
+            # A lock re-acquired after a rewind: the history already has its grant.
+            relock.remove(event.critical_section_id)
+            live.record.relock = relock or None
+            self._dirty.add(instance_id)
+            if not relock:
+                self._ready.add(instance_id)
+            return
         if live.buffering:
             self._to_inbox(live, event)
         else:
@@ -1350,10 +1355,34 @@ class PartitionCore(EntityHost):
                     self._fx.replies.append((watcher.reply_to, replace(record)))
                 elif watcher.deadline > now:
                     keep.append(watcher)
+                else:
+                    # Expired: answer it, so no caller (or Ray call) waits forever.
+                    self._expire(iid, watcher)
             if keep:
                 self._watchers[iid] = keep
             else:
                 del self._watchers[iid]
+        self._watch_deadline = min(
+            (w.deadline for ws in self._watchers.values() for w in ws), default=None
+        )
+
+    def _add_watcher(self, instance_id: str, watcher: _Watcher) -> None:
+        self._watchers.setdefault(instance_id, []).append(watcher)
+        if self._watch_deadline is None or watcher.deadline < self._watch_deadline:
+            self._watch_deadline = watcher.deadline
+
+    def _expire(self, instance_id: str, watcher: _Watcher) -> None:
+        target = watcher.reply_to
+        if isinstance(target, _WaitGroup):
+            if target.expired:
+                return
+            target.expired = True
+            pending = len(target.pending_ids())
+            target = target.reply_to
+            message = f"{pending} awaited instances did not reach the awaited state in time"
+        else:
+            message = f"instance {instance_id!r} did not reach the awaited state in time"
+        self._fx.replies.append((target, Reply(TimeoutError(message))))
 
     def close(self) -> None:
         """Drop live generators and close the store."""
@@ -1377,6 +1406,7 @@ class _WaitGroup:
         self.reply_to = reply_to
         self.kind = kind
         self.records: dict[str, InstanceRecord] = {}
+        self.expired = False
 
     def pending_ids(self) -> list[str]:
         return [i for i in dict.fromkeys(self.order) if i not in self.records]

@@ -164,6 +164,15 @@ export function instanceView(instanceId) {
   const timelineSlot = h("div", { class: "timeline-slot" });
   const historySlot = h("div", { class: "table-wrap history-wrap" });
   const historyCount = h("span", { class: "muted" });
+  // Everything shown about the instance (hidden while there is no instance to show).
+  const content = h(
+    "div",
+    { hidden: true },
+    failureSlot,
+    payloads,
+    h("section", { class: "panel" }, h("h2", {}, "Timeline"), timelineSlot),
+    h("section", { class: "panel" }, h("h2", {}, "History ", historyCount), historySlot),
+  );
 
   const el = h(
     "section",
@@ -173,10 +182,7 @@ export function instanceView(instanceId) {
     subtitle,
     message,
     raiseForm,
-    failureSlot,
-    payloads,
-    h("section", { class: "panel" }, h("h2", {}, "Timeline"), timelineSlot),
-    h("section", { class: "panel" }, h("h2", {}, "History ", historyCount), historySlot),
+    content,
   );
 
   let current = null; // the last instance payload shown
@@ -261,6 +267,8 @@ export function instanceView(instanceId) {
         : "",
     );
     renderActions(status);
+    if (isTerminal(status)) raiseForm.hidden = true;
+    content.hidden = false;
 
     const failure = status === "Failed" ? failureOf(instance) : null;
     fill(failureSlot, failure ? failurePanel(failure) : null);
@@ -315,7 +323,11 @@ export function instanceView(instanceId) {
           fill(message, h("p", { class: "empty" }, `No instance ${instanceId} (it may have been purged).`));
           fill(actionBar);
           fill(statusSlot);
+          fill(subtitle);
+          content.hidden = true;
+          raiseForm.hidden = true;
           current = null;
+          lastJson = "";
         } else {
           fill(message, h("p", { class: "error-text" }, `Could not load the instance: ${errorText(error)}`));
         }
