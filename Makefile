@@ -18,6 +18,7 @@ demo: venv
 	$(VENV)/bin/duraray demo
 
 test: venv
+	bash scripts/ensure-browser.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv

@@ -67,8 +67,8 @@ from duraray.runtime.client import (
     Page,
     PurgeResult,
 )
+from duraray.runtime.client_ops import ReuseIdPolicy
 from duraray.runtime.mapping import MapFailure
-from duraray.runtime.partition import ReuseIdPolicy
 
 __version__ = "0.1.0"
 

@@ -33,7 +33,7 @@ from duraray.orchestrations import history as h
 from duraray.orchestrations.ids import validate_instance_id
 from duraray.runtime import codec
 from duraray.runtime import records as r
-from duraray.runtime.partition import ReuseIdPolicy
+from duraray.runtime.client_ops import ReuseIdPolicy
 from duraray.runtime.records import InstanceRecord, Reply
 from duraray.runtime.routing import partition_for
 

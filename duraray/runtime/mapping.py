@@ -112,7 +112,7 @@ def _start_chunk(
     import uuid
 
     from duraray.orchestrations.ids import validate_instance_id
-    from duraray.runtime.partition import ReuseIdPolicy
+    from duraray.runtime.client_ops import ReuseIdPolicy
 
     ids: list[str] = []
     for index, value in chunk:

@@ -29,20 +29,16 @@ import heapq
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from duraray._errors import (
-    DurableError,
     FailureDetails,
     HubConfigurationError,
-    InstanceAlreadyExistsError,
-    InstanceNotFoundError,
-    InstanceStateError,
     SerializationError,
     error_type_name,
 )
@@ -52,7 +48,15 @@ from duraray.orchestrations import history as h
 from duraray.orchestrations.executor import ExecutorOptions, OrchestrationExecutor
 from duraray.runtime import codec
 from duraray.runtime import records as r
+from duraray.runtime.client_ops import (  # MUTATING_OPS, ReuseIdPolicy: re-exported
+    MUTATING_OPS,  # noqa: F401
+    ClientOps,
+    ReuseIdPolicy,  # noqa: F401
+    _Watcher,
+)
 from duraray.runtime.entity_host import EntityHost
+from duraray.runtime.lifecycle import InstanceLifecycle
+from duraray.runtime.lifecycle import LiveInstance as _Live
 from duraray.runtime.records import (
     ActivityResult,
     ActivityTask,
@@ -60,7 +64,6 @@ from duraray.runtime.records import (
     Effects,
     InstanceRecord,
     Message,
-    Reply,
     TimerRow,
 )
 from duraray.runtime.routing import partition_for
@@ -69,13 +72,6 @@ from duraray.runtime.store import PartitionStore, WriteBatch
 Status = h.OrchestrationStatus
 log = structlog.get_logger("duraray.partition")
 
-#: Client operations that change state: their replies are stored for request-id dedup.
-MUTATING_OPS = frozenset(
-    {
-        "start", "raise_event", "terminate", "suspend", "resume", "rewind", "purge", "purge_by",
-        "batch", "signal_entity", "clean_entities", "release_entity_lock",
-    }
-)
 
 
 def utc_now() -> datetime:
@@ -83,43 +79,13 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class ReuseIdPolicy:
-    """What ``schedule_new_orchestration`` does when the instance id already exists.
-
-    - ``ERROR_IF_RUNNING`` (default): replace a terminal instance, reject a running one;
-    - ``ERROR``: reject any existing instance;
-    - ``IGNORE_IF_RUNNING``: keep a running instance and return its id; replace a terminal one;
-    - ``TERMINATE_IF_RUNNING``: terminate a running instance and start anew.
-    """
-
-    ERROR_IF_RUNNING = "error_if_running"
-    ERROR = "error"
-    IGNORE_IF_RUNNING = "ignore_if_running"
-    TERMINATE_IF_RUNNING = "terminate_if_running"
-    ALL = frozenset({ERROR_IF_RUNNING, ERROR, IGNORE_IF_RUNNING, TERMINATE_IF_RUNNING})
 
 
-@dataclass(slots=True)
-class _Live:
-    """In-memory state of a non-terminal instance."""
-
-    record: InstanceRecord
-    executor: OrchestrationExecutor | None = None
-    activities: set[int] = field(default_factory=set)
-    timers: set[bytes] = field(default_factory=set)
-    # True while new events must go to the inbox (suspended, delayed start, or waiting
-    # for the inbox to be drained into an episode).
-    buffering: bool = False
 
 
-@dataclass(slots=True)
-class _Watcher:
-    kind: str  # "start" | "completion"
-    reply_to: Any
-    deadline: float
 
 
-class PartitionCore(EntityHost):
+class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
     """The logic of one partition over one store; see the module docstring."""
 
     def __init__(
@@ -460,284 +426,24 @@ class PartitionCore(EntityHost):
 
     # == client requests ==================================================================
 
-    def _on_request(self, req: ClientRequest) -> None:
-        if req.request_id is not None:
-            if req.request_id in self._replied:  # a retry queued behind the original
-                self._fx.replies.append((req.reply_to, self._replied[req.request_id]))
-                return
-            stored = self.store.get("dedup", r.dedup_request_key(req.request_id))
-            if stored is not None:
-                self._fx.replies.append((req.reply_to, _decode_reply(stored)))
-                return
-        handler = getattr(self, f"_op_{req.op}", None)
-        try:
-            if handler is None:
-                raise ValueError(f"unknown client operation {req.op!r}")
-            result = handler(req, **req.args)
-        except (DurableError, ValueError, TypeError, LookupError) as exc:
-            result = Reply(exc)
-        if result is _DEFERRED:
-            return
-        if req.request_id is not None and req.op in MUTATING_OPS:
-            self._wb.put("dedup", r.dedup_request_key(req.request_id), _encode_reply(result))
-            self._replied[req.request_id] = result
-        self._fx.replies.append((req.reply_to, result))
 
-    def _get_record(self, instance_id: str) -> InstanceRecord | None:
-        live = self._live.get(instance_id)
-        if live is not None:
-            return live.record
-        data = self.store.get("instances", r.instance_key(instance_id))
-        return None if data is None else codec.decode_record(InstanceRecord, data)
 
-    def _require_live(self, instance_id: str, op: str) -> _Live:
-        live = self._live.get(instance_id)
-        if live is not None:
-            return live
-        record = self._get_record(instance_id)
-        if record is None:
-            raise InstanceNotFoundError(f"no orchestration instance with id {instance_id!r}")
-        raise InstanceStateError(
-            f"cannot {op} instance {instance_id!r}: it is {record.status.value}"
-        )
 
-    def _op_start(
-        self,
-        req: ClientRequest,
-        *,
-        instance_id: str,
-        name: str,
-        input: bytes | None = None,
-        version: str | None = None,
-        tags: dict[str, str] | None = None,
-        start_at: datetime | timedelta | None = None,
-        reuse_policy: str | None = None,
-    ) -> str:
-        if isinstance(start_at, timedelta):  # a delay from now, on this partition's clock
-            start_at = self._now + start_at
-        policy = reuse_policy or ReuseIdPolicy.ERROR_IF_RUNNING
-        if policy not in ReuseIdPolicy.ALL:
-            raise ValueError(f"unknown reuse_id_policy {policy!r}")
-        existing = self._get_record(instance_id)
-        if existing is not None:
-            running = existing.status.is_running
-            if policy == ReuseIdPolicy.ERROR or (running and policy == ReuseIdPolicy.ERROR_IF_RUNNING):
-                raise InstanceAlreadyExistsError(
-                    f"an orchestration instance with id {instance_id!r} already exists "
-                    f"({existing.status.value})"
-                )
-            if running and policy == ReuseIdPolicy.IGNORE_IF_RUNNING:
-                return instance_id
-            if running:  # TERMINATE_IF_RUNNING
-                self._terminate(self._live[instance_id], None, recursive=True)
-        self._create(
-            instance_id, name, input, version=version, tags=tags, start_at=start_at
-        )
-        return instance_id
 
-    def _op_batch(self, req: ClientRequest, *, ops: list[tuple[str, dict[str, Any]]]) -> list[Any]:
-        """Several operations in one request (one Ray call, one commit); results in order.
 
-        A failing operation yields a ``Reply`` in its slot and does not stop the others.
-        """
-        results: list[Any] = []
-        for op, args in ops:
-            handler = getattr(self, f"_op_{op}", None)
-            try:
-                if handler is None or op in _UNBATCHABLE:
-                    raise ValueError(f"operation {op!r} cannot be batched")
-                results.append(handler(req, **args))
-            except (DurableError, ValueError, TypeError, LookupError) as exc:
-                results.append(Reply(exc))
-        return results
 
-    def _op_wait_many(
-        self, req: ClientRequest, *, instance_ids: list[str], kind: str, timeout: float
-    ) -> Any:
-        """Reply once every instance satisfies the wait (records in the given order)."""
-        group = _WaitGroup(list(instance_ids), req.reply_to, kind)
-        deadline = time.monotonic() + timeout
-        for iid in group.pending_ids():
-            record = self._get_record(iid)
-            if record is not None and _wait_satisfied(kind, record):
-                group.satisfy(iid, record)
-            else:
-                self._add_watcher(iid, _Watcher(kind, group, deadline))
-        if group.done:
-            return group.results()
-        return _DEFERRED
 
-    def _op_get_state(
-        self, req: ClientRequest, *, instance_id: str, fetch_payloads: bool = True
-    ) -> InstanceRecord | None:
-        record = self._get_record(instance_id)
-        if record is None:
-            return None
-        if not fetch_payloads:
-            return replace(record, input=None, output=None, custom_status=None)
-        return replace(record)
 
-    def _op_get_history(self, req: ClientRequest, *, instance_id: str) -> list[h.HistoryEvent]:
-        if self._get_record(instance_id) is None:
-            raise InstanceNotFoundError(f"no orchestration instance with id {instance_id!r}")
-        return self._load_history(instance_id)
 
-    def _op_wait(
-        self, req: ClientRequest, *, instance_id: str, kind: str, timeout: float
-    ) -> Any:
-        record = self._get_record(instance_id)
-        if record is not None and _wait_satisfied(kind, record):
-            return replace(record)
-        self._add_watcher(instance_id, _Watcher(kind, req.reply_to, time.monotonic() + timeout))
-        return _DEFERRED
 
-    def _op_raise_event(
-        self, req: ClientRequest, *, instance_id: str, name: str, data: bytes | None = None
-    ) -> None:
-        live = self._require_live(instance_id, "raise an event on")
-        event = h.EventRaised(timestamp=self._now, name=name, input=data)
-        self._deliver(live.record.instance_id, event, None)
 
-    def _op_terminate(
-        self,
-        req: ClientRequest,
-        *,
-        instance_id: str,
-        output: bytes | None = None,
-        recursive: bool = True,
-    ) -> bool:
-        live = self._live.get(instance_id)
-        if live is None:
-            if self._get_record(instance_id) is None:
-                raise InstanceNotFoundError(f"no orchestration instance with id {instance_id!r}")
-            return False  # terminal already: a no-op
-        self._terminate(live, output, recursive)
-        return True
 
-    def _op_suspend(self, req: ClientRequest, *, instance_id: str, reason: str | None = None) -> bool:
-        live = self._require_live(instance_id, "suspend")
-        record = live.record
-        if record.status is Status.SUSPENDED:
-            return False
-        self._append_history(live, [h.ExecutionSuspended(timestamp=self._now, reason=reason)])
-        record.status = Status.SUSPENDED
-        live.buffering = True
-        self._ready.discard(instance_id)
-        self._touch(live)
-        return True
 
-    def _op_resume(self, req: ClientRequest, *, instance_id: str, reason: str | None = None) -> bool:
-        live = self._require_live(instance_id, "resume")
-        record = live.record
-        if record.status is not Status.SUSPENDED:
-            return False
-        self._append_history(live, [h.ExecutionResumed(timestamp=self._now, reason=reason)])
-        waiting_for_start = any(
-            self._timers[k].kind == "start" for k in live.timers if k in self._timers
-        )
-        if waiting_for_start:
-            record.status = Status.PENDING
-        else:
-            record.status = Status.RUNNING
-            # Drained next batch, after this one commits, so buffered events keep their order.
-            self._ready.add(instance_id)
-        self._touch(live)
-        return True
 
-    def _op_rewind(self, req: ClientRequest, *, instance_id: str, reason: str | None = None) -> None:
-        record = self._get_record(instance_id)
-        if record is None:
-            raise InstanceNotFoundError(f"no orchestration instance with id {instance_id!r}")
-        if record.status is not Status.FAILED:
-            raise InstanceStateError(
-                f"only FAILED instances can be rewound; {instance_id!r} is {record.status.value}"
-            )
-        self._rewind(instance_id, reason)
 
-    def _op_purge(self, req: ClientRequest, *, instance_id: str) -> tuple[int, list[str]]:
-        record = self._get_record(instance_id)
-        if record is None or not record.status.is_terminal:
-            return (0, [])
-        children = self._children_of(instance_id)
-        self._delete_instance(record)
-        return (1, children)
 
-    def _op_purge_by(
-        self,
-        req: ClientRequest,
-        *,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-        statuses: list[str] | None = None,
-    ) -> int:
-        wanted = {Status(s) for s in statuses} if statuses else None
-        count = 0
-        for record in list(self._scan_records(created_from, created_to, None, None)):
-            if not record.status.is_terminal:
-                continue
-            if wanted is not None and record.status not in wanted:
-                continue
-            self._delete_instance(record)
-            count += 1
-        return count
 
-    def _op_query(
-        self,
-        req: ClientRequest,
-        *,
-        statuses: list[str] | None = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-        prefix: str | None = None,
-        after: bytes | None = None,
-        limit: int = 100,
-        fetch_payloads: bool = True,
-    ) -> list[InstanceRecord]:
-        wanted = {Status(s) for s in statuses} if statuses else None
-        out: list[InstanceRecord] = []
-        for record in self._scan_records(created_from, created_to, after, prefix):
-            if wanted is not None and record.status not in wanted:
-                continue
-            if not fetch_payloads:
-                record = replace(record, input=None, output=None, custom_status=None)
-            out.append(record)
-            if len(out) >= limit:
-                break
-        return out
 
-    def _op_stats(self, req: ClientRequest) -> dict[str, Any]:
-        by_status: dict[str, int] = {}
-        for live in self._live.values():
-            by_status[live.record.status.value] = by_status.get(live.record.status.value, 0) + 1
-        return {
-            "partition": self.index,
-            "counters": dict(self.counters),
-            "live_instances": by_status,
-            "cached_executors": len(self._cached),
-            "timers": len(self._timers),
-            "activities_in_flight": sum(len(v.activities) for v in self._live.values()),
-            "outbox": sum(len(b) for b in self._outbox.values()),
-            "queue_depth": len(self._intake),
-        }
-
-    def _scan_records(
-        self,
-        created_from: datetime | None,
-        created_to: datetime | None,
-        after: bytes | None,
-        prefix: str | None,
-    ) -> Iterator[InstanceRecord]:
-        start = r.u64(codec.utc_micros(created_from)) if created_from else None
-        if after is not None and (start is None or after >= start):
-            start = after + b"\x00"
-        stop = r.u64(codec.utc_micros(created_to) + 1) if created_to else None
-        for key, _ in self.store.scan("by_created", start=start, stop=stop):
-            instance_id = key[8:].decode()
-            if prefix and not instance_id.startswith(prefix):
-                continue
-            record = self._get_record(instance_id)
-            if record is not None:
-                yield record
 
     # == instances: creation, delivery, episodes ==========================================
 
@@ -1039,276 +745,16 @@ class PartitionCore(EntityHost):
 
     # == endings ==========================================================================
 
-    def _complete(self, live: _Live, completion: h.HistoryEvent) -> None:
-        if isinstance(completion, h.ContinueAsNew):
-            self._continue_as_new(live, completion)
-            return
-        assert isinstance(completion, h.ExecutionCompleted)
-        record = live.record
-        record.status = completion.status
-        record.output = completion.result
-        record.failure = completion.failure
-        if completion.status is Status.FAILED:
-            # The executor releases the sections it knows of; a failure in replay (changed
-            # code) may not know them all, so release whatever the history still holds.
-            # An unlock for a lock already released is ignored by the entity.
-            self._release_held_locks(self._history_with_batch(record.instance_id))
-        self._finish(live)
-        if record.parent_instance_id is not None and record.parent_task_id is not None:
-            event: h.HistoryEvent
-            if completion.status is Status.COMPLETED:
-                event = h.SubOrchestrationInstanceCompleted(
-                    timestamp=self._now,
-                    task_scheduled_id=record.parent_task_id,
-                    result=completion.result,
-                )
-            else:
-                event = h.SubOrchestrationInstanceFailed(
-                    timestamp=self._now,
-                    task_scheduled_id=record.parent_task_id,
-                    failure=completion.failure
-                    or FailureDetails("sub-orchestration failed", "duraray.DurableError"),
-                )
-            self._send_event(record.parent_instance_id, event, record.parent_execution_id)
 
-    def _finish(self, live: _Live) -> None:
-        """Common end of an execution: drop its timers, activities, inbox and generator."""
-        record = live.record
-        iid = record.instance_id
-        record.completed_at = self._now
-        for key in live.timers:
-            if self._timers.pop(key, None) is not None:
-                self._wb.delete("timers", key)
-        live.timers.clear()
-        for task_id in live.activities:
-            self._wb.delete("activities", r.seq_key(iid, task_id))
-        live.activities.clear()
-        if record.inbox_length:
-            self._wb.delete_prefix("inbox", r.instance_prefix(iid))
-            record.inbox_length = 0
-        self._drop_executor(live)
-        self._ready.discard(iid)
-        self._touch(live)
-        self._put_record(record)
-        del self._live[iid]
-        self._work.pop(iid, None)
 
-    def _continue_as_new(self, live: _Live, completion: h.ContinueAsNew) -> None:
-        record = live.record
-        iid = record.instance_id
-        executor = live.executor
-        carried = executor.buffered_events() if executor and executor.save_events else []
-        for key in live.timers:
-            if self._timers.pop(key, None) is not None:
-                self._wb.delete("timers", key)
-        live.timers.clear()
-        for task_id in live.activities:
-            self._wb.delete("activities", r.seq_key(iid, task_id))
-        live.activities.clear()
-        self._drop_executor(live)
-        # The history is reset each generation; events buffered in the inbox stay there
-        # and are applied to the new generation after its start.
-        self._wb.delete_prefix("history", r.instance_prefix(iid))
-        record.history_length = 0
-        record.execution_id = uuid.uuid4().hex
-        record.input = completion.input
-        record.output = None
-        record.failure = None
-        record.status = Status.RUNNING
-        started = h.ExecutionStarted(
-            timestamp=self._now,
-            name=record.name,
-            instance_id=iid,
-            execution_id=record.execution_id,
-            input=completion.input,
-            version=record.version,
-            tags=record.tags,
-            parent_instance_id=record.parent_instance_id,
-            parent_execution_id=record.parent_execution_id,
-            parent_task_id=record.parent_task_id,
-        )
-        earlier = self._inbox_events(live)
-        self._wb.delete_prefix("inbox", r.instance_prefix(iid))
-        record.inbox_length = 0
-        live.buffering = True
-        self._to_inbox(live, started)
-        for name, data in carried:
-            self._to_inbox(live, h.EventRaised(timestamp=self._now, name=name, input=data))
-        for event in earlier:
-            self._to_inbox(live, event)
-        # Run the next generation in the next batch: its start is durable first, and an
-        # orchestration that continues as new in a tight loop cannot starve the partition.
-        self._ready.add(iid)
-        self._touch(live)
 
-    def _inbox_events(self, live: _Live) -> list[h.HistoryEvent]:
-        if not live.record.inbox_length:
-            return []
-        prefix = r.instance_prefix(live.record.instance_id)
-        return [codec.decode_event(v) for _, v in self.store.scan("inbox", prefix=prefix)]
 
-    def _terminate(self, live: _Live, output: bytes | None, recursive: bool) -> None:
-        record = live.record
-        self._append_history(
-            live, [h.ExecutionTerminated(timestamp=self._now, output=output, recursive=recursive)]
-        )
-        record.status = Status.TERMINATED
-        record.output = output
-        history = self._history_with_batch(record.instance_id)
-        children = (
-            list(dict.fromkeys(
-                e.instance_id for e in history if isinstance(e, h.SubOrchestrationInstanceCreated)
-            ))
-            if recursive
-            else []
-        )
-        self._release_held_locks(history)
-        self._finish(live)
-        for child in children:
-            self._send(
-                partition_for(child, self.partition_count),
-                "terminate",
-                child,
-                body={"output": output, "recursive": True},
-            )
-        if record.parent_instance_id is not None and record.parent_task_id is not None:
-            failure = FailureDetails(
-                message=f"sub-orchestration {record.instance_id!r} was terminated",
-                error_type="duraray.Terminated",
-                non_retriable=True,
-            )
-            event = h.SubOrchestrationInstanceFailed(
-                timestamp=self._now, task_scheduled_id=record.parent_task_id, failure=failure
-            )
-            self._send_event(record.parent_instance_id, event, record.parent_execution_id)
 
-    def _history_with_batch(self, instance_id: str) -> list[h.HistoryEvent]:
-        """The committed history plus the events appended to it in this batch."""
-        history = self._load_history(instance_id)
-        prefix = r.instance_prefix(instance_id)
-        for op in self._wb.ops:
-            if op[0] == "put" and op[1] == "history" and op[2].startswith(prefix):
-                history.append(codec.decode_event(op[3]))
-        return history
 
-    def _children_of(self, instance_id: str) -> list[str]:
-        """Every sub-orchestration the instance's current execution started."""
-        return list(dict.fromkeys(
-            e.instance_id
-            for e in self._history_with_batch(instance_id)
-            if isinstance(e, h.SubOrchestrationInstanceCreated)
-        ))
 
-    def _rewind(self, instance_id: str, reason: str | None) -> None:
-        record = self._get_record(instance_id)
-        if record is None or record.status is not Status.FAILED:
-            return
-        old = self._load_history(instance_id)
-        kept = _rewound_history(old)
-        kept.append(h.ExecutionRewound(timestamp=self._now, reason=reason))
-        self._wb.delete_prefix("history", r.instance_prefix(instance_id))
-        record = replace(
-            record,
-            status=Status.RUNNING,
-            output=None,
-            failure=None,
-            completed_at=None,
-            history_length=0,
-        )
-        # Buffer until the next batch: the rewritten history is not committed yet, and an
-        # executor rebuilt in this batch would replay the old one from the store.
-        live = _Live(record, buffering=True)
-        self._live[instance_id] = live
-        self._ready.add(instance_id)
-        self._append_history(live, kept)
-        # Re-arm what the kept history still waits for: activities without results are
-        # dispatched again, timers re-armed, failed children rewound in turn.
-        scheduled: dict[int, h.HistoryEvent] = {}
-        for event in kept:
-            if isinstance(event, h.TaskScheduled | h.TimerCreated | h.SubOrchestrationInstanceCreated):
-                scheduled[event.event_id] = event
-            elif isinstance(event, h.TaskCompleted | h.SubOrchestrationInstanceCompleted):
-                scheduled.pop(event.task_scheduled_id, None)
-            elif isinstance(event, h.TimerFired):
-                scheduled.pop(event.timer_id, None)
-        self._relock_sections(live, kept)
-        for seq, event in scheduled.items():
-            if isinstance(event, h.TaskScheduled | h.TimerCreated):
-                self._apply_action(live, event)
-            elif isinstance(event, h.SubOrchestrationInstanceCreated):
-                # Every child whose outcome the kept history lacks: a failed one is rewound,
-                # and one that finished after this instance failed (its report was dropped)
-                # reports again, so the rewound parent never waits forever.
-                self._send(
-                    partition_for(event.instance_id, self.partition_count),
-                    "rewind",
-                    event.instance_id,
-                    body={"reason": reason, "parent": [instance_id, record.execution_id, seq]},
-                )
-        self._touch(live)
 
-    def _relock_sections(self, live: _Live, kept: list[h.HistoryEvent]) -> None:
-        """Re-acquire the locks of critical sections the rewound history is still inside.
 
-        The failure released them, so each open section asks for its locks again. A
-        section the kept history already saw granted must not run before the new grant
-        arrives: the instance stays buffered until then (``record.relock``).
-        """
-        requested: dict[str, h.EntityLockRequested] = {}
-        granted: set[str] = set()
-        for event in kept:
-            if isinstance(event, h.EntityLockRequested):
-                requested[event.critical_section_id] = event
-            elif isinstance(event, h.EntityLockGranted):
-                granted.add(event.critical_section_id)
-            elif isinstance(event, h.EntityUnlockSent):
-                requested.pop(event.critical_section_id, None)
-        record = live.record
-        relock = [cs for cs in requested if cs in granted]
-        record.relock = relock or None
-        for event in requested.values():
-            self._entity_action(record.instance_id, record.execution_id, event)
 
-    def _rewind_child(self, instance_id: str, reason: str | None, parent: list[Any]) -> None:
-        """A rewound parent asks a child for its outcome: rewind it if it failed, else re-report."""
-        parent_id, parent_execution_id, task_id = parent
-        record = self._get_record(instance_id)
-        if record is not None and record.status is Status.FAILED:
-            self._rewind(instance_id, reason)  # reports to the parent when it finishes
-            return
-        if record is not None and not record.status.is_terminal:
-            return  # still running: it reports to its parent when it finishes
-        event: h.HistoryEvent
-        if (
-            record is not None
-            and record.status is Status.COMPLETED
-            and record.parent_instance_id == parent_id
-        ):
-            event = h.SubOrchestrationInstanceCompleted(
-                timestamp=self._now, task_scheduled_id=task_id, result=record.output
-            )
-        else:
-            state = record.status.value if record is not None else "gone"
-            event = h.SubOrchestrationInstanceFailed(
-                timestamp=self._now,
-                task_scheduled_id=task_id,
-                failure=FailureDetails(
-                    message=f"sub-orchestration {instance_id!r} cannot be rewound: it is {state}",
-                    error_type=error_type_name(InstanceStateError),
-                    non_retriable=True,
-                ),
-            )
-        self._send_event(parent_id, event, parent_execution_id)
-
-    def _delete_instance(self, record: InstanceRecord) -> None:
-        iid = record.instance_id
-        self._wb.delete("instances", r.instance_key(iid))
-        self._wb.delete("by_created", r.created_key(codec.utc_micros(record.created_at), iid))
-        self._wb.delete_prefix("history", r.instance_prefix(iid))
-        self._wb.delete_prefix("inbox", r.instance_prefix(iid))
-        self._wb.delete_prefix("activities", r.instance_prefix(iid))
-        self._dirty.discard(iid)
-        self._changed.add(iid)
 
     # == bookkeeping ======================================================================
 
@@ -1336,53 +782,8 @@ class PartitionCore(EntityHost):
                 live.executor = None
             excess -= 1
 
-    def _notify_watchers(self) -> None:
-        if not self._watchers:
-            return
-        now = time.monotonic()
-        for iid in list(self._watchers):
-            watchers = self._watchers[iid]
-            record = self._get_record(iid) if iid in self._changed else None
-            keep = []
-            for watcher in watchers:
-                if record is not None and _wait_satisfied(watcher.kind, record):
-                    group = watcher.reply_to
-                    if isinstance(group, _WaitGroup):
-                        group.satisfy(iid, replace(record))
-                        if group.done:
-                            self._fx.replies.append((group.reply_to, group.results()))
-                        continue
-                    self._fx.replies.append((watcher.reply_to, replace(record)))
-                elif watcher.deadline > now:
-                    keep.append(watcher)
-                else:
-                    # Expired: answer it, so no caller (or Ray call) waits forever.
-                    self._expire(iid, watcher)
-            if keep:
-                self._watchers[iid] = keep
-            else:
-                del self._watchers[iid]
-        self._watch_deadline = min(
-            (w.deadline for ws in self._watchers.values() for w in ws), default=None
-        )
 
-    def _add_watcher(self, instance_id: str, watcher: _Watcher) -> None:
-        self._watchers.setdefault(instance_id, []).append(watcher)
-        if self._watch_deadline is None or watcher.deadline < self._watch_deadline:
-            self._watch_deadline = watcher.deadline
 
-    def _expire(self, instance_id: str, watcher: _Watcher) -> None:
-        target = watcher.reply_to
-        if isinstance(target, _WaitGroup):
-            if target.expired:
-                return
-            target.expired = True
-            pending = len(target.pending_ids())
-            target = target.reply_to
-            message = f"{pending} awaited instances did not reach the awaited state in time"
-        else:
-            message = f"instance {instance_id!r} did not reach the awaited state in time"
-        self._fx.replies.append((target, Reply(TimeoutError(message))))
 
     def close(self) -> None:
         """Drop live generators and close the store."""
@@ -1394,32 +795,8 @@ class PartitionCore(EntityHost):
         self.store.close()
 
 
-_DEFERRED: Any = object()
-_UNBATCHABLE = frozenset({"batch", "wait", "wait_many"})
 
 
-class _WaitGroup:
-    """A ``wait_many`` request: replies when its last instance is satisfied."""
-
-    def __init__(self, instance_ids: list[str], reply_to: Any, kind: str) -> None:
-        self.order = instance_ids
-        self.reply_to = reply_to
-        self.kind = kind
-        self.records: dict[str, InstanceRecord] = {}
-        self.expired = False
-
-    def pending_ids(self) -> list[str]:
-        return [i for i in dict.fromkeys(self.order) if i not in self.records]
-
-    def satisfy(self, instance_id: str, record: InstanceRecord) -> None:
-        self.records[instance_id] = record
-
-    @property
-    def done(self) -> bool:
-        return len(self.records) == len(set(self.order))
-
-    def results(self) -> list[InstanceRecord]:
-        return [self.records[i] for i in self.order]
 
 
 class _Converter:
@@ -1437,84 +814,11 @@ class _Converter:
 _CONVERTER = _Converter()
 
 
-def _wait_satisfied(kind: str, record: InstanceRecord) -> bool:
-    if kind == "start":
-        return record.status is not Status.PENDING
-    return record.status.is_terminal
 
 
-def _rewound_history(old: list[h.HistoryEvent]) -> list[h.HistoryEvent]:
-    """The history with its failures removed, as it stood before the first failure.
-
-    Completions of work scheduled before the first failure are kept even if they arrived
-    later (fan-out results are not recomputed); anything the code scheduled after the first
-    failure is dropped, since the code will take another path once the failed work succeeds.
-    """
-    first_failure = next(
-        (
-            i
-            for i, e in enumerate(old)
-            if isinstance(e, h.TaskFailed | h.SubOrchestrationInstanceFailed)
-        ),
-        None,
-    )
-    if first_failure is None:
-        return [e for e in old if not isinstance(e, h.ExecutionCompleted)]
-    kept: list[h.HistoryEvent] = []
-    scheduled_before: set[int] = set()
-    for i, event in enumerate(old):
-        if isinstance(
-            event, h.TaskFailed | h.SubOrchestrationInstanceFailed | h.ExecutionCompleted
-        ):
-            continue
-        if i < first_failure:
-            if isinstance(
-                event,
-                h.TaskScheduled | h.TimerCreated | h.SubOrchestrationInstanceCreated | h.EventSent,
-            ):
-                scheduled_before.add(event.event_id)
-            kept.append(event)
-            continue
-        if isinstance(event, h.TaskCompleted | h.SubOrchestrationInstanceCompleted):
-            if event.task_scheduled_id in scheduled_before:
-                kept.append(event)
-        elif isinstance(event, h.TimerFired):
-            if event.timer_id in scheduled_before:
-                kept.append(event)
-        elif isinstance(event, h.EventRaised | h.OrchestratorStarted):
-            kept.append(event)
-    return kept
 
 
-def _encode_reply(result: Any) -> bytes:
-    if isinstance(result, list) and any(isinstance(item, Reply) for item in result):
-        return codec.encode({"batch": [codec.decode(_encode_reply(item)) for item in result]})
-    if isinstance(result, Reply):
-        return codec.encode({"error": type(result.error).__name__, "message": str(result.error)})
-    if isinstance(result, InstanceRecord):
-        return codec.encode({"ok": None})
-    return codec.encode({"ok": result})
 
 
-_REPLY_ERRORS: dict[str, type[BaseException]] = {
-    cls.__name__: cls
-    for cls in (
-        InstanceAlreadyExistsError,
-        InstanceNotFoundError,
-        InstanceStateError,
-        ValueError,
-        TypeError,
-        DurableError,
-    )
-}
 
 
-def _decode_reply(data: bytes) -> Any:
-    stored = codec.decode(data)
-    if "batch" in stored:
-        return [_decode_reply(codec.encode(item)) for item in stored["batch"]]
-    if "error" in stored:
-        cls = _REPLY_ERRORS.get(stored["error"], DurableError)
-        return Reply(cls(stored["message"]))
-    value = stored["ok"]
-    return tuple(value) if isinstance(value, list) else value

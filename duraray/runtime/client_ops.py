@@ -1,0 +1,465 @@
+"""The client operations of a partition, and how their replies are kept.
+
+Mixed into ``PartitionCore``: each ``_op_<name>`` method serves the client request
+``<name>`` inside a batch, so its effects commit with the batch and its reply is released
+only after that commit. Mutating requests carry a request id; their replies are stored
+in the ``dedup`` database so that a retried request gets the same answer without being
+applied twice. Waits are parked as watchers and answered when the instance changes (or
+with TimeoutError at their deadline).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from duraray._errors import (
+    DurableError,
+    InstanceAlreadyExistsError,
+    InstanceNotFoundError,
+    InstanceStateError,
+)
+from duraray.orchestrations import history as h
+from duraray.runtime import codec
+from duraray.runtime import records as r
+from duraray.runtime.records import ClientRequest, InstanceRecord, Reply
+
+Status = h.OrchestrationStatus
+
+if TYPE_CHECKING:
+    from duraray.runtime.lifecycle import LiveInstance as _Live
+
+#: Client operations that change state: their replies are stored for request-id dedup.
+MUTATING_OPS = frozenset(
+    {
+        "start", "raise_event", "terminate", "suspend", "resume", "rewind", "purge", "purge_by",
+        "batch", "signal_entity", "clean_entities", "release_entity_lock",
+    }
+)
+
+
+class ReuseIdPolicy:
+    """What ``schedule_new_orchestration`` does when the instance id already exists.
+
+    - ``ERROR_IF_RUNNING`` (default): replace a terminal instance, reject a running one;
+    - ``ERROR``: reject any existing instance;
+    - ``IGNORE_IF_RUNNING``: keep a running instance and return its id; replace a terminal one;
+    - ``TERMINATE_IF_RUNNING``: terminate a running instance and start anew.
+    """
+
+    ERROR_IF_RUNNING = "error_if_running"
+    ERROR = "error"
+    IGNORE_IF_RUNNING = "ignore_if_running"
+    TERMINATE_IF_RUNNING = "terminate_if_running"
+    ALL = frozenset({ERROR_IF_RUNNING, ERROR, IGNORE_IF_RUNNING, TERMINATE_IF_RUNNING})
+
+
+@dataclass(slots=True)
+class _Watcher:
+    kind: str  # "start" | "completion"
+    reply_to: Any
+    deadline: float
+
+
+_DEFERRED: Any = object()
+
+
+_UNBATCHABLE = frozenset({"batch", "wait", "wait_many"})
+
+
+class _WaitGroup:
+    """A ``wait_many`` request: replies when its last instance is satisfied."""
+
+    def __init__(self, instance_ids: list[str], reply_to: Any, kind: str) -> None:
+        self.order = instance_ids
+        self.reply_to = reply_to
+        self.kind = kind
+        self.records: dict[str, InstanceRecord] = {}
+        self.expired = False
+
+    def pending_ids(self) -> list[str]:
+        return [i for i in dict.fromkeys(self.order) if i not in self.records]
+
+    def satisfy(self, instance_id: str, record: InstanceRecord) -> None:
+        self.records[instance_id] = record
+
+    @property
+    def done(self) -> bool:
+        return len(self.records) == len(set(self.order))
+
+    def results(self) -> list[InstanceRecord]:
+        return [self.records[i] for i in self.order]
+
+
+def _wait_satisfied(kind: str, record: InstanceRecord) -> bool:
+    if kind == "start":
+        return record.status is not Status.PENDING
+    return record.status.is_terminal
+
+
+def _encode_reply(result: Any) -> bytes:
+    if isinstance(result, list) and any(isinstance(item, Reply) for item in result):
+        return codec.encode({"batch": [codec.decode(_encode_reply(item)) for item in result]})
+    if isinstance(result, Reply):
+        return codec.encode({"error": type(result.error).__name__, "message": str(result.error)})
+    if isinstance(result, InstanceRecord):
+        return codec.encode({"ok": None})
+    return codec.encode({"ok": result})
+
+
+_REPLY_ERRORS: dict[str, type[BaseException]] = {
+    cls.__name__: cls
+    for cls in (
+        InstanceAlreadyExistsError,
+        InstanceNotFoundError,
+        InstanceStateError,
+        ValueError,
+        TypeError,
+        DurableError,
+    )
+}
+
+
+def _decode_reply(data: bytes) -> Any:
+    stored = codec.decode(data)
+    if "batch" in stored:
+        return [_decode_reply(codec.encode(item)) for item in stored["batch"]]
+    if "error" in stored:
+        cls = _REPLY_ERRORS.get(stored["error"], DurableError)
+        return Reply(cls(stored["message"]))
+    value = stored["ok"]
+    return tuple(value) if isinstance(value, list) else value
+
+
+class ClientOps:
+    """Client requests of a partition (mixed into PartitionCore)."""
+
+    def _on_request(self, req: ClientRequest) -> None:
+        if req.request_id is not None:
+            if req.request_id in self._replied:  # a retry queued behind the original
+                self._fx.replies.append((req.reply_to, self._replied[req.request_id]))
+                return
+            stored = self.store.get("dedup", r.dedup_request_key(req.request_id))
+            if stored is not None:
+                self._fx.replies.append((req.reply_to, _decode_reply(stored)))
+                return
+        handler = getattr(self, f"_op_{req.op}", None)
+        try:
+            if handler is None:
+                raise ValueError(f"unknown client operation {req.op!r}")
+            result = handler(req, **req.args)
+        except (DurableError, ValueError, TypeError, LookupError) as exc:
+            result = Reply(exc)
+        if result is _DEFERRED:
+            return
+        if req.request_id is not None and req.op in MUTATING_OPS:
+            self._wb.put("dedup", r.dedup_request_key(req.request_id), _encode_reply(result))
+            self._replied[req.request_id] = result
+        self._fx.replies.append((req.reply_to, result))
+
+    def _get_record(self, instance_id: str) -> InstanceRecord | None:
+        live = self._live.get(instance_id)
+        if live is not None:
+            return live.record
+        data = self.store.get("instances", r.instance_key(instance_id))
+        return None if data is None else codec.decode_record(InstanceRecord, data)
+
+    def _require_live(self, instance_id: str, op: str) -> _Live:
+        live = self._live.get(instance_id)
+        if live is not None:
+            return live
+        record = self._get_record(instance_id)
+        if record is None:
+            raise InstanceNotFoundError(f"no orchestration instance with id {instance_id!r}")
+        raise InstanceStateError(
+            f"cannot {op} instance {instance_id!r}: it is {record.status.value}"
+        )
+
+    def _op_start(
+        self,
+        req: ClientRequest,
+        *,
+        instance_id: str,
+        name: str,
+        input: bytes | None = None,
+        version: str | None = None,
+        tags: dict[str, str] | None = None,
+        start_at: datetime | timedelta | None = None,
+        reuse_policy: str | None = None,
+    ) -> str:
+        if isinstance(start_at, timedelta):  # a delay from now, on this partition's clock
+            start_at = self._now + start_at
+        policy = reuse_policy or ReuseIdPolicy.ERROR_IF_RUNNING
+        if policy not in ReuseIdPolicy.ALL:
+            raise ValueError(f"unknown reuse_id_policy {policy!r}")
+        existing = self._get_record(instance_id)
+        if existing is not None:
+            running = existing.status.is_running
+            if policy == ReuseIdPolicy.ERROR or (running and policy == ReuseIdPolicy.ERROR_IF_RUNNING):
+                raise InstanceAlreadyExistsError(
+                    f"an orchestration instance with id {instance_id!r} already exists "
+                    f"({existing.status.value})"
+                )
+            if running and policy == ReuseIdPolicy.IGNORE_IF_RUNNING:
+                return instance_id
+            if running:  # TERMINATE_IF_RUNNING
+                self._terminate(self._live[instance_id], None, recursive=True)
+        self._create(
+            instance_id, name, input, version=version, tags=tags, start_at=start_at
+        )
+        return instance_id
+
+    def _op_batch(self, req: ClientRequest, *, ops: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+        """Several operations in one request (one Ray call, one commit); results in order.
+
+        A failing operation yields a ``Reply`` in its slot and does not stop the others.
+        """
+        results: list[Any] = []
+        for op, args in ops:
+            handler = getattr(self, f"_op_{op}", None)
+            try:
+                if handler is None or op in _UNBATCHABLE:
+                    raise ValueError(f"operation {op!r} cannot be batched")
+                results.append(handler(req, **args))
+            except (DurableError, ValueError, TypeError, LookupError) as exc:
+                results.append(Reply(exc))
+        return results
+
+    def _op_wait_many(
+        self, req: ClientRequest, *, instance_ids: list[str], kind: str, timeout: float
+    ) -> Any:
+        """Reply once every instance satisfies the wait (records in the given order)."""
+        group = _WaitGroup(list(instance_ids), req.reply_to, kind)
+        deadline = time.monotonic() + timeout
+        for iid in group.pending_ids():
+            record = self._get_record(iid)
+            if record is not None and _wait_satisfied(kind, record):
+                group.satisfy(iid, record)
+            else:
+                self._add_watcher(iid, _Watcher(kind, group, deadline))
+        if group.done:
+            return group.results()
+        return _DEFERRED
+
+    def _op_get_state(
+        self, req: ClientRequest, *, instance_id: str, fetch_payloads: bool = True
+    ) -> InstanceRecord | None:
+        record = self._get_record(instance_id)
+        if record is None:
+            return None
+        if not fetch_payloads:
+            return replace(record, input=None, output=None, custom_status=None)
+        return replace(record)
+
+    def _op_get_history(self, req: ClientRequest, *, instance_id: str) -> list[h.HistoryEvent]:
+        if self._get_record(instance_id) is None:
+            raise InstanceNotFoundError(f"no orchestration instance with id {instance_id!r}")
+        return self._load_history(instance_id)
+
+    def _op_wait(
+        self, req: ClientRequest, *, instance_id: str, kind: str, timeout: float
+    ) -> Any:
+        record = self._get_record(instance_id)
+        if record is not None and _wait_satisfied(kind, record):
+            return replace(record)
+        self._add_watcher(instance_id, _Watcher(kind, req.reply_to, time.monotonic() + timeout))
+        return _DEFERRED
+
+    def _op_raise_event(
+        self, req: ClientRequest, *, instance_id: str, name: str, data: bytes | None = None
+    ) -> None:
+        live = self._require_live(instance_id, "raise an event on")
+        event = h.EventRaised(timestamp=self._now, name=name, input=data)
+        self._deliver(live.record.instance_id, event, None)
+
+    def _op_terminate(
+        self,
+        req: ClientRequest,
+        *,
+        instance_id: str,
+        output: bytes | None = None,
+        recursive: bool = True,
+    ) -> bool:
+        live = self._live.get(instance_id)
+        if live is None:
+            if self._get_record(instance_id) is None:
+                raise InstanceNotFoundError(f"no orchestration instance with id {instance_id!r}")
+            return False  # terminal already: a no-op
+        self._terminate(live, output, recursive)
+        return True
+
+    def _op_suspend(self, req: ClientRequest, *, instance_id: str, reason: str | None = None) -> bool:
+        live = self._require_live(instance_id, "suspend")
+        record = live.record
+        if record.status is Status.SUSPENDED:
+            return False
+        self._append_history(live, [h.ExecutionSuspended(timestamp=self._now, reason=reason)])
+        record.status = Status.SUSPENDED
+        live.buffering = True
+        self._ready.discard(instance_id)
+        self._touch(live)
+        return True
+
+    def _op_resume(self, req: ClientRequest, *, instance_id: str, reason: str | None = None) -> bool:
+        live = self._require_live(instance_id, "resume")
+        record = live.record
+        if record.status is not Status.SUSPENDED:
+            return False
+        self._append_history(live, [h.ExecutionResumed(timestamp=self._now, reason=reason)])
+        waiting_for_start = any(
+            self._timers[k].kind == "start" for k in live.timers if k in self._timers
+        )
+        if waiting_for_start:
+            record.status = Status.PENDING
+        else:
+            record.status = Status.RUNNING
+            # Drained next batch, after this one commits, so buffered events keep their order.
+            self._ready.add(instance_id)
+        self._touch(live)
+        return True
+
+    def _op_rewind(self, req: ClientRequest, *, instance_id: str, reason: str | None = None) -> None:
+        record = self._get_record(instance_id)
+        if record is None:
+            raise InstanceNotFoundError(f"no orchestration instance with id {instance_id!r}")
+        if record.status is not Status.FAILED:
+            raise InstanceStateError(
+                f"only FAILED instances can be rewound; {instance_id!r} is {record.status.value}"
+            )
+        self._rewind(instance_id, reason)
+
+    def _op_purge(self, req: ClientRequest, *, instance_id: str) -> tuple[int, list[str]]:
+        record = self._get_record(instance_id)
+        if record is None or not record.status.is_terminal:
+            return (0, [])
+        children = self._children_of(instance_id)
+        self._delete_instance(record)
+        return (1, children)
+
+    def _op_purge_by(
+        self,
+        req: ClientRequest,
+        *,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        statuses: list[str] | None = None,
+    ) -> int:
+        wanted = {Status(s) for s in statuses} if statuses else None
+        count = 0
+        for record in list(self._scan_records(created_from, created_to, None, None)):
+            if not record.status.is_terminal:
+                continue
+            if wanted is not None and record.status not in wanted:
+                continue
+            self._delete_instance(record)
+            count += 1
+        return count
+
+    def _op_query(
+        self,
+        req: ClientRequest,
+        *,
+        statuses: list[str] | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        prefix: str | None = None,
+        after: bytes | None = None,
+        limit: int = 100,
+        fetch_payloads: bool = True,
+    ) -> list[InstanceRecord]:
+        wanted = {Status(s) for s in statuses} if statuses else None
+        out: list[InstanceRecord] = []
+        for record in self._scan_records(created_from, created_to, after, prefix):
+            if wanted is not None and record.status not in wanted:
+                continue
+            if not fetch_payloads:
+                record = replace(record, input=None, output=None, custom_status=None)
+            out.append(record)
+            if len(out) >= limit:
+                break
+        return out
+
+    def _op_stats(self, req: ClientRequest) -> dict[str, Any]:
+        by_status: dict[str, int] = {}
+        for live in self._live.values():
+            by_status[live.record.status.value] = by_status.get(live.record.status.value, 0) + 1
+        return {
+            "partition": self.index,
+            "counters": dict(self.counters),
+            "live_instances": by_status,
+            "cached_executors": len(self._cached),
+            "timers": len(self._timers),
+            "activities_in_flight": sum(len(v.activities) for v in self._live.values()),
+            "outbox": sum(len(b) for b in self._outbox.values()),
+            "queue_depth": len(self._intake),
+        }
+
+    def _scan_records(
+        self,
+        created_from: datetime | None,
+        created_to: datetime | None,
+        after: bytes | None,
+        prefix: str | None,
+    ) -> Iterator[InstanceRecord]:
+        start = r.u64(codec.utc_micros(created_from)) if created_from else None
+        if after is not None and (start is None or after >= start):
+            start = after + b"\x00"
+        stop = r.u64(codec.utc_micros(created_to) + 1) if created_to else None
+        for key, _ in self.store.scan("by_created", start=start, stop=stop):
+            instance_id = key[8:].decode()
+            if prefix and not instance_id.startswith(prefix):
+                continue
+            record = self._get_record(instance_id)
+            if record is not None:
+                yield record
+
+    def _notify_watchers(self) -> None:
+        if not self._watchers:
+            return
+        now = time.monotonic()
+        for iid in list(self._watchers):
+            watchers = self._watchers[iid]
+            record = self._get_record(iid) if iid in self._changed else None
+            keep = []
+            for watcher in watchers:
+                if record is not None and _wait_satisfied(watcher.kind, record):
+                    group = watcher.reply_to
+                    if isinstance(group, _WaitGroup):
+                        group.satisfy(iid, replace(record))
+                        if group.done:
+                            self._fx.replies.append((group.reply_to, group.results()))
+                        continue
+                    self._fx.replies.append((watcher.reply_to, replace(record)))
+                elif watcher.deadline > now:
+                    keep.append(watcher)
+                else:
+                    # Expired: answer it, so no caller (or Ray call) waits forever.
+                    self._expire(iid, watcher)
+            if keep:
+                self._watchers[iid] = keep
+            else:
+                del self._watchers[iid]
+        self._watch_deadline = min(
+            (w.deadline for ws in self._watchers.values() for w in ws), default=None
+        )
+
+    def _add_watcher(self, instance_id: str, watcher: _Watcher) -> None:
+        self._watchers.setdefault(instance_id, []).append(watcher)
+        if self._watch_deadline is None or watcher.deadline < self._watch_deadline:
+            self._watch_deadline = watcher.deadline
+
+    def _expire(self, instance_id: str, watcher: _Watcher) -> None:
+        target = watcher.reply_to
+        if isinstance(target, _WaitGroup):
+            if target.expired:
+                return
+            target.expired = True
+            pending = len(target.pending_ids())
+            target = target.reply_to
+            message = f"{pending} awaited instances did not reach the awaited state in time"
+        else:
+            message = f"instance {instance_id!r} did not reach the awaited state in time"
+        self._fx.replies.append((target, Reply(TimeoutError(message))))

@@ -1,0 +1,437 @@
+"""The dashboard in a real headless browser: Debian's Chromium driven by Playwright.
+
+The hub runs in process on a manual clock; the API (with the dashboard) is served by
+uvicorn on a loopback port in a background thread. Activities move the manual clock by
+how long they "take", so the timeline shows believable durations without any sleeping.
+
+Chromium comes from Debian (``scripts/ensure-browser.sh``, run by ``make test``); a
+missing browser fails these tests rather than skipping them, so a CI machine without it
+cannot pass quietly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import uvicorn
+from playwright.sync_api import expect, sync_playwright
+
+import duraray as dr
+from duraray.runtime.http import create_app
+from duraray.testing import ManualClock, run_in_process
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: Flags for Chromium on our machines (closed network, root, no GPU); see the env notes.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: Milliseconds any one wait on the page may take.
+WAIT_MS = 15_000
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+
+app = dr.App("shop")
+
+# The hub's manual clock, for activities that "take time" (set by the ``hub`` fixture).
+_clock: dict[str, ManualClock] = {}
+_charges: dict[str, int] = {}
+_charges_lock = threading.Lock()
+
+
+def _work(seconds: float) -> None:
+    """Advance the hub's clock as if the activity had worked for ``seconds``."""
+    _clock["now"].advance(timedelta(seconds=seconds))
+
+
+@app.entity
+class Stock(dr.DurableEntity):
+    def add(self, qty: int) -> int:
+        self.set_state(self.get_state(int, 0) + qty)
+        return self.get_state(int, 0)
+
+    def reserve(self, qty: int) -> int:
+        left = self.get_state(int, 0) - qty
+        if left < 0:
+            raise ValueError("out of stock")
+        self.set_state(left)
+        return left
+
+
+@app.activity
+def validate_order(ctx: dr.ActivityContext, order: dict) -> bool:
+    _work(0.4)
+    return True
+
+
+@app.activity
+def charge_card(ctx: dr.ActivityContext, order: dict) -> str:
+    with _charges_lock:
+        _charges[ctx.instance_id] = attempt = _charges.get(ctx.instance_id, 0) + 1
+    _work(1.2)
+    if order.get("card") == "declined":
+        raise RuntimeError("card declined by issuer (code 51)")
+    if attempt == 1 and order.get("flaky_gateway"):
+        raise TimeoutError("payment gateway did not answer within 1.2 s")
+    return f"rcpt-{order['id']}-{attempt}"
+
+
+@app.activity
+def pack_items(ctx: dr.ActivityContext, order: dict) -> int:
+    _work(3.0)
+    return order["qty"]
+
+
+@app.activity
+def book_courier(ctx: dr.ActivityContext, order: dict) -> str:
+    _work(1.8)
+    return f"TRK{order['id']}00"
+
+
+@app.activity
+def send_confirmation(ctx: dr.ActivityContext, order: dict) -> None:
+    _work(0.6)
+
+
+@app.orchestration
+def ship_order(ctx: dr.OrchestrationContext, order: dict):
+    packed, tracking = yield dr.when_all(
+        [ctx.call_activity(pack_items, input=order), ctx.call_activity(book_courier, input=order)]
+    )
+    yield ctx.create_timer(timedelta(seconds=20))  # the courier's pickup window
+    return {"packed": packed, "tracking": tracking}
+
+
+@app.orchestration
+def process_order(ctx: dr.OrchestrationContext, order: dict):
+    ctx.set_custom_status({"stage": "validating"})
+    yield ctx.call_activity(validate_order, input=order)
+    left = yield ctx.call_entity(dr.EntityId("stock", order["sku"]), "reserve", order["qty"])
+    ctx.set_custom_status({"stage": "charging card"})
+    receipt = yield ctx.call_activity(
+        charge_card,
+        input=order,
+        retry_policy=dr.RetryPolicy(
+            first_retry_interval=timedelta(seconds=5),
+            max_number_of_attempts=3,
+            backoff_coefficient=2,
+        ),
+    )
+    ctx.set_custom_status({"stage": "awaiting approval", "receipt": receipt})
+    approval = yield ctx.wait_for_external_event("approval")
+    ctx.set_custom_status({"stage": "shipping", "receipt": receipt})
+    shipment = yield ctx.call_sub_orchestrator(ship_order, input=order)
+    yield ctx.call_activity(send_confirmation, input=order)
+    ctx.set_custom_status({"stage": "done", "stock_left": left})
+    return {
+        "order": order["id"],
+        "receipt": receipt,
+        "tracking": shipment["tracking"],
+        "approved_by": approval["by"],
+    }
+
+
+@app.orchestration
+def restock(ctx: dr.OrchestrationContext, sku: str):
+    # Holds the item's lock until the delivery arrives, so nobody reserves it meanwhile.
+    with (yield ctx.lock_entities([dr.EntityId("stock", sku)])):
+        delivered = yield ctx.wait_for_external_event("delivery")
+        yield ctx.call_entity(dr.EntityId("stock", sku), "add", delivered)
+    return delivered
+
+
+def _order(number: int, **extra: object) -> dict:
+    return {"id": number, "sku": "sku-42", "qty": 2, **extra}
+
+
+@dataclass
+class Hub:
+    """The in-process hub under test: its client, its clock and the dashboard's URL."""
+
+    client: dr.Client
+    clock: ManualClock
+    url: str
+
+
+@contextlib.contextmanager
+def _serve(asgi_app: object) -> Iterator[str]:
+    """Serve ``asgi_app`` on a free loopback port in a thread; yields its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))  # the port is ours from here on: no race for it
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        asgi_app, log_level="warning", lifespan="off", ws="none", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start serving the dashboard within 10 s")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@contextlib.contextmanager
+def _running_hub(token: str | None = None) -> Iterator[Hub]:
+    clock = ManualClock(datetime(2026, 3, 2, 9, 30, tzinfo=UTC), auto_advance=True)
+    _clock["now"] = clock
+    _charges.clear()
+    with run_in_process(app, clock=clock) as client, _serve(create_app(client, token=token)) as url:
+        yield Hub(client, clock, url)
+
+
+@pytest.fixture
+def hub() -> Iterator[Hub]:
+    """The shop app in process (auto-advancing manual clock), its API served over HTTP."""
+    with _running_hub() as running:
+        yield running
+
+
+@pytest.fixture
+def secured_hub() -> Iterator[Hub]:
+    """The same, with the API requiring the bearer token "s3cret"."""
+    with _running_hub(token="s3cret") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory: pytest.TempPathFactory):
+    """Debian's Chromium with a new, empty profile directory; fails if it is missing."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the dashboard tests need Debian's chromium package. "
+            "Run `bash scripts/ensure-browser.sh` (make test does) or `apt-get install -y chromium`."
+        )
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as pw:
+        # Playwright passes the profile as --user-data-dir itself (and refuses the flag).
+        context = pw.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1360, "height": 900},
+            timezone_id="UTC",
+            locale="en-US",
+        )
+        context.set_default_timeout(WAIT_MS)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def _console_error(msg, errors: list[str]) -> None:
+    # Chromium logs every non-2xx response ("Failed to load resource: ... 401"); those the
+    # page handles itself (the token prompt, error notices), so only other errors count.
+    if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
+        errors.append(f"console error: {msg.text}")
+
+
+@pytest.fixture
+def page(browser_context):
+    """A new tab; the test fails on any uncaught script error or console error."""
+    tab = browser_context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    tab.on("console", lambda msg: _console_error(msg, errors))
+    yield tab
+    tab.close()
+    assert [] == errors
+
+
+def _seed(hub: Hub) -> str:
+    """A few instances in different states; returns the id of the one awaiting approval.
+
+    Each step waits for the hub to go idle before the next, so the instances never share
+    the clock while running and the committed screenshot is the same on every run.
+    """
+    client = hub.client
+
+    def settle() -> None:
+        assert client.hub_runtime.wait_idle(timeout=10)
+
+    client.signal_entity(dr.EntityId("stock", "sku-42"), "add", 40)
+    client.signal_entity(dr.EntityId("stock", "sku-7"), "add", 3)
+    settle()
+
+    done = client.schedule_new_orchestration(
+        process_order, input=_order(1001), instance_id="order-1001"
+    )
+    client.raise_orchestration_event(done, "approval", data={"by": "ana@shop.example"})
+    client.wait_for_orchestration_completion(done, timeout=10).raise_if_failed()
+    settle()
+
+    declined = client.schedule_new_orchestration(
+        process_order, input=_order(1002, card="declined"), instance_id="order-1002"
+    )
+    assert dr.OrchestrationStatus.FAILED == (
+        client.wait_for_orchestration_completion(declined, timeout=10).runtime_status
+    )
+    settle()
+
+    cancelled = client.schedule_new_orchestration(
+        process_order, input=_order(1003), instance_id="order-1003"
+    )
+    settle()
+    client.schedule_new_orchestration(restock, input="sku-7", instance_id="restock-sku-7")
+    settle()
+    waiting = client.schedule_new_orchestration(
+        process_order, input=_order(1004, flaky_gateway=True), instance_id="order-1004"
+    )
+    settle()
+    paused = client.schedule_new_orchestration(
+        process_order, input=_order(1005), instance_id="order-1005"
+    )
+    settle()
+    client.terminate_orchestration(cancelled, output="customer cancelled")
+    client.suspend_orchestration(paused, reason="fraud review")
+    settle()
+    # The approver takes a while: the wait shows on the timeline.
+    hub.clock.advance(timedelta(seconds=40))
+    return waiting
+
+
+def test_raise_event_from_instance_page_completes_the_orchestration(hub: Hub, page, tmp_path):
+    """An operator finds a waiting instance, raises its event from the page and sees it complete."""
+    waiting = _seed(hub)
+
+    # The list, filtered to running orders: the waiting instance is there, finished ones not.
+    page.goto(hub.url + "/")
+    expect(page.locator("table.instances")).to_be_visible()
+    page.locator("select[name=status]").select_option("Running")
+    page.locator("input[name=prefix]").fill("order-")
+    page.get_by_role("button", name="Apply").click()
+    row = page.locator(f"tr[data-instance-id='{waiting}']")
+    expect(row.locator(".badge")).to_have_text("Running")
+    expect(page.locator("tr[data-instance-id='order-1001']")).to_have_count(0)
+
+    # Its page: status, custom status and a timeline with the activity, entity call and retry.
+    row.get_by_role("link", name=waiting).click()
+    expect(page.locator("h1")).to_have_text(waiting)
+    expect(page.locator(".status-slot .badge")).to_have_text("Running")
+    expect(page.locator("[data-panel=custom-status]")).to_contain_text("awaiting approval")
+    expect(page.locator(".tl-bar[data-kind=retry]")).to_have_count(1)
+    expect(page.locator(".tl-bar[data-kind=activity][data-outcome=failed]")).to_have_count(1)
+    expect(page.locator(".tl-bar[data-kind=entity]")).to_have_count(1)
+
+    # Raise the event from the form, confirming in the dialog.
+    page.get_by_role("button", name="Raise event…").click()
+    page.get_by_label("Event name").fill("approval")
+    page.get_by_label("Data (JSON, optional)").fill('{"by": "lee@shop.example", "approved": true}')
+    page.get_by_role("button", name="Send event").click()
+    dialog = page.locator("#confirm-dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("approval")
+    dialog.get_by_role("button", name="Raise event").click()
+
+    # Auto-refresh picks up the completion.
+    expect(page.locator(".status-slot .badge")).to_have_text("Completed")
+    output = page.locator("[data-panel=output]")
+    expect(output).to_contain_text("lee@shop.example")
+    expect(output).to_contain_text("TRK100400")
+    expect(
+        page.locator(".tl-bar[data-kind=suborchestration][data-outcome=completed]")
+    ).to_have_count(1)
+    expect(page.locator("table.history")).to_contain_text("EventRaised")
+    assert "COMPLETED" == hub.client.get_orchestration_state(waiting).runtime_status.value
+    page.screenshot(path=str(tmp_path / "instance.png"), full_page=True)
+
+    # A failed instance: its failure and all three attempts with the delays between them.
+    page.goto(f"{hub.url}/#/instances/order-1002")
+    expect(page.locator(".panel-failure")).to_contain_text("card declined by issuer")
+    expect(page.locator(".tl-bar[data-kind=retry]")).to_have_count(2)
+    expect(page.locator(".tl-bar[data-kind=activity][data-outcome=failed]")).to_have_count(3)
+    expect(page.get_by_role("button", name="Rewind")).to_be_enabled()
+    page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
+
+    # Entities: the stock entity that restock holds the lock of.
+    page.get_by_role("link", name="Entities").click()
+    locked = page.locator("table.entities tr", has_text="sku-7")
+    expect(locked.locator("a.lock")).to_have_text("restock-sku-7")
+    page.screenshot(path=str(tmp_path / "entities.png"), full_page=True)
+
+    # Partitions: one row per partition with its counters.
+    page.get_by_role("link", name="Partitions").click()
+    expect(page.locator("table.partitions tbody tr")).to_have_count(
+        hub.client.hub_runtime.partition_count
+    )
+    page.screenshot(path=str(tmp_path / "partitions.png"), full_page=True)
+
+    # The list as an operator first sees it, for the docs (without the notices).
+    # (Success notices fade after 5 s; removing them now saves the wait.)
+    page.evaluate("document.querySelectorAll('.notice').forEach((n) => n.remove())")
+    page.get_by_role("link", name="Instances").click()
+    expect(page.locator(f"tr[data-instance-id='{waiting}'] .badge")).to_have_text("Completed")
+    page.set_viewport_size({"width": 1360, "height": 640})
+    page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    if os.environ.get("DURARAY_UPDATE_DOCS"):
+        # Refresh the README's screenshot deliberately, not on every test run.
+        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(DOCS_SCREENSHOT), full_page=True)
+
+
+def test_page_asks_for_the_token_once_and_sends_it(secured_hub: Hub, page):
+    """With a token-protected API the page asks for the token, then loads with it."""
+    secured_hub.client.schedule_new_orchestration(
+        restock, input="sku-9", instance_id="restock-sku-9"
+    )
+
+    page.goto(secured_hub.url + "/")
+    token_dialog = page.locator("#token-dialog")
+    expect(token_dialog).to_be_visible()
+    token_dialog.get_by_label("Token").fill("s3cret")
+    token_dialog.get_by_role("button", name="Use token").click()
+
+    expect(page.locator("tr[data-instance-id='restock-sku-9']")).to_be_visible()
+    expect(token_dialog).to_be_hidden()
+    assert "s3cret" == page.evaluate("sessionStorage.getItem('duraray.token')")
+
+
+def test_refused_action_shows_the_api_error_and_purge_returns_to_the_list(hub: Hub, page):
+    """An action the instance's state forbids shows the API's 410; purge removes the instance."""
+    instance = hub.client.schedule_new_orchestration(
+        restock, input="sku-3", instance_id="restock-sku-3"
+    )
+    assert hub.client.hub_runtime.wait_idle(timeout=10)
+    page.goto(f"{hub.url}/#/instances/{instance}")
+    expect(page.locator(".status-slot .badge")).to_have_text("Running")
+
+    # Terminated behind the page's back (auto-refresh off, so the page still offers Suspend).
+    page.get_by_label("Auto-refresh").uncheck()
+    hub.client.terminate_orchestration(instance, output="replaced")
+    hub.client.wait_for_orchestration_completion(instance, timeout=10)
+    page.get_by_role("button", name="Suspend").click()
+    page.locator("#confirm-dialog").get_by_role("button", name="Suspend").click()
+    expect(page.locator(".notice-error")).to_contain_text("410")
+
+    # Refreshed by the failed action, the page shows the new state; purge it from there.
+    expect(page.locator(".status-slot .badge")).to_have_text("Terminated")
+    page.get_by_role("button", name="Purge").click()
+    page.locator("#confirm-dialog").get_by_role("button", name="Purge").click()
+    expect(page.locator("h1")).to_have_text("Instances")
+    expect(page.locator(".empty")).to_contain_text("No instances match")
+    assert hub.client.get_orchestration_state(instance) is None
