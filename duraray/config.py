@@ -38,6 +38,12 @@ class HubConfig:
     - ``activity_threads``: threads executing activities in the in-process runtime.
     - ``activity_workers``: activity worker actors on Ray (None: one per cluster CPU, >= 2).
     - ``worker_concurrency``: activity batches one worker actor runs at once (threads).
+    - ``version``: the version of the orchestration code this hub runs (None: unversioned).
+    - ``version_match``: which instance versions this hub runs: "none" (all), "strict"
+      (only its own version), "current_or_older" (its own and older ones).
+    - ``version_failure``: what happens to an instance the hub must not run: "fail" (it
+      fails with a non-retriable VersionMismatch) or "reject" (it waits, unapplied, for a
+      hub whose version matches).
     - ``http_token``: bearer token of the HTTP API (``duraray serve``); required when it
       listens on a non-loopback address. Not shown in ``repr``.
     - ``log_format``: "auto" (console on a terminal, JSON otherwise), "console" or "json".
@@ -56,6 +62,9 @@ class HubConfig:
     activity_workers: int | None = None
     worker_concurrency: int = 4
     log_format: str = "auto"
+    version: str | None = None
+    version_match: str = "none"
+    version_failure: str = "fail"
     http_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +96,10 @@ class HubConfig:
             raise ValueError("activity_workers must be >= 1")
         if self.worker_concurrency < 1:
             raise ValueError("worker_concurrency must be >= 1")
+        if self.version_match not in ("none", "strict", "current_or_older"):
+            raise ValueError("version_match must be 'none', 'strict' or 'current_or_older'")
+        if self.version_failure not in ("fail", "reject"):
+            raise ValueError("version_failure must be 'fail' or 'reject'")
         if self.log_format not in ("auto", "console", "json"):
             raise ValueError("log_format must be 'auto', 'console' or 'json'")
 

@@ -74,6 +74,29 @@ log = structlog.get_logger("duraray.partition")
 
 
 
+def version_mismatch(config: HubConfig, version: str | None) -> str | None:
+    """Why an instance of ``version`` must not run on this hub, or None if it may."""
+    match = config.version_match
+    if match == "none" or config.version is None:
+        return None
+    if match == "strict" and version != config.version:
+        return f"instance version {version!r} differs from the hub's version {config.version!r}"
+    if match == "current_or_older" and version is not None:
+        if _version_key(version) > _version_key(config.version):
+            return (
+                f"instance version {version!r} is newer than the hub's version "
+                f"{config.version!r}"
+            )
+    return None
+
+
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Order versions part by part, numbers numerically: 1.10 > 1.9."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in version.replace("-", ".").split(".")
+    )
+
+
 def utc_now() -> datetime:
     """The wall clock, in UTC: the default clock of a partition."""
     return datetime.now(UTC)
@@ -619,6 +642,10 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         record = live.record
         if not record.status.is_running:
             return
+        mismatch = version_mismatch(self.config, record.version)
+        if mismatch is not None:
+            self._on_version_mismatch(live, events, mismatch)
+            return
         executor = self._executor_for(live)
         episode: list[h.HistoryEvent] = [h.OrchestratorStarted(timestamp=self._now), *events]
         executor.process(episode)
@@ -633,6 +660,28 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         self._touch(live)
         if executor.completion is not None:
             self._complete(live, executor.completion)
+
+    def _on_version_mismatch(
+        self, live: _Live, events: list[h.HistoryEvent], message: str
+    ) -> None:
+        """This hub's code must not run the instance: fail it, or leave it for another."""
+        record = live.record
+        if self.config.version_failure == "reject":
+            # Kept, unapplied, in the inbox: a hub whose version matches (after a
+            # redeploy) picks the instance up when it opens the store.
+            live.buffering = True
+            for event in events:
+                self._to_inbox(live, event)
+            self._touch(live)
+            return
+        failure = FailureDetails(message=message, error_type="VersionMismatch", non_retriable=True)
+        completion = h.ExecutionCompleted(
+            timestamp=self._now, status=Status.FAILED, failure=failure
+        )
+        self._append_history(
+            live, [h.OrchestratorStarted(timestamp=self._now), *events, completion]
+        )
+        self._complete(live, completion)
 
     def _apply_action(self, live: _Live, event: h.HistoryEvent) -> None:
         record = live.record
