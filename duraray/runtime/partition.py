@@ -81,12 +81,9 @@ def version_mismatch(config: HubConfig, version: str | None) -> str | None:
         return None
     if match == "strict" and version != config.version:
         return f"instance version {version!r} differs from the hub's version {config.version!r}"
-    if match == "current_or_older" and version is not None:
-        if _version_key(version) > _version_key(config.version):
-            return (
-                f"instance version {version!r} is newer than the hub's version "
-                f"{config.version!r}"
-            )
+    newer = version is not None and _version_key(version) > _version_key(config.version)
+    if match == "current_or_older" and newer:
+        return f"instance version {version!r} is newer than the hub's version {config.version!r}"
     return None
 
 
@@ -665,7 +662,6 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         self, live: _Live, events: list[h.HistoryEvent], message: str
     ) -> None:
         """This hub's code must not run the instance: fail it, or leave it for another."""
-        record = live.record
         if self.config.version_failure == "reject":
             # Kept, unapplied, in the inbox: a hub whose version matches (after a
             # redeploy) picks the instance up when it opens the store.
