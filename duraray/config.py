@@ -37,6 +37,10 @@ class HubConfig:
     - ``resend_interval``: seconds before an unacknowledged partition message is resent.
     - ``activity_threads``: threads executing activities in the in-process runtime.
     - ``activity_workers``: activity worker actors on Ray (None: one per cluster CPU, >= 2).
+    - ``inline_activities``: let partitions run activities that proved cheap (see
+      ``inline_activity_max_ms``) in their own process instead of a worker, saving a Ray
+      round trip per step; ``@app.activity(inline=True/False)`` decides per activity.
+    - ``inline_activity_max_ms``: average run time below which an activity is cheap.
     - ``worker_concurrency``: activity batches one worker actor runs at once (threads).
     - ``version``: the version of the orchestration code this hub runs (None: unversioned).
     - ``version_match``: which instance versions this hub runs: "none" (all), "strict"
@@ -61,6 +65,8 @@ class HubConfig:
     activity_threads: int = 8
     activity_workers: int | None = None
     worker_concurrency: int = 4
+    inline_activities: bool = True
+    inline_activity_max_ms: float = 0.5
     log_format: str = "auto"
     version: str | None = None
     version_match: str = "none"
@@ -94,6 +100,8 @@ class HubConfig:
             raise ValueError("activity_threads must be >= 1")
         if self.activity_workers is not None and self.activity_workers < 1:
             raise ValueError("activity_workers must be >= 1")
+        if not self.inline_activity_max_ms >= 0:  # also rejects NaN
+            raise ValueError("inline_activity_max_ms must be >= 0")
         if self.worker_concurrency < 1:
             raise ValueError("worker_concurrency must be >= 1")
         if self.version_match not in ("none", "strict", "current_or_older"):

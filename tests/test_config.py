@@ -53,6 +53,8 @@ def test_defaults():
         "activity_threads": 8,
         "activity_workers": None,
         "worker_concurrency": 4,
+        "inline_activities": True,
+        "inline_activity_max_ms": 0.5,
         "log_format": "auto",
     }
     actual = dataclasses.asdict(HubConfig())

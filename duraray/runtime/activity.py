@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +35,9 @@ class ActivityContext:
 
 
 def execute_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
-    """Run ``task`` and return its result or failure; never raises."""
+    """Run ``task`` and return its result or failure (and how long it ran); never raises."""
     spec = registry.activities.get(task.name)
+    started = time.perf_counter()
     try:
         if spec is None:
             raise ActivityNotRegisteredError(
@@ -52,9 +54,48 @@ def execute_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
         return ActivityResult(
             task.instance_id, task.execution_id, task.task_id,
             failure=FailureDetails.from_exception(exc),
+            duration=time.perf_counter() - started,
         )
-    return ActivityResult(task.instance_id, task.execution_id, task.task_id, result=encoded)
+    return ActivityResult(
+        task.instance_id, task.execution_id, task.task_id, result=encoded,
+        duration=time.perf_counter() - started,
+    )
 
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+class ActivityCostModel:
+    """Learns which activities are cheap enough to run inside the partition's process.
+
+    A Ray round trip to a worker costs about a millisecond; for an activity that runs for
+    microseconds that is most of a step's latency. Each activity's run time is followed
+    as an exponential moving average; after ``warmup`` runs, one whose average stays below
+    ``threshold`` seconds is cheap. A cheap activity that turns slow is noticed on its
+    next runs and goes back to the workers, so CPU-heavy work never starves a partition.
+    """
+
+    def __init__(self, threshold: float = 0.0005, warmup: int = 8, alpha: float = 0.2) -> None:
+        self.threshold = threshold
+        self.warmup = warmup
+        self.alpha = alpha
+        self._average: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+
+    def observe(self, name: str, duration: float) -> None:
+        """Record one run of ``name`` that took ``duration`` seconds."""
+        count = self._count.get(name, 0) + 1
+        self._count[name] = count
+        previous = self._average.get(name)
+        self._average[name] = (
+            duration if previous is None else previous + self.alpha * (duration - previous)
+        )
+
+    def is_cheap(self, name: str) -> bool:
+        """True once ``name`` has run ``warmup`` times and its average is below threshold."""
+        return self._count.get(name, 0) >= self.warmup and self._average[name] < self.threshold
+
+    def average(self, name: str) -> float | None:
+        """The moving average run time of ``name`` in seconds (None before its first run)."""
+        return self._average.get(name)

@@ -11,6 +11,7 @@ batches. Ray restarts a dead partition actor; ``PartitionCore.__init__`` recover
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import os
 import random
@@ -26,7 +27,7 @@ import structlog
 from duraray._errors import FailureDetails
 from duraray._registry import Registry
 from duraray.config import HubConfig
-from duraray.runtime.activity import execute_activity
+from duraray.runtime.activity import ActivityCostModel, execute_activity
 from duraray.runtime.partition import PartitionCore
 from duraray.runtime.records import ActivityResult, ActivityTask, ClientRequest, Effects, Reply
 from duraray.runtime.store import LmdbStore
@@ -123,6 +124,9 @@ class PartitionActorImpl:
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        # Cheap activities run here, beside the batch loop (see ActivityCostModel).
+        self._inline_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inline")
+        self._costs = ActivityCostModel(threshold=config.inline_activity_max_ms / 1000)
         self._round_robin = itertools.count(random.randrange(max(1, worker_count)))
         self._in_flight: set[asyncio.Task[None]] = set()
         self._started = time.time()
@@ -201,6 +205,8 @@ class PartitionActorImpl:
             timeout = options.get("timeout")
             if timeout is not None:
                 key: tuple[Any, ...] = ("single", task.instance_id, task.task_id)
+            elif self._runs_inline(task.name, spec, ray_options):
+                key = ("inline",)
             else:
                 key = ("pool", tuple(sorted((k, repr(v)) for k, v in ray_options.items())))
             groups[key].append(task)
@@ -208,11 +214,43 @@ class PartitionActorImpl:
         loop = asyncio.get_running_loop()
         for key, group in groups.items():
             ray_options, timeout = plans[key]
+            inline = key == ("inline",)
             for start in range(0, len(group), ACTIVITY_BATCH):
                 chunk = group[start : start + ACTIVITY_BATCH]
-                job = loop.create_task(self._execute(chunk, ray_options, timeout))
+                job = loop.create_task(
+                    self._execute_inline(chunk) if inline else self._execute(chunk, ray_options, timeout)
+                )
                 self._in_flight.add(job)
                 job.add_done_callback(self._in_flight.discard)
+
+    def _runs_inline(self, name: str, spec: Any, ray_options: dict[str, Any]) -> bool:
+        """Cheap, plain activities skip the Ray round trip (see ActivityCostModel)."""
+        if spec is None or ray_options or not self.config.inline_activities:
+            return False
+        forced = spec.options.get("inline")
+        if forced is not None:
+            return bool(forced)
+        if inspect.iscoroutinefunction(spec.fn):
+            return False
+        return self._costs.is_cheap(name)
+
+    async def _execute_inline(self, chunk: list[ActivityTask]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._inline_pool, self._run_chunk, chunk)
+        except Exception as exc:  # execute_activity never raises; this is a safety net
+            results = [_failed(t, exc) for t in chunk]
+        self._deliver_results(chunk, results)
+
+    def _run_chunk(self, chunk: list[ActivityTask]) -> list[ActivityResult]:
+        return [execute_activity(self.registry, task) for task in chunk]
+
+    def _deliver_results(self, chunk: list[ActivityTask], results: list[ActivityResult]) -> None:
+        for task, result in zip(chunk, results, strict=False):
+            if result.failure is None or result.duration:
+                self._costs.observe(task.name, result.duration)
+        self.core.submit_activity_results(results)
+        self._poke()
 
     def _submit(self, chunk: list[ActivityTask], ray_options: dict[str, Any]) -> Any:
         if ray_options or not self.workers:
@@ -243,8 +281,7 @@ class PartitionActorImpl:
                 results = [_failed(t, RuntimeError(f"activity worker lost: {exc}")) for t in chunk]
             except Exception as exc:  # a failure outside the activity itself
                 results = [_failed(t, exc) for t in chunk]
-            self.core.submit_activity_results(results)
-            self._poke()
+            self._deliver_results(chunk, results)
             return
 
     # -- calls from clients and peers ---------------------------------------------------------

@@ -168,6 +168,8 @@ class ActivityResult:
     task_id: int
     result: bytes | None = None
     failure: FailureDetails | None = None
+    #: seconds the activity ran (lets a partition learn which activities are cheap)
+    duration: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
