@@ -48,7 +48,10 @@ def test_execute_activity_reports_its_duration():
     def boom(ctx, _):
         raise ValueError("no")
 
+    from duraray.runtime import codec
+
     for name, failed in (("ok", False), ("boom", True)):
-        result = execute_activity(app.registry, ActivityTask("i", "e", 0, name, None, 0))
+        task = ActivityTask("i", "e", 0, name, codec.encode(1), 0)
+        result = execute_activity(app.registry, task)
         assert failed == (result.failure is not None)
         assert result.duration >= 0.0
