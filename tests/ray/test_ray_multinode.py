@@ -58,7 +58,9 @@ SCRIPT = textwrap.dedent(
             cluster.wait_for_nodes()
             ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
             nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-            with app.run(data_dir=data_dir, activity_workers=6) as client:
+            # Inline execution would keep these trivial activities on the partitions' node:
+            # this test is about where the worker pool runs them.
+            with app.run(data_dir=data_dir, activity_workers=6, inline_activities=False) as client:
                 instance_id = client.schedule_new_orchestration(where_did_they_run, input=fan_out)
                 state = client.wait_for_orchestration_completion(instance_id, timeout=120)
                 workers = [
