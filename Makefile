@@ -22,7 +22,7 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check duraray tests benchmarks
+	$(VENV)/bin/ruff check duraray tests benchmarks examples cluster_config
 
 typecheck: venv
 	$(VENV)/bin/mypy duraray/orchestrations duraray/entities duraray/_errors.py duraray/_registry.py duraray/runtime/codec.py duraray/runtime/store.py

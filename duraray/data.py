@@ -50,6 +50,11 @@ class DurableBatchMapper:
     through ``map_dataset``. Rows whose orchestration fails follow ``on_error``: "raise"
     fails the batch, "null" puts None in the output column and the failure message in
     ``<output_column>_error``.
+
+    ``per="batch"`` runs ONE orchestration per batch instead: its input is the list of the
+    batch's row inputs and its output must be a list of the same length (one value per
+    row). Its id derives from the batch's row ids, so a re-run with the same batching
+    re-uses it.
     """
 
     def __init__(
@@ -65,11 +70,15 @@ class DurableBatchMapper:
         on_error: str = "raise",
         address: str | None = "auto",
         timeout: float | None = None,
+        per: str = "row",
     ) -> None:
         from duraray.runtime.client import Client
 
         if on_error not in ("raise", "null"):
             raise ValueError("on_error must be 'raise' or 'null'")
+        if per not in ("row", "batch"):
+            raise ValueError("per must be 'row' or 'batch'")
+        self.per = per
         self.client = Client.attach(hub, address=address)
         self.orchestrator = orchestrator
         self.id_prefix = id_prefix
@@ -100,6 +109,8 @@ class DurableBatchMapper:
         rows = self._rows(batch)
         ids = [row_instance_id(self.id_prefix, row, self.id_column) for row in rows]
         inputs = [self._input(row) for row in rows]
+        if self.per == "batch":
+            return self._per_batch(batch, ids, inputs)
         outputs = list(
             self.client.map(
                 self.orchestrator,
@@ -128,6 +139,45 @@ class DurableBatchMapper:
         return out
 
 
+    def _per_batch(self, batch: dict[str, Any], ids: list[str], inputs: list[Any]) -> dict[str, Any]:
+        import numpy as np
+
+        from duraray.runtime.mapping import MapFailure
+
+        digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:24]
+        batch_id = f"{self.id_prefix}-batch-{digest}"
+        [result] = list(
+            self.client.map(
+                self.orchestrator,
+                [inputs],
+                instance_id=lambda index, _value: batch_id,
+                progress=False,
+                on_error="raise" if self.on_error == "raise" else "collect",
+                timeout=self.timeout,
+            )
+        )
+        out = dict(batch)
+        values = np.empty(len(ids), dtype=object)
+        if isinstance(result, MapFailure):
+            values[:] = None
+            if self.on_error == "null":
+                message = result.failure.message if result.failure else result.status.value
+                out[f"{self.output_column}_error"] = np.array([message] * len(ids), dtype=object)
+        else:
+            if not isinstance(result, list | tuple) or len(result) != len(ids):
+                raise ValueError(
+                    f"orchestration {self.orchestrator!r} must return one output per row "
+                    f"({len(ids)}), got {type(result).__name__}"
+                )
+            for i, value in enumerate(result):
+                values[i] = value
+            if self.on_error == "null":
+                out[f"{self.output_column}_error"] = np.array([None] * len(ids), dtype=object)
+        out[self.output_column] = values
+        out[f"{self.output_column}_instance_id"] = np.array([batch_id] * len(ids), dtype=object)
+        return out
+
+
 def map_dataset(
     dataset: Any,
     *,
@@ -142,11 +192,16 @@ def map_dataset(
     max_in_flight: int = 1000,
     on_error: str = "raise",
     address: str | None = "auto",
+    timeout: float | None = None,
+    per: str = "row",
 ) -> Any:
-    """``dataset`` with one durable orchestration run per row (lazily, like any transform).
+    """``dataset`` with one durable orchestration run per row (or per batch, ``per="batch"``).
 
-    Adds ``output_column`` (the orchestration's output) and ``<output_column>_instance_id``.
+    Lazy, like any transform. Adds ``output_column`` (the orchestration's output) and
+    ``<output_column>_instance_id``. ``concurrency`` mappers (actors) wait on the hub.
     """
+    import ray.data
+
     return dataset.map_batches(
         DurableBatchMapper,
         fn_constructor_kwargs={
@@ -159,9 +214,11 @@ def map_dataset(
             "max_in_flight": max_in_flight,
             "on_error": on_error,
             "address": address,
+            "timeout": timeout,
+            "per": per,
         },
         batch_size=batch_size,
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
         batch_format="numpy",
         # The mapper only waits on the hub: it needs no CPU of its own.
         num_cpus=0,

@@ -1338,6 +1338,14 @@ def _import_bench_runner() -> object:
 @click.option("--out", default="bench-results", show_default=True, help="Report folder.")
 @click.option("--no-fsync", is_flag=True, help="Commit without fsync.")
 @click.option("--data-dir", default=None, help="Parent of the hubs' temporary data dirs.")
+@click.option(
+    "--config",
+    "configs",
+    multiple=True,
+    metavar="K=V[,K=V]",
+    help="A configuration to compare in the same run (hub options, e.g. "
+    "inline_activities=false); repeatable. Default: the defaults.",
+)
 def bench(
     workloads: str | None,
     partitions: str,
@@ -1345,16 +1353,20 @@ def bench(
     out: str,
     no_fsync: bool,
     data_dir: str | None,
+    configs: tuple[str, ...],
 ) -> None:
     """Run the benchmarks in one process and write a report (JSON lines, Markdown, chart)."""
     runner: Any = _import_bench_runner()
     try:
         names = runner.parse_workloads(workloads)
         counts = runner.parse_partitions(partitions)
+        options = [runner.parse_config(c) for c in configs] or None
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     runner.common.quiet_logs()
-    lines = runner.run_all(names, counts, quick, out, fsync=not no_fsync, data_dir=data_dir)
+    lines = runner.run_all(
+        names, counts, quick, out, fsync=not no_fsync, data_dir=data_dir, configs=options
+    )
     if not all(line["correct"] for line in lines):
         raise click.ClickException("some benchmark results were not correct (see above)")
 

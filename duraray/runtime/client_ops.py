@@ -16,18 +16,23 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from duraray._errors import (
     DurableError,
     InstanceAlreadyExistsError,
     InstanceNotFoundError,
     InstanceStateError,
+    SerializationError,
 )
 from duraray.orchestrations import history as h
 from duraray.runtime import codec
 from duraray.runtime import records as r
 from duraray.runtime.records import ClientRequest, InstanceRecord, Reply
+from duraray.runtime.routing import partition_for
 
 Status = h.OrchestrationStatus
+log = structlog.get_logger("duraray.partition")
 
 if TYPE_CHECKING:
     from duraray.runtime.lifecycle import LiveInstance as _Live
@@ -100,6 +105,13 @@ def _wait_satisfied(kind: str, record: InstanceRecord) -> bool:
     return record.status.is_terminal
 
 
+def _is_mutating(req: ClientRequest) -> bool:
+    """True if the request changes state (a batch: if any of its operations does)."""
+    if req.op == "batch":
+        return any(op in MUTATING_OPS for op, _ in req.args.get("ops", ()))
+    return req.op in MUTATING_OPS
+
+
 def _encode_reply(result: Any) -> bytes:
     if isinstance(result, list) and any(isinstance(item, Reply) for item in result):
         return codec.encode({"batch": [codec.decode(_encode_reply(item)) for item in result]})
@@ -150,15 +162,33 @@ class ClientOps:
         try:
             if handler is None:
                 raise ValueError(f"unknown client operation {req.op!r}")
+            self._check_owner(req.args)
             result = handler(req, **req.args)
         except (DurableError, ValueError, TypeError, LookupError) as exc:
             result = Reply(exc)
         if result is _DEFERRED:
             return
-        if req.request_id is not None and req.op in MUTATING_OPS:
-            self._wb.put("dedup", r.dedup_request_key(req.request_id), _encode_reply(result))
-            self._replied[req.request_id] = result
+        if req.request_id is not None and _is_mutating(req):
+            try:
+                stored = _encode_reply(result)
+            except SerializationError:
+                # A reply that cannot be stored must not take the batch down: the request
+                # is applied and answered; only its retry dedup is lost.
+                log.warning("reply not stored for request-id dedup", op=req.op)
+            else:
+                self._wb.put("dedup", r.dedup_request_key(req.request_id), stored)
+                self._replied[req.request_id] = result
         self._fx.replies.append((req.reply_to, result))
+
+    def _check_owner(self, args: dict[str, Any]) -> None:
+        """Refuse an id that another partition owns: a misrouted request would otherwise
+        create an instance (or entity) that no client could find."""
+        key = args.get("instance_id") or args.get("entity_id")
+        if isinstance(key, str) and partition_for(key, self.partition_count) != self.index:
+            raise ValueError(
+                f"{key!r} belongs to partition {partition_for(key, self.partition_count)}, "
+                f"not {self.index}: the request was routed to the wrong partition"
+            )
 
     def _get_record(self, instance_id: str) -> InstanceRecord | None:
         live = self._live.get(instance_id)
@@ -223,6 +253,7 @@ class ClientOps:
             try:
                 if handler is None or op in _UNBATCHABLE:
                     raise ValueError(f"operation {op!r} cannot be batched")
+                self._check_owner(args)
                 results.append(handler(req, **args))
             except (DurableError, ValueError, TypeError, LookupError) as exc:
                 results.append(Reply(exc))

@@ -155,7 +155,12 @@ def _read_records(client: Client, ids: list[str]) -> list[Any]:
             client._transport.submit(
                 partition,
                 "batch",
-                {"ops": [("get_state", {"instance_id": ids[i], "fetch_payloads": False}) for i in indexes]},
+                {
+                    "ops": [
+                        ("get_state", {"instance_id": ids[i], "fetch_payloads": False})
+                        for i in indexes
+                    ]
+                },
                 None,
             ),
         )
