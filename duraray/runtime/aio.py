@@ -59,11 +59,15 @@ class AsyncClient:
         """``Client.map`` as an async generator (each step runs in a worker thread)."""
         iterator = await asyncio.to_thread(self.client.map, orchestrator, inputs, **options)
         done = object()
-        while True:
-            item = await asyncio.to_thread(next, iterator, done)
-            if item is done:
-                return
-            yield item
+        try:
+            while True:
+                item = await asyncio.to_thread(next, iterator, done)
+                if item is done:
+                    return
+                yield item
+        finally:
+            # Leaving early (break, cancellation) closes the job's generator and its bar.
+            await asyncio.to_thread(iterator.close)
 
     async def close(self) -> None:
         """Release the client."""
