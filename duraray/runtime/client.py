@@ -568,14 +568,7 @@ class Client:
 
     def get_all_instances(self, **filters: Any) -> list[OrchestrationState]:
         """Every instance matching ``query_instances`` filters, following all pages."""
-        out: list[OrchestrationState] = []
-        token = None
-        while True:
-            page = self.query_instances(continuation_token=token, **filters)
-            out.extend(page.items)
-            token = page.continuation_token
-            if token is None:
-                return out
+        return _all_pages(self.query_instances, filters)
 
     # -- entities ------------------------------------------------------------------------
 
@@ -682,14 +675,7 @@ class Client:
 
     def get_all_entities(self, **filters: Any) -> list[EntityMetadata]:
         """Every entity matching ``query_entities`` filters, following all pages."""
-        out: list[EntityMetadata] = []
-        token = None
-        while True:
-            page = self.query_entities(continuation_token=token, **filters)
-            out.extend(page.items)
-            token = page.continuation_token
-            if token is None:
-                return out
+        return _all_pages(self.query_entities, filters)
 
     def clean_entity_storage(
         self, *, remove_empty_entities: bool = True, release_orphaned_locks: bool = True
@@ -759,6 +745,18 @@ class Client:
 
 
 _BATCH_CHUNK = 2000
+
+
+def _all_pages(query: Callable[..., Page[T]], filters: dict[str, Any]) -> list[T]:
+    """Follow continuation tokens until the last page; every item once, in order."""
+    out: list[T] = []
+    token = None
+    while True:
+        page = query(continuation_token=token, **filters)
+        out.extend(page.items)
+        token = page.continuation_token
+        if token is None:
+            return out
 
 
 def _entity_metadata(record: EntityRecord) -> EntityMetadata:

@@ -127,13 +127,7 @@ class InstanceLifecycle:
         record = live.record
         iid = record.instance_id
         record.completed_at = self._now
-        for key in live.timers:
-            if self._timers.pop(key, None) is not None:
-                self._wb.delete("timers", key)
-        live.timers.clear()
-        for task_id in live.activities:
-            self._wb.delete("activities", r.seq_key(iid, task_id))
-        live.activities.clear()
+        self._drop_pending_work(live)
         if record.inbox_length:
             self._wb.delete_prefix("inbox", r.instance_prefix(iid))
             record.inbox_length = 0
@@ -144,11 +138,9 @@ class InstanceLifecycle:
         del self._live[iid]
         self._work.pop(iid, None)
 
-    def _continue_as_new(self, live: _Live, completion: h.ContinueAsNew) -> None:
-        record = live.record
-        iid = record.instance_id
-        executor = live.executor
-        carried = executor.buffered_events() if executor and executor.save_events else []
+    def _drop_pending_work(self, live: _Live) -> None:
+        """Forget the execution's timers and undelivered activities (it has ended)."""
+        iid = live.record.instance_id
         for key in live.timers:
             if self._timers.pop(key, None) is not None:
                 self._wb.delete("timers", key)
@@ -156,6 +148,13 @@ class InstanceLifecycle:
         for task_id in live.activities:
             self._wb.delete("activities", r.seq_key(iid, task_id))
         live.activities.clear()
+
+    def _continue_as_new(self, live: _Live, completion: h.ContinueAsNew) -> None:
+        record = live.record
+        iid = record.instance_id
+        executor = live.executor
+        carried = executor.buffered_events() if executor and executor.save_events else []
+        self._drop_pending_work(live)
         self._drop_executor(live)
         # The history is reset each generation; events buffered in the inbox stay there
         # and are applied to the new generation after its start.
