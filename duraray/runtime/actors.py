@@ -177,9 +177,17 @@ class PartitionActorImpl:
             if isinstance(reply_to, asyncio.Future) and not reply_to.done():
                 reply_to.set_result(result)
         for destination, messages in fx.messages.items():
-            self._peer(destination).deliver.remote(self.index, messages)
+            if destination == self.index:
+                # To itself: straight into the next batch, no Ray call.
+                self.core.submit_messages(self.index, messages)
+                self._poke()
+            else:
+                self._peer(destination).deliver.remote(self.index, messages)
         for source, upto in fx.acks.items():
-            self._peer(source).ack.remote(self.index, upto)
+            if source == self.index:
+                self.core.submit_ack(self.index, upto)
+            else:
+                self._peer(source).ack.remote(self.index, upto)
         if fx.activities:
             self._dispatch(fx.activities)
 

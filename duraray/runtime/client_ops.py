@@ -80,6 +80,7 @@ class _WaitGroup:
 
     def __init__(self, instance_ids: list[str], reply_to: Any, kind: str) -> None:
         self.order = instance_ids
+        self.unique = len(set(instance_ids))  # computed once: done is checked per completion
         self.reply_to = reply_to
         self.kind = kind
         self.records: dict[str, InstanceRecord] = {}
@@ -93,7 +94,7 @@ class _WaitGroup:
 
     @property
     def done(self) -> bool:
-        return len(self.records) == len(set(self.order))
+        return len(self.records) == self.unique
 
     def results(self) -> list[InstanceRecord]:
         return [self.records[i] for i in self.order]
@@ -451,7 +452,15 @@ class ClientOps:
         if not self._watchers:
             return
         now = time.monotonic()
-        for iid in list(self._watchers):
+        sweep = self._watch_deadline is not None and self._watch_deadline <= now
+        # Only instances that changed in this batch can satisfy a wait; every watcher is
+        # visited only when some deadline has passed.
+        candidates = (
+            list(self._watchers)
+            if sweep
+            else [iid for iid in self._changed if iid in self._watchers]
+        )
+        for iid in candidates:
             watchers = self._watchers[iid]
             record = self._get_record(iid) if iid in self._changed else None
             keep = []
@@ -473,9 +482,10 @@ class ClientOps:
                 self._watchers[iid] = keep
             else:
                 del self._watchers[iid]
-        self._watch_deadline = min(
-            (w.deadline for ws in self._watchers.values() for w in ws), default=None
-        )
+        if sweep:
+            self._watch_deadline = min(
+                (w.deadline for ws in self._watchers.values() for w in ws), default=None
+            )
 
     def _add_watcher(self, instance_id: str, watcher: _Watcher) -> None:
         self._watchers.setdefault(instance_id, []).append(watcher)

@@ -141,6 +141,7 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         self._out_seq: dict[int, int] = {}
         self._outbox: dict[int, dict[int, tuple[Message, float]]] = {}
         self._dedup: dict[int, int] = {}
+        self._early: dict[int, dict[int, Message]] = {}
         self._ready: set[str] = set()
         self._watchers: dict[str, list[_Watcher]] = {}
         self._watch_deadline: float | None = None
@@ -385,14 +386,16 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
 
     def _on_messages(self, source: int, messages: list[Message]) -> None:
         last = self._dedup.get(source, 0)
+        # Ray may deliver two calls from one sender out of order: messages past a gap are
+        # held (in memory only; the sender's outbox still has them) until the gap fills.
+        early = self._early.setdefault(source, {})
+        for msg in messages:
+            if msg.seq > last:
+                early[msg.seq] = msg
         applied = last
-        for msg in sorted(messages, key=lambda m: m.seq):
-            if msg.seq <= applied:
-                continue  # a resend of something already applied
-            if msg.seq != applied + 1:
-                break  # a gap: wait for the sender to resend in order
-            self._apply_message(msg)
-            applied = msg.seq
+        while applied + 1 in early:
+            applied += 1
+            self._apply_message(early.pop(applied))
         if applied != last:
             self._dedup[source] = applied
             self._wb.put("dedup", r.dedup_partition_key(source), codec.encode(applied))
