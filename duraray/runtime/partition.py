@@ -153,6 +153,7 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         self.counters: dict[str, float] = {
             "batches": 0, "items": 0, "episodes": 0, "commit_seconds": 0.0,
             "replays": 0, "activities_dispatched": 0, "messages_sent": 0,
+            "activities_completed": 0, "activity_seconds": 0.0,
         }
 
         # Per-batch state, reset by run_batch.
@@ -767,6 +768,9 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
             return  # a duplicate, or for an execution that has ended: recorded once already
         live.activities.discard(result.task_id)
         self._wb.delete("activities", r.seq_key(result.instance_id, result.task_id))
+        # Totals, so a scraper derives the mean activity run time per partition.
+        self.counters["activities_completed"] += 1
+        self.counters["activity_seconds"] += result.duration
         event: h.HistoryEvent
         limit = self.config.max_payload_bytes
         if result.failure is None and result.result is not None and len(result.result) > limit:
