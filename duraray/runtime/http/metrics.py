@@ -47,6 +47,11 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "activities_dispatched": ("duraray_activities_dispatched", "Activity tasks handed to workers."),
     "messages_sent": ("duraray_messages_sent", "Messages sent to other partitions."),
     "entity_operations": ("duraray_entity_operations", "Entity operations executed."),
+    "activities_completed": (
+        "duraray_activities_completed",
+        "Activity results recorded (mean latency = activity_seconds / activities_completed).",
+    ),
+    "activity_seconds": ("duraray_activity_seconds", "Seconds activities ran, summed."),
 }
 
 #: Load figure in partition_stats -> (gauge name, help text).
