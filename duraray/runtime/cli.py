@@ -1234,7 +1234,8 @@ def demo(data_dir: str, address: str | None) -> None:
     data_dir = os.path.abspath(data_dir)
     _say(f"duraray demo: starting hub 'demo' ({app.config.partitions} partitions) on local Ray")
     started = time.perf_counter()
-    with app.run(address=address, data_dir=data_dir) as client:
+    # Console log lines for the hub's actors too: the demo is read by a person.
+    with app.run(address=address, data_dir=data_dir, log_format="console") as client:
         _say(f"  hub up in {time.perf_counter() - started:.1f} s; data in {data_dir}/demo")
 
         earlier = client.get_all_instances(fetch_payloads=False)
