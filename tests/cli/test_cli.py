@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 import duraray as dr
-from duraray.runtime import cli, manager
+from duraray.runtime import manager
+from duraray.runtime.cli import _app as cli
 from duraray.testing import ManualClock, run_in_process
 
 app = dr.App("cli-tests")

@@ -1,23 +1,16 @@
-"""The ``duraray`` command."""
+"""The ``duraray`` command group: connecting to a hub, and the hub, instance and entity commands."""
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import enum
 import importlib
 import ipaddress
 import json
-import math
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable
 from concurrent import futures
-from datetime import UTC, date, datetime, timedelta
-from datetime import time as dtime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import click
@@ -33,8 +26,34 @@ from duraray._errors import (
 from duraray.app import App
 from duraray.entities.ids import EntityId
 from duraray.orchestrations.history import OrchestrationStatus
-from duraray.orchestrations.ids import validate_instance_id
-from duraray.runtime.client import Client, EntityMetadata, OrchestrationState
+from duraray.runtime.cli._format import (
+    _SPIN_REFRESH,
+    ENTITY_ID,
+    EXIT_CONFLICT,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_TIMEOUT,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    INSTANCE_ID,
+    ISO_DATETIME,
+    JSON_VALUE,
+    _block,
+    _compact,
+    _done,
+    _emit_json,
+    _entity_json,
+    _event_json,
+    _history_table,
+    _htime,
+    _json_mode,
+    _progress_enabled,
+    _show_state,
+    _Spinner,
+    _state_json,
+    _table,
+)
+from duraray.runtime.client import Client, OrchestrationState
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -100,20 +119,19 @@ def _say(message: str) -> None:
     sys.stdout.flush()
 
 
-# == hub commands =========================================================================
-#
-# Every command below reaches a hub through `_client(ctx)`: --hub NAME attaches to a hub
-# running on the Ray cluster at --address ("auto" by default); --app MODULE:APP imports the
-# App and attaches to its hub, launching it (detached) if it is not running. Tests inject a
-# client with `main(obj={"client_factory": ...})`. Errors become the documented exit codes.
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_CONFLICT = 4
-EXIT_UNREACHABLE = 5
-EXIT_TIMEOUT = 124
+
+
+
+
+
+
+
+
+
+
+
+
 
 _ERROR_KINDS = {
     EXIT_FAILED: "failed",
@@ -124,10 +142,11 @@ _ERROR_KINDS = {
     EXIT_TIMEOUT: "timeout",
 }
 
+
 _DEFAULT_TOP = 100
+
+
 _FOREVER = 365 * 24 * 3600.0  # "no limit" for a wait: one request that outlasts any session
-_SPIN_REFRESH = 1.0  # with a spinner: refresh the shown status this often (seconds)
-_DETAIL_WIDTH = 100
 
 
 class CliError(click.ClickException):
@@ -198,11 +217,6 @@ class _Command(click.Command):
         raise error
 
 
-def _json_mode(ctx: click.Context) -> bool:
-    return bool((ctx.obj or {}).get("json"))
-
-
-# -- reaching a hub -------------------------------------------------------------------------
 
 
 def _client(ctx: click.Context) -> Client:
@@ -336,376 +350,12 @@ def _is_loopback(host: str) -> bool:
         return False  # any other name may resolve to a public interface
 
 
-# -- parameter types ----------------------------------------------------------------------
-
-
-class _JsonValue(click.ParamType):
-    """A JSON value; ``@path`` reads it from a file and ``@-`` from stdin."""
-
-    name = "json"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if not isinstance(value, str):
-            return value
-        text = value
-        if value.startswith("@"):
-            path = value[1:]
-            try:
-                text = sys.stdin.read() if path == "-" else Path(path).read_text()
-            except OSError as exc:
-                self.fail(f"cannot read {path!r}: {exc.strerror}", param, ctx)
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            self.fail(
-                f"malformed JSON {value!r}: {exc.msg} at column {exc.colno} "
-                """(strings need JSON quotes, e.g. '"text"')""",
-                param,
-                ctx,
-            )
-
-
-class _InstanceId(click.ParamType):
-    name = "instance_id"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        try:
-            return validate_instance_id(value)
-        except (TypeError, ValueError) as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class _EntityIdType(click.ParamType):
-    name = "@name@key"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, EntityId):
-            return value
-        try:
-            return EntityId.parse(value)
-        except (TypeError, ValueError) as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class _DateTime(click.ParamType):
-    """An ISO 8601 date or date-time; without a zone it is UTC."""
-
-    name = "iso8601"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, datetime):
-            return value
-        try:
-            parsed = datetime.fromisoformat(str(value).strip())
-        except ValueError:
-            self.fail(
-                f"{value!r} is not an ISO 8601 date or time "
-                "(e.g. 2026-01-31 or 2026-01-31T12:00:00Z)",
-                param,
-                ctx,
-            )
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-JSON_VALUE = _JsonValue()
-INSTANCE_ID = _InstanceId()
-ENTITY_ID = _EntityIdType()
-ISO_DATETIME = _DateTime()
 STATUS = click.Choice([s.value for s in OrchestrationStatus], case_sensitive=False)
+
+
 TERMINAL_STATUS = click.Choice(
     [s.value for s in OrchestrationStatus if s.is_terminal], case_sensitive=False
 )
-
-
-# -- output ------------------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    """A JSON-ready copy of a payload or record: ISO datetimes, base64 bytes, plain lists."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, enum.Enum):
-        return _jsonable(value.value)
-    if isinstance(value, datetime | date | dtime):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode()
-    if isinstance(value, EntityId):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {
-            k if isinstance(k, str) else str(_jsonable(k)): _jsonable(v) for k, v in value.items()
-        }
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    return str(value)  # UUID, Decimal and anything else: their text
-
-
-def _emit_json(value: Any) -> None:
-    click.echo(json.dumps(_jsonable(value), indent=2, allow_nan=False))
-
-
-def _done(ctx: click.Context, message: str, payload: dict[str, Any]) -> None:
-    """Report a finished operation: a sentence, or ``payload`` as JSON."""
-    if _json_mode(ctx):
-        _emit_json(payload)
-    else:
-        click.echo(message)
-
-
-def _htime(value: datetime | None) -> str:
-    """A time for people: ISO 8601 in UTC, to the millisecond."""
-    if value is None:
-        return "-"
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _compact(value: Any, limit: int | None = None) -> str:
-    text = json.dumps(_jsonable(value), ensure_ascii=False)
-    return _clip(text, limit)
-
-
-def _clip(text: str, limit: int | None) -> str:
-    text = " ".join(text.split()) if "\n" in text else text
-    if limit is not None and len(text) > limit:
-        return text[: max(0, limit - 3)] + "..."
-    return text
-
-
-def _failure_text(details: Any) -> str:
-    """``type: message``, then the failures that caused it (``<- type: message``)."""
-    if details is None:
-        return "-"
-    parts = []
-    while details is not None:
-        parts.append(f"{details.error_type}: {details.message}")
-        details = details.inner
-    return " <- ".join(parts)
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    """Left-aligned columns separated by two spaces."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    return "\n".join(
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
-        for row in [headers, *rows]
-    )
-
-
-def _block(pairs: list[tuple[str, str]]) -> str:
-    """``key  value`` lines with the values aligned."""
-    width = max(len(key) for key, _ in pairs)
-    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in pairs)
-
-
-def _state_json(state: OrchestrationState, *, payloads: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "instance_id": state.instance_id,
-        "name": state.name,
-        "runtime_status": state.runtime_status.value,
-        "created_at": state.created_at,
-        "last_updated_at": state.last_updated_at,
-        "completed_at": state.completed_at,
-        "scheduled_start_at": state.scheduled_start_at,
-    }
-    if payloads:
-        out.update(input=state.input, output=state.output, custom_status=state.custom_status)
-    out.update(
-        failure_details=state.failure_details,
-        tags=state.tags,
-        version=state.version,
-        parent_instance_id=state.parent_instance_id,
-    )
-    return out
-
-
-def _state_text(state: OrchestrationState) -> str:
-    pairs = [
-        ("instance id", state.instance_id),
-        ("name", state.name),
-        ("status", state.runtime_status.value),
-    ]
-    if state.custom_status is not None:
-        pairs.append(("custom status", _compact(state.custom_status)))
-    pairs += [
-        ("created", _htime(state.created_at)),
-        ("last updated", _htime(state.last_updated_at)),
-    ]
-    if state.completed_at is not None:
-        pairs.append(("completed", _htime(state.completed_at)))
-    if state.scheduled_start_at is not None:
-        pairs.append(("scheduled start", _htime(state.scheduled_start_at)))
-    if state.parent_instance_id:
-        pairs.append(("parent", state.parent_instance_id))
-    if state.version:
-        pairs.append(("version", state.version))
-    if state.tags:
-        pairs.append(("tags", _compact(state.tags)))
-    if state.input is not None:
-        pairs.append(("input", _compact(state.input)))
-    if state.output is not None:
-        pairs.append(("output", _compact(state.output)))
-    if state.failure_details is not None:
-        pairs.append(("failure", _failure_text(state.failure_details)))
-    return _block(pairs)
-
-
-def _show_state(ctx: click.Context, state: OrchestrationState, *, waited: bool) -> None:
-    """Print a state; after a wait, exit 1 if the instance FAILED or was TERMINATED."""
-    if _json_mode(ctx):
-        _emit_json(_state_json(state))
-    else:
-        click.echo(_state_text(state))
-    if waited and state.runtime_status in (
-        OrchestrationStatus.FAILED,
-        OrchestrationStatus.TERMINATED,
-    ):
-        ctx.exit(EXIT_FAILED)
-
-
-def _event_json(event: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": type(event).__name__}
-    for f in dataclasses.fields(event):
-        out[f.name] = _jsonable(getattr(event, f.name))
-    return out
-
-
-_TASK_ID_FIELDS = ("event_id", "task_scheduled_id", "timer_id")
-_NOT_IN_DETAIL = frozenset(
-    {"timestamp", "name", "operation", "execution_id", "parent_execution_id",
-     "critical_section_id", *_TASK_ID_FIELDS}
-)
-_PAYLOAD_FIELDS = frozenset({"input", "result", "output"})
-
-
-def _event_detail(event: Any) -> str:
-    parts = []
-    for f in dataclasses.fields(event):
-        value = getattr(event, f.name)
-        if f.name in _NOT_IN_DETAIL or value is None:
-            continue
-        if f.name not in _PAYLOAD_FIELDS and value == f.default:
-            continue
-        if f.name in _PAYLOAD_FIELDS or isinstance(value, list | dict):
-            text = _compact(value, 60)
-        elif isinstance(value, datetime):
-            text = _htime(value)
-        elif isinstance(value, enum.Enum):
-            text = str(value.value)
-        elif f.name == "failure":
-            text = _failure_text(value)
-        else:
-            text = str(value)
-        parts.append(f"{f.name}={text}")
-    return _clip(" ".join(parts), _DETAIL_WIDTH)
-
-
-def _history_table(events: list[Any]) -> str:
-    names: dict[int, str] = {}
-    rows = []
-    for index, event in enumerate(events, 1):
-        task_id = next((getattr(event, a) for a in _TASK_ID_FIELDS if hasattr(event, a)), None)
-        name = getattr(event, "name", None) or getattr(event, "operation", None)
-        if name is not None and hasattr(event, "event_id"):
-            names[event.event_id] = name
-        elif name is None and task_id is not None:
-            name = names.get(task_id)
-        rows.append(
-            [
-                str(index),
-                _htime(event.timestamp),
-                type(event).__name__,
-                "" if task_id is None else str(task_id),
-                name or "",
-                _event_detail(event),
-            ]
-        )
-    return _table(["#", "TIME", "EVENT TYPE", "TASK ID", "NAME", "DETAIL"], rows)
-
-
-def _entity_json(meta: EntityMetadata) -> dict[str, Any]:
-    return {
-        "entity_id": str(meta.id),
-        "name": meta.id.name,
-        "key": meta.id.key,
-        "last_modified": meta.last_modified,
-        "locked_by": meta.locked_by,
-        "backlog_queue_size": meta.backlog_queue_size,
-        "state": meta.state,
-    }
-
-
-# -- waiting ----------------------------------------------------------------------------
-
-
-def _progress_enabled(ctx: click.Context) -> bool:
-    """Draw a spinner only for people: never with --json, only when on a terminal."""
-    if _json_mode(ctx):
-        return False
-    forced = (ctx.obj or {}).get("progress")
-    if forced is not None:
-        return bool(forced)
-    return sys.stdout.isatty() and sys.stderr.isatty()
-
-
-class _Spinner:
-    """A one-line spinner on stderr (label, last known status, elapsed seconds)."""
-
-    FRAMES = "|/-\\"
-
-    def __init__(self, enabled: bool, label: str, status: str) -> None:
-        self.enabled = enabled
-        self.label = label
-        self.status = status
-        self._started = time.monotonic()
-        self._tick = 0
-        self._width = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> _Spinner:
-        if self.enabled:
-            self._draw()
-            self._thread = threading.Thread(target=self._run, name="duraray-spinner", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        with self._lock:
-            click.echo("\r" + " " * self._width + "\r", err=True, nl=False)
-
-    def update(self, status: str) -> None:
-        self.status = status
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            self._draw()
-
-    def _draw(self) -> None:
-        with self._lock:
-            elapsed = time.monotonic() - self._started
-            frame = self.FRAMES[self._tick % len(self.FRAMES)]
-            self._tick += 1
-            text = f"{frame} {self.label} ({self.status}, {elapsed:.0f} s)"
-            padding = " " * max(0, self._width - len(text))
-            self._width = len(text)
-            click.echo("\r" + text + padding, err=True, nl=False)
 
 
 def _require_state(
@@ -764,9 +414,6 @@ def _in_background(fn: Callable[[], OrchestrationState]) -> futures.Future[Orche
 
     threading.Thread(target=run, name="duraray-wait", daemon=True).start()
     return future
-
-
-# -- the commands -------------------------------------------------------------------------
 
 
 def _created_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -1032,7 +679,11 @@ def _lifecycle_command(name: str, verb: str, summary: str) -> None:
 _lifecycle_command(
     "suspend", "suspended", "Suspend a running instance: events wait until it is resumed."
 )
+
+
 _lifecycle_command("resume", "resumed", "Resume a suspended instance.")
+
+
 _lifecycle_command(
     "rewind", "rewound", "Rewind a FAILED instance: only its failed work runs again."
 )
@@ -1215,161 +866,6 @@ def entity(
         for m in entities
     ]
     click.echo(_table(["ENTITY ID", "LAST MODIFIED", "LOCKED BY", "BACKLOG", "STATE"], rows))
-
-
-@main.command()
-@click.option("--data-dir", default="./.duraray", show_default=True, help="Where the hub keeps its data.")
-@click.option("--address", default=None, help="Ray address (default: start a local Ray).")
-def demo(data_dir: str, address: str | None) -> None:
-    """Run the sample app on the embedded default and tell what happens."""
-    import os
-
-    import ray
-
-    from duraray.demo import PENDING_APPROVAL_ID, app
-    from duraray.orchestrations.history import OrchestrationStatus as S
-    from duraray.runtime.actors import NAMESPACE, partition_actor_name
-    from duraray.runtime.routing import partition_for
-
-    data_dir = os.path.abspath(data_dir)
-    _say(f"duraray demo: starting hub 'demo' ({app.config.partitions} partitions) on local Ray")
-    started = time.perf_counter()
-    # Console log lines for the hub's actors too: the demo is read by a person.
-    with app.run(address=address, data_dir=data_dir, log_format="console") as client:
-        _say(f"  hub up in {time.perf_counter() - started:.1f} s; data in {data_dir}/demo")
-
-        earlier = client.get_all_instances(fetch_payloads=False)
-        if earlier:
-            unfinished = [s for s in earlier if not s.runtime_status.is_terminal]
-            _say(
-                f"  found {len(earlier)} instances from earlier runs in the data dir "
-                f"({len(unfinished)} unfinished): resuming them"
-            )
-        waiting = client.get_orchestration_state(PENDING_APPROVAL_ID)
-        if waiting is not None and waiting.runtime_status is S.RUNNING:
-            _say("  the approval left waiting by the last run is still there: approving it now")
-            client.raise_orchestration_event(PENDING_APPROVAL_ID, "approve", data="demo (second run)")
-            state = client.wait_for_orchestration_completion(PENDING_APPROVAL_ID, timeout=60)
-            _say(f"    -> {state.runtime_status.value}: {state.output}")
-
-        _say("1. hello_cities: a chain of three activities")
-        iid = client.schedule_new_orchestration("hello_cities", input=["Tokyo", "Seattle", "London"])
-        state = client.wait_for_orchestration_completion(iid, timeout=60)
-        _say(f"   -> {state.runtime_status.value}: {state.output}")
-
-        n = 1000
-        _say(f"2. sum_of_squares: fan-out of {n} activities with when_all")
-        t0 = time.perf_counter()
-        iid = client.schedule_new_orchestration("sum_of_squares", input=n)
-        state = client.wait_for_orchestration_completion(iid, timeout=120)
-        elapsed = time.perf_counter() - t0
-        _say(f"   -> {state.runtime_status.value}: {state.output} ({n / elapsed:,.0f} activities/s)")
-
-        _say("3. approval: an orchestration waiting for a human")
-        iid = client.schedule_new_orchestration("approval", input={"item": "laptop"})
-        client.wait_for_orchestration_start(iid, timeout=60)
-        state = client.get_orchestration_state(iid)
-        _say(f"   status {state.runtime_status.value}, custom status {state.custom_status!r}")
-        client.raise_orchestration_event(iid, "approve", data="alice")
-        state = client.wait_for_orchestration_completion(iid, timeout=60)
-        _say(f"   -> approved: {state.output}")
-
-        _say("4. crash_survivor: killing its partition actor in the middle of a chain")
-        iid = client.schedule_new_orchestration("crash_survivor", input=10)
-        time.sleep(0.7)  # let a few steps run before the crash
-        index = partition_for(iid, app.config.partitions)
-        actor = ray.get_actor(partition_actor_name("demo", index), namespace=NAMESPACE)
-        ray.kill(actor, no_restart=False)
-        _say(f"   killed partition p{index}; Ray restarts it and it recovers from its LMDB log")
-        state = client.wait_for_orchestration_completion(iid, timeout=120)
-        history = client.get_orchestration_history(iid)
-        completions = sum(1 for e in history if type(e).__name__ == "TaskCompleted")
-        _say(
-            f"   -> {state.runtime_status.value}: {state.output} "
-            f"({completions} results recorded, each exactly once)"
-        )
-
-        existing = client.get_orchestration_state(PENDING_APPROVAL_ID)
-        if existing is None or existing.runtime_status.is_terminal:
-            client.schedule_new_orchestration(
-                "approval", input={"item": "left for the next run"},
-                instance_id=PENDING_APPROVAL_ID,
-            )
-            client.wait_for_orchestration_start(PENDING_APPROVAL_ID, timeout=60)
-            _say(
-                f"5. left approval {PENDING_APPROVAL_ID!r} waiting: run `duraray demo` again "
-                "and it resumes from the data dir"
-            )
-        total = len(client.get_all_instances(fetch_payloads=False))
-        _say(f"done: {total} instances stored in {data_dir}/demo (delete the folder to start over)")
-
-
-def _import_bench_runner() -> object:
-    """``benchmarks.run`` from the source checkout: it is not installed with duraray.
-
-    Looked for beside this package (an editable install) and in the current directory.
-    """
-    import importlib
-    from pathlib import Path
-
-    candidates = [Path(__file__).resolve().parents[2], Path.cwd()]
-    for root in candidates:
-        if (root / "benchmarks" / "run.py").is_file():
-            if str(root) not in sys.path:
-                sys.path.insert(0, str(root))
-            return importlib.import_module("benchmarks.run")
-    raise click.ClickException(
-        "the benchmarks/ folder was not found (looked in "
-        + ", ".join(str(c) for c in candidates)
-        + "); run `duraray bench` from a duraray source checkout"
-    )
-
-
-@main.command()
-@click.option(
-    "--workloads",
-    default=None,
-    help="Comma-separated workloads (hello5, hello5_latency, fan_out, entity_signals, bank, "
-    "timers, recovery, raw_ray); default: all.",
-)
-@click.option(
-    "--partitions", default="4", show_default=True, help="Partition count, or several: 1,4."
-)
-@click.option("--quick", is_flag=True, help="Small N for every workload (a smoke run).")
-@click.option("--out", default="bench-results", show_default=True, help="Report folder.")
-@click.option("--no-fsync", is_flag=True, help="Commit without fsync.")
-@click.option("--data-dir", default=None, help="Parent of the hubs' temporary data dirs.")
-@click.option(
-    "--config",
-    "configs",
-    multiple=True,
-    metavar="K=V[,K=V]",
-    help="A configuration to compare in the same run (hub options, e.g. "
-    "inline_activities=false); repeatable. Default: the defaults.",
-)
-def bench(
-    workloads: str | None,
-    partitions: str,
-    quick: bool,
-    out: str,
-    no_fsync: bool,
-    data_dir: str | None,
-    configs: tuple[str, ...],
-) -> None:
-    """Run the benchmarks in one process and write a report (JSON lines, Markdown, chart)."""
-    runner: Any = _import_bench_runner()
-    try:
-        names = runner.parse_workloads(workloads)
-        counts = runner.parse_partitions(partitions)
-        options = [runner.parse_config(c) for c in configs] or None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    runner.common.quiet_logs()
-    lines = runner.run_all(
-        names, counts, quick, out, fsync=not no_fsync, data_dir=data_dir, configs=options
-    )
-    if not all(line["correct"] for line in lines):
-        raise click.ClickException("some benchmark results were not correct (see above)")
 
 
 if __name__ == "__main__":  # pragma: no cover
