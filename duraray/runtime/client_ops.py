@@ -74,6 +74,30 @@ _DEFERRED: Any = object()
 
 _UNBATCHABLE = frozenset({"batch", "wait", "wait_many"})
 
+#: The types client operations accept for their arguments (None is always accepted).
+_ARG_TYPES: dict[str, tuple[type, ...]] = {
+    "instance_id": (str,),
+    "entity_id": (str,),
+    "name": (str,),
+    "operation": (str,),
+    "kind": (str,),
+    "prefix": (str,),
+    "reason": (str,),
+    "input": (bytes,),
+    "data": (bytes,),
+    "output": (bytes,),
+    "after": (bytes, str),
+    "created_from": (datetime,),
+    "created_to": (datetime,),
+    "start_at": (datetime, timedelta),
+    "signal_time": (datetime, timedelta),
+    "statuses": (list, tuple),
+    "timeout": (int, float),
+    "limit": (int,),
+    "instance_ids": (list, tuple),
+    "ops": (list, tuple),
+}
+
 
 class _WaitGroup:
     """A ``wait_many`` request: replies when its last instance is satisfied."""
@@ -163,7 +187,7 @@ class ClientOps:
         try:
             if handler is None:
                 raise ValueError(f"unknown client operation {req.op!r}")
-            self._check_owner(req.args)
+            self._check_args(req.args)
             result = handler(req, **req.args)
         except (DurableError, ValueError, TypeError, LookupError) as exc:
             result = Reply(exc)
@@ -180,6 +204,22 @@ class ClientOps:
                 self._wb.put("dedup", r.dedup_request_key(req.request_id), stored)
                 self._replied[req.request_id] = result
         self._fx.replies.append((req.reply_to, result))
+
+    def _check_args(self, args: dict[str, Any]) -> None:
+        """Refuse malformed arguments before a handler runs: a handler that failed halfway
+        with an unexpected error would fail the whole batch (and crash a Ray partition
+        actor, again on every retry of the same request)."""
+        for name, value in args.items():
+            expected = _ARG_TYPES.get(name)
+            if expected is not None and value is not None and not isinstance(value, expected):
+                raise TypeError(
+                    f"argument {name!r} must be {' or '.join(t.__name__ for t in expected)}, "
+                    f"got {type(value).__name__}"
+                )
+        statuses = args.get("statuses")
+        if statuses is not None and not all(isinstance(item, str) for item in statuses):
+            raise TypeError("argument 'statuses' must be a list of status names")
+        self._check_owner(args)
 
     def _check_owner(self, args: dict[str, Any]) -> None:
         """Refuse an id that another partition owns: a misrouted request would otherwise
@@ -254,7 +294,7 @@ class ClientOps:
             try:
                 if handler is None or op in _UNBATCHABLE:
                     raise ValueError(f"operation {op!r} cannot be batched")
-                self._check_owner(args)
+                self._check_args(args)
                 results.append(handler(req, **args))
             except (DurableError, ValueError, TypeError, LookupError) as exc:
                 results.append(Reply(exc))
@@ -331,6 +371,11 @@ class ClientOps:
         self._append_history(live, [h.ExecutionSuspended(timestamp=self._now, reason=reason)])
         record.status = Status.SUSPENDED
         live.buffering = True
+        # Events taken for this batch's episode wait for resume too, ahead of the ones
+        # buffered after them: an episode of the suspended instance could otherwise run
+        # (and a continue-as-new in it would make it RUNNING and overwrite those rows).
+        for event in self._work.pop(instance_id, []):
+            self._to_inbox(live, event)
         self._ready.discard(instance_id)
         self._touch(live)
         return True

@@ -113,6 +113,10 @@ class InProcessHub:
         self._stopping = False
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
+        # Held by the engine around its batches and by anyone asking the cores whether
+        # they are idle: has_work()/next_due() prune the timer heap, which a batch running
+        # in the engine thread pushes to and pops from (a lost or early timer otherwise).
+        self._engine_lock = threading.RLock()
         self._pool = ThreadPoolExecutor(
             max_workers=config.activity_threads, thread_name_prefix=f"duraray-{name}-activity"
         )
@@ -159,10 +163,11 @@ class InProcessHub:
             while not self._stopping:
                 self._wake.clear()
                 busy = False
-                for core in self.cores:
-                    if core.has_work() or core.resend_due():
-                        self._release(core, core.run_batch())
-                        busy = True
+                with self._engine_lock:
+                    for core in self.cores:
+                        if core.has_work() or core.resend_due():
+                            self._release(core, core.run_batch())
+                            busy = True
                 if busy:
                     continue
                 self._wait_idle()
@@ -171,11 +176,12 @@ class InProcessHub:
             log.exception("engine thread failed", hub=self.name)
 
     def _wait_idle(self) -> None:
-        dues = [d for d in (core.next_due() for core in self.cores) if d is not None]
-        if self._manual is not None:
-            if dues and self._manual.auto_advance and self._idle():
+        with self._engine_lock:
+            dues = [d for d in (core.next_due() for core in self.cores) if d is not None]
+            if self._manual is not None and dues and self._manual.auto_advance and self._idle():
                 self._manual.set(min(dues))
                 return
+        if self._manual is not None:
             self._wake.wait(0.5 if dues else 1.0)
             return
         timeout = 1.0
@@ -188,7 +194,8 @@ class InProcessHub:
         with self._in_flight_lock:
             if self._in_flight:
                 return False
-        return not any(core.has_work() for core in self.cores)
+        with self._engine_lock:
+            return not any(core.has_work() for core in self.cores)
 
     def _release(self, core: PartitionCore, fx: Effects) -> None:
         # Messages and activities first, replies last: a client that gets its answer and

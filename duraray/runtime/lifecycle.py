@@ -255,7 +255,6 @@ class InstanceLifecycle:
             return
         old = self._load_history(instance_id)
         kept = _rewound_history(old)
-        kept.append(h.ExecutionRewound(timestamp=self._now, reason=reason))
         self._wb.delete_prefix("history", r.instance_prefix(instance_id))
         record = replace(
             record,
@@ -264,6 +263,7 @@ class InstanceLifecycle:
             failure=None,
             completed_at=None,
             history_length=0,
+            inbox_length=0,
         )
         # Buffer until the next batch: the rewritten history is not committed yet, and an
         # executor rebuilt in this batch would replay the old one from the store.
@@ -271,6 +271,11 @@ class InstanceLifecycle:
         self._live[instance_id] = live
         self._ready.add(instance_id)
         self._append_history(live, kept)
+        # The rewind marker goes through the inbox, not straight into the history: the
+        # next batch then runs an episode even when nothing else is pending (the code
+        # itself had failed), replaying the kept history against the code deployed now,
+        # and the marker survives a crash like any buffered event.
+        self._to_inbox(live, h.ExecutionRewound(timestamp=self._now, reason=reason))
         # Re-arm what the kept history still waits for: activities without results are
         # dispatched again, timers re-armed, failed children rewound in turn.
         scheduled: dict[int, h.HistoryEvent] = {}
