@@ -135,6 +135,7 @@ class InstanceLifecycle:
         self._ready.discard(iid)
         self._touch(live)
         self._put_record(record)
+        self._wb.delete("live", r.live_key(iid))
         del self._live[iid]
         self._work.pop(iid, None)
 
@@ -269,6 +270,7 @@ class InstanceLifecycle:
         # executor rebuilt in this batch would replay the old one from the store.
         live = _Live(record, buffering=True)
         self._live[instance_id] = live
+        self._wb.put("live", r.live_key(instance_id), b"")
         self._ready.add(instance_id)
         self._append_history(live, kept)
         # The rewind marker goes through the inbox, not straight into the history: the
@@ -358,6 +360,7 @@ class InstanceLifecycle:
     def _delete_instance(self, record: InstanceRecord) -> None:
         iid = record.instance_id
         self._wb.delete("instances", r.instance_key(iid))
+        self._wb.delete("live", r.live_key(iid))
         self._wb.delete("by_created", r.created_key(codec.utc_micros(record.created_at), iid))
         self._wb.delete_prefix("history", r.instance_prefix(iid))
         self._wb.delete_prefix("inbox", r.instance_prefix(iid))

@@ -309,9 +309,25 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
                 f"store format {meta.get('format_version')} is newer than this duraray "
                 f"understands ({r.FORMAT_VERSION}); upgrade duraray"
             )
+        if meta.get("format_version", 1) < 2:
+            self._build_live_index()
+
+    def _build_live_index(self) -> None:
+        """Format 1 -> 2: index the non-terminal instances once, in one transaction."""
+        wb = WriteBatch()
+        for key, value in self.store.scan("instances"):
+            if not codec.decode_record(InstanceRecord, value).status.is_terminal:
+                wb.put("live", key, b"")
+        wb.put("meta", b"format_version", codec.encode(r.FORMAT_VERSION))
+        self.store.commit(wb)
 
     def _recover(self) -> None:
-        for _, value in self.store.scan("instances"):
+        # Only the ``live`` index is read: recovery time follows the unfinished instances,
+        # not every instance the partition ever ran.
+        for key, _ in self.store.scan("live"):
+            value = self.store.get("instances", key)
+            if value is None:
+                continue
             record = codec.decode_record(InstanceRecord, value)
             if record.status.is_terminal:
                 continue
@@ -504,6 +520,7 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         live = _Live(record)
         self._live[instance_id] = live
         self._wb.put("by_created", r.created_key(codec.utc_micros(now), instance_id), b"")
+        self._wb.put("live", r.live_key(instance_id), b"")
         started = h.ExecutionStarted(
             timestamp=now,
             name=name,

@@ -16,8 +16,9 @@ from typing import Any
 from duraray._errors import FailureDetails
 from duraray.orchestrations.history import OrchestrationStatus
 
-#: Bumped when the on-disk layout changes incompatibly; stored in ``meta``.
-FORMAT_VERSION = 1
+#: Bumped when the on-disk layout changes; stored in ``meta``. 2 added the ``live`` index
+#: (the ids of non-terminal instances), built once when a version-1 store is opened.
+FORMAT_VERSION = 2
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -51,6 +52,11 @@ def read_u32(b: bytes, offset: int = 0) -> int:
 
 def instance_key(instance_id: str) -> bytes:
     """``instances`` key: the UTF-8 instance id."""
+    return instance_id.encode()
+
+
+def live_key(instance_id: str) -> bytes:
+    """``live`` key: the id of an instance that is not terminal (recovery reads only these)."""
     return instance_id.encode()
 
 

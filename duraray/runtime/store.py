@@ -40,7 +40,7 @@ __all__ = [
 
 DATABASES: tuple[str, ...] = (
     "meta", "instances", "by_created", "history", "inbox", "timers",
-    "activities", "entities", "outbox", "dedup",
+    "activities", "entities", "outbox", "dedup", "live",
 )  # fmt: skip
 
 # LMDB 0.9's compile-time key limit. Both stores enforce it so that code tested against
