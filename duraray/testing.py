@@ -87,7 +87,7 @@ class Replayer:
         executor = OrchestrationExecutor(
             fn,
             instance_id=started.instance_id,
-            converter=_Codec(),
+            converter=codec.Converter(),
             name_of=self._registry.name_of,
         )
         executor.process(events, replaying=True)
@@ -99,11 +99,6 @@ class Replayer:
         ):
             raise NonDeterminismError(completion.failure.message)
         executor.close()
-
-
-class _Codec:
-    encode = staticmethod(codec.encode)
-    decode = staticmethod(codec.decode)
 
 
 def save_history(path: str | Path, history: list[h.HistoryEvent]) -> None:

@@ -17,6 +17,8 @@ from duraray._errors import LockingRuleError
 from duraray.entities.ids import EntityId
 from duraray.entities.scheduler import sorted_lock_set
 from duraray.orchestrations import history as h
+from duraray.orchestrations.hints import return_type_hint
+from duraray.orchestrations.ids import validate_instance_id
 from duraray.orchestrations.task import (
     CancellableTask,
     CompletableTask,
@@ -192,8 +194,6 @@ class OrchestrationContext:
         encoded = ex.converter.encode(input)
         hint = _result_hint(orchestrator)
         if instance_id is not None:
-            from duraray.orchestrations.ids import validate_instance_id
-
             validate_instance_id(instance_id)
 
         def schedule(task: CompletableTask[Any]) -> None:
@@ -273,8 +273,6 @@ class OrchestrationContext:
         """
         if not isinstance(event_name, str) or not event_name:
             raise ValueError("event name must be a non-empty string")
-        from duraray.orchestrations.ids import validate_instance_id
-
         validate_instance_id(instance_id)
         ex = self._ex
         encoded = ex.converter.encode(data)
@@ -457,8 +455,6 @@ def _check_operation(operation: Any) -> None:
 
 def _result_hint(target: Any) -> Any:
     if callable(target) and not isinstance(target, str):
-        from duraray.orchestrations.executor import return_type_hint
-
         return return_type_hint(target)
     return None
 

@@ -20,19 +20,18 @@ after the episode's input events, so that replaying the history reproduces the e
 
 from __future__ import annotations
 
-import functools
-import inspect
 import types
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NoReturn, Protocol, get_type_hints
+from typing import Any, NoReturn, Protocol
 
 from duraray._errors import (
     EntityOperationFailedError,
     FailureDetails,
     NonDeterminismError,
+    OrchestratorNotRegisteredError,
     SerializationError,
     TaskFailedError,
 )
@@ -44,6 +43,7 @@ from duraray.orchestrations.context import (
     TimerChunk,
     replaying_var,
 )
+from duraray.orchestrations.hints import accepts_input, input_type_hint, return_type_hint
 from duraray.orchestrations.task import (
     CancellableTask,
     EntityCallTask,
@@ -111,44 +111,6 @@ def _action_key(event: h.HistoryEvent) -> tuple[str, str]:
     if isinstance(event, h.EntityLockRequested | h.EntityUnlockSent):
         return (type(event).__name__, ",".join(event.lock_set))
     return (type(event).__name__, "")
-
-
-@functools.lru_cache(maxsize=1024)
-def input_type_hint(fn: Callable[..., Any]) -> Any:
-    """The annotated type of a function's input parameter (the second one), or None."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    if len(params) < 2:
-        return None
-    try:
-        hints = get_type_hints(fn)
-    except Exception:
-        return None
-    return hints.get(params[1].name)
-
-
-@functools.lru_cache(maxsize=1024)
-def return_type_hint(fn: Callable[..., Any]) -> Any:
-    """The annotated return type of a function, or None."""
-    try:
-        return get_type_hints(fn).get("return")
-    except Exception:
-        return None
-
-
-@functools.lru_cache(maxsize=1024)
-def accepts_input(fn: Callable[..., Any]) -> bool:
-    """True when ``fn(ctx, input)`` can be called; False for ``fn(ctx)``."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return True
-    positional = [
-        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-    ]
-    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in positional)
 
 
 class OrchestrationExecutor:
@@ -409,8 +371,6 @@ class OrchestrationExecutor:
             self.now = event.timestamp
         fn = self._fn
         if fn is None:
-            from duraray._errors import OrchestratorNotRegisteredError
-
             self._finish_failed(
                 OrchestratorNotRegisteredError(
                     f"orchestrator {event.name!r} is not registered with this hub"

@@ -590,3 +590,17 @@ def decode_event(data: bytes) -> HistoryEvent:
     if cls is None:
         raise SerializationError(f"cannot decode a history event: unknown type {items[0]!r}")
     return unpack_record(cls, items[1:])
+
+
+class Converter:
+    """The codec as the executors' payload converter, with a hub's payload size limit."""
+
+    def __init__(self, max_size: int | None = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+        self.max_size = max_size
+
+    def encode(self, value: Any) -> bytes:
+        """``encode`` with this converter's size limit."""
+        return encode(value, max_size=self.max_size)
+
+    decode = staticmethod(decode)
+    convert = staticmethod(convert)

@@ -61,7 +61,7 @@ class EntityHost:
     _entities: dict[str, EntityRecord]
     _entity_inbox: dict[str, list[EntityMessage]]
     _entity_dirty: set[str]
-    _entity_converter: _EntityConverter
+    _entity_converter: codec.Converter
 
     def _init_entities(self: PartitionCore) -> None:
         self._entities = {}
@@ -69,7 +69,7 @@ class EntityHost:
         self._entity_dirty = set()
         # Entity state, results and signal inputs obey the hub's max_payload_bytes, like
         # the payloads made by orchestrations.
-        self._entity_converter = _EntityConverter(self.config.max_payload_bytes)
+        self._entity_converter = codec.Converter(self.config.max_payload_bytes)
 
     # -- records ----------------------------------------------------------------------------
 
@@ -370,17 +370,4 @@ def _decode_entity(data: bytes) -> EntityRecord:
     record = codec.decode_record(EntityRecord, data)
     record.queue = [unpack_message(m) for m in record.queue]
     return record
-
-
-class _EntityConverter:
-    """The codec as the entity executor's converter, with the hub's payload size limit."""
-
-    def __init__(self, max_size: int = codec.DEFAULT_MAX_PAYLOAD_BYTES) -> None:
-        self.max_size = max_size
-
-    def encode(self, value: Any) -> bytes:
-        return codec.encode(value, max_size=self.max_size)
-
-    decode = staticmethod(codec.decode)
-    convert = staticmethod(codec.convert)
 

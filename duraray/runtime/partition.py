@@ -133,7 +133,7 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         )
         # Payloads made inside the hub (activity inputs, outputs, custom status, sent
         # events) obey the same max_payload_bytes as the client's.
-        self._converter = _Converter(self.config.max_payload_bytes)
+        self._converter = codec.Converter(self.config.max_payload_bytes)
         self._log = log.bind(hub=hub, partition=index)
 
         self._intake: deque[tuple[str, Any]] = deque()
@@ -145,6 +145,7 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         self._outbox: dict[int, dict[int, tuple[Message, float]]] = {}
         self._dedup: dict[int, int] = {}
         self._early: dict[int, dict[int, Message]] = {}
+        self._next_resend_check = 0.0
         self._ready: set[str] = set()
         self._watchers: dict[str, list[_Watcher]] = {}
         self._watch_deadline: float | None = None
@@ -210,8 +211,14 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
 
     def resend_due(self) -> bool:
         """True if some message has waited longer than the resend interval for its ack."""
-        limit = time.monotonic() - self.config.resend_interval
-        return any(sent < limit for box in self._outbox.values() for _, sent in box.values())
+        now = time.monotonic()
+        if not self._outbox or now < self._next_resend_check:
+            return False
+        limit = now - self.config.resend_interval
+        if any(sent < limit for box in self._outbox.values() for _, sent in box.values()):
+            return True
+        self._next_resend_check = now + self.config.resend_interval / 4
+        return False
 
     # == the batch ========================================================================
 
@@ -448,7 +455,13 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
             self._wb.delete("outbox", r.outbox_key(destination, seq))
 
     def _resend_overdue(self) -> None:
-        limit = time.monotonic() - self.config.resend_interval
+        # The outbox is walked a few times per resend interval, not on every batch: it
+        # can hold thousands of unacknowledged messages during a large fan-out.
+        now = time.monotonic()
+        if now < self._next_resend_check:
+            return
+        self._next_resend_check = now + self.config.resend_interval / 4
+        limit = now - self.config.resend_interval
         for destination, box in self._outbox.items():
             overdue = sorted(seq for seq, (_, sent) in box.items() if sent < limit)
             if not overdue:
@@ -882,29 +895,6 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
                 live.executor = None
         self._cached.clear()
         self.store.close()
-
-
-
-
-
-
-class _Converter:
-    """The codec as the executor's payload converter, with the hub's payload size limit."""
-
-    def __init__(self, max_size: int = codec.DEFAULT_MAX_PAYLOAD_BYTES) -> None:
-        self.max_size = max_size
-
-    def encode(self, value: Any) -> bytes:
-        return codec.encode(value, max_size=self.max_size)
-
-    decode = staticmethod(codec.decode)
-
-
-_CONVERTER = _Converter()
-
-
-
-
 
 
 
