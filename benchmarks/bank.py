@@ -58,6 +58,7 @@ def run(
     fsync: bool = True,
     accounts: int | None = None,
     options: dict[str, Any] | None = None,
+    profile: str | None = None,
     **_: Any,
 ) -> list[dict[str, Any]]:
     """The bank line."""
@@ -74,7 +75,9 @@ def run(
         )
         opened = common.wait_until(lambda: len(_balances(client)) == accounts, timeout=120)
         base = hub.stats()
-        with common.RssSampler(hub.partition_pids) as rss:
+        with common.RssSampler(hub.partition_pids) as rss, common.profiled(
+            hub.partition_pids, profile, "bank"
+        ):
             wall0 = time.perf_counter()
             ids = client.schedule_new_orchestrations("transfer", work)
             states = client.wait_for_orchestrations(ids, timeout=max(300.0, n / 2))
@@ -122,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     common.quiet_logs()
     with common.ray_running():
         run(args.n, partitions=args.partitions, quick=args.quick, data_dir=args.data_dir,
-            fsync=not args.no_fsync, options=common.hub_options(args), accounts=args.accounts)
+            fsync=not args.no_fsync, options=common.hub_options(args), accounts=args.accounts,
+            profile=args.profile)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,10 @@ class HubConfig:
       ``inline_activity_max_ms``) in their own process instead of a worker, saving a Ray
       round trip per step; ``@app.activity(inline=True/False)`` decides per activity.
     - ``inline_activity_max_ms``: average run time below which an activity is cheap.
+    - ``peer_links``: partitions send each other messages over direct TCP connections
+      (authenticated per hub) instead of Ray actor calls, which cost far more CPU per hop.
+      A link that cannot connect falls back to Ray calls on its own; False always uses
+      Ray calls (e.g. where nodes may not open ports to each other).
     - ``worker_concurrency``: activity batches one worker actor runs at once (threads).
     - ``version``: the version of the orchestration code this hub runs (None: unversioned).
     - ``version_match``: which instance versions this hub runs: "none" (all), "strict"
@@ -67,6 +71,7 @@ class HubConfig:
     worker_concurrency: int = 4
     inline_activities: bool = True
     inline_activity_max_ms: float = 0.5
+    peer_links: bool = True
     log_format: str = "auto"
     version: str | None = None
     version_match: str = "none"

@@ -29,6 +29,7 @@ from duraray._registry import Registry
 from duraray.config import HubConfig
 from duraray.runtime.activity import ActivityCostModel, execute_activity
 from duraray.runtime.partition import PartitionCore
+from duraray.runtime.peerlink import PeerLinks
 from duraray.runtime.records import ActivityResult, ActivityTask, ClientRequest, Effects, Reply
 from duraray.runtime.store import LmdbStore
 
@@ -94,6 +95,7 @@ class PartitionActorImpl:
         config: HubConfig,
         registry: Registry,
         worker_count: int,
+        link_secret: bytes | None = None,
     ) -> None:
         from duraray.runtime.logging import configure_logging
 
@@ -131,13 +133,29 @@ class PartitionActorImpl:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._started = time.time()
         self._log = log.bind(hub=hub, partition=index)
+        self.links: PeerLinks | None = None
+        self._links_ready: asyncio.Task[Any] | None = None
+        if link_secret is not None and config.peer_links and config.partitions > 1:
+            self.links = PeerLinks(
+                hub=hub,
+                index=index,
+                secret=link_secret,
+                on_frame=self._on_frame,
+                resolve=self._resolve_link,
+                on_reconnect=self._on_reconnect,
+            )
 
     # -- the loop ---------------------------------------------------------------------------
 
     def _ensure_loop(self) -> None:
         if self._loop_task is None:
+            loop = asyncio.get_running_loop()
             self._wake = asyncio.Event()
-            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+            self._loop_task = loop.create_task(self._run())
+            if self.links is not None:
+                self._links_ready = loop.create_task(
+                    self.links.start(ray.util.get_node_ip_address())
+                )
 
     def _poke(self) -> None:
         self._ensure_loop()
@@ -176,18 +194,23 @@ class PartitionActorImpl:
         for reply_to, result in fx.replies:
             if isinstance(reply_to, asyncio.Future) and not reply_to.done():
                 reply_to.set_result(result)
-        for destination, messages in fx.messages.items():
-            if destination == self.index:
-                # To itself: straight into the next batch, no Ray call.
-                self.core.submit_messages(self.index, messages)
-                self._poke()
-            else:
-                self._peer(destination).deliver.remote(self.index, messages)
-        for source, upto in fx.acks.items():
-            if source == self.index:
-                self.core.submit_ack(self.index, upto)
-            else:
-                self._peer(source).ack.remote(self.index, upto)
+        own = fx.messages.pop(self.index, None)
+        if own:
+            # To itself: straight into the next batch, no Ray call.
+            self.core.submit_messages(self.index, own)
+            self._poke()
+        own_ack = fx.acks.pop(self.index, None)
+        if own_ack is not None:
+            self.core.submit_ack(self.index, own_ack)
+        # One frame (or Ray call) per peer carries both its messages and our ack of its
+        # messages to us.
+        links = self.links
+        for peer in fx.messages.keys() | fx.acks.keys():
+            messages = fx.messages.get(peer, [])
+            ack = fx.acks.get(peer)
+            if links is not None and links.send(peer, ack, messages):
+                continue
+            self._peer(peer).deliver.remote(self.index, messages, ack)
         if fx.activities:
             self._dispatch(fx.activities)
 
@@ -303,12 +326,39 @@ class PartitionActorImpl:
         )
         self._poke()
         result = await future
+        if op == "stats" and self.links is not None and isinstance(result, dict):
+            # The links belong to this shell, not the core: add their counters here.
+            counters = result.setdefault("counters", {})
+            for key, value in self.links.counters.items():
+                counters[f"link_{key}"] = value
         return result
 
-    async def deliver(self, source: int, messages: list[Any]) -> None:
-        """Messages from partition ``source``."""
-        self.core.submit_messages(source, messages)
+    async def deliver(self, source: int, messages: list[Any], ack: int | None = None) -> None:
+        """Messages from partition ``source``, and its ack of ours up to ``ack``."""
+        self._on_frame(source, ack, messages)
+
+    def _on_frame(self, source: int, ack: int | None, messages: list[Any]) -> None:
+        if messages:
+            self.core.submit_messages(source, messages)
+        if ack is not None:
+            self.core.submit_ack(source, ack)
         self._poke()
+
+    async def _resolve_link(self, index: int) -> tuple[str, int] | None:
+        address = await self._peer(index).link_address.remote()
+        return None if address is None else (address[0], int(address[1]))
+
+    def _on_reconnect(self, destination: int) -> None:
+        self.core.submit_resend(destination)
+        self._poke()
+
+    async def link_address(self) -> tuple[str, int] | None:
+        """Where this partition's peer-link server listens (None: links are off)."""
+        self._ensure_loop()
+        if self._links_ready is None:
+            return None
+        result: tuple[str, int] = await asyncio.shield(self._links_ready)
+        return result
 
     async def ack(self, source: int, upto: int) -> None:
         """Partition ``source`` applied our messages up to ``upto``."""

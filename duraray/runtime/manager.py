@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import sys
 import time
 from concurrent.futures import Future
@@ -223,6 +224,9 @@ class PartitionManager:
             for i in range(worker_count)
         ]
         names = [partition_actor_name(self.hub, i) for i in range(config.partitions)]
+        # Authenticates the partitions' direct links to each other (see peerlink.py);
+        # it lives only in the actors' constructor arguments, so restarts keep it.
+        link_secret = secrets.token_bytes(32)
         partitions = [
             PartitionActor.options(
                 name=names[i],
@@ -235,7 +239,7 @@ class PartitionManager:
                 # The data dir is on this node: the partition must always run here.
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
                 get_if_exists=True,
-            ).remote(self.hub, i, config, self.registry, worker_count)
+            ).remote(self.hub, i, config, self.registry, worker_count, link_secret)
             for i in range(config.partitions)
         ]
         try:

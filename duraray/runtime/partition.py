@@ -187,6 +187,11 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         """Partition ``destination`` has applied our messages up to sequence ``upto``."""
         self._intake.append(("ack", (destination, upto)))
 
+    def submit_resend(self, destination: int) -> None:
+        """Resend every unacknowledged message to ``destination`` in the next batch (its
+        transport may have lost some, e.g. a connection that closed under them)."""
+        self._intake.append(("resend", destination))
+
     def submit_activity_results(self, results: list[ActivityResult]) -> None:
         """Queue results returned by activity workers."""
         self._intake.append(("results", results))
@@ -256,6 +261,8 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
             elif kind == "results":
                 for result in item:
                     self._on_activity_result(result)
+            elif kind == "resend":
+                self._resend_all(item)
         self._fire_due_timers()
         self._process_entities()
 
@@ -472,6 +479,17 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
                 msg, _ = box[seq]
                 box[seq] = (msg, now)
                 resend.append(msg)
+
+    def _resend_all(self, destination: int) -> None:
+        box = self._outbox.get(destination)
+        if not box:
+            return
+        now = time.monotonic()
+        resend = self._fx.messages.setdefault(destination, [])
+        for seq in sorted(box):
+            msg, _ = box[seq]
+            box[seq] = (msg, now)
+            resend.append(msg)
 
     def _apply_message(self, msg: Message) -> None:
         if msg.kind == "start":

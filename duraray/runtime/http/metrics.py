@@ -52,6 +52,20 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "Activity results recorded (mean latency = activity_seconds / activities_completed).",
     ),
     "activity_seconds": ("duraray_activity_seconds", "Seconds activities ran, summed."),
+    "link_frames_sent": (
+        "duraray_link_frames_sent",
+        "Frames (messages and acks for one peer) sent on direct partition links.",
+    ),
+    "link_frames_received": (
+        "duraray_link_frames_received", "Frames received on direct partition links."
+    ),
+    "link_declined": (
+        "duraray_link_declined",
+        "Frames sent as Ray actor calls because the peer's link was down or backed up.",
+    ),
+    "link_rejected": (
+        "duraray_link_rejected", "Incoming link connections refused at the handshake."
+    ),
 }
 
 #: Load figure in partition_stats -> (gauge name, help text).

@@ -1,0 +1,295 @@
+"""Direct TCP links between a hub's partition actors, for partition messages and acks.
+
+A Ray actor call costs about half a millisecond of CPU on each side; a partition sends one
+per destination per batch, plus one per acknowledgement. Workloads whose steps hop from
+partition to partition (an orchestration locking and calling entities elsewhere) spend
+most of their CPU there. A frame on an open TCP connection costs a few microseconds, so
+partitions keep one outgoing connection per peer and send their messages and acks on it.
+
+The links carry no guarantee of their own and need none: every message stays in the
+sender's outbox until acknowledged, the receiver applies messages by sequence number
+(holding early ones, dropping duplicates), and unacknowledged messages are resent. A link
+that is down, not yet connected or backed up therefore just declines a frame
+(``send`` returns False) and the shell sends it as a Ray actor call instead. After a link
+is re-established, ``on_reconnect`` lets the shell resend what the lost connection may
+have swallowed.
+
+A connection is authenticated before any frame is accepted: the server sends a random
+nonce, the client answers with an HMAC of it under the hub's link secret (held by the
+partition actors only, passed at launch).
+
+Wire format: every frame is a 4-byte big-endian length followed by a msgpack array.
+Handshake: server -> client ``nonce`` (16 raw bytes, unframed); client -> server
+``[PROTOCOL, hub, source, mac]``; server -> client ``[PROTOCOL, "ok"]``. Then client ->
+server data frames ``[ack_upto | None, [message, ...]]``, each message an encoded
+``Message`` record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+import structlog
+
+from duraray.runtime import codec
+from duraray.runtime.records import Message
+
+log = structlog.get_logger("duraray.peerlink")
+
+PROTOCOL = "duraray-link/1"
+_HEADER = struct.Struct(">I")
+#: The largest frame a link accepts: a batch's messages to one peer, which the payload
+#: limit bounds well below this.
+MAX_FRAME_BYTES = 256 * 1024 * 1024
+#: Bytes a connection may have queued unsent before frames go by Ray calls instead: a
+#: peer that stopped reading must not make this process buffer without bound.
+MAX_BUFFERED_BYTES = 32 * 1024 * 1024
+#: Seconds to wait after a failed connection attempt before trying that peer again.
+RETRY_AFTER = (0.05, 0.2, 1.0, 5.0)
+#: Seconds a connection attempt (resolve, connect, handshake) may take.
+CONNECT_TIMEOUT = 10.0
+
+#: (source, ack_upto or None, messages) -> None
+FrameHandler = Callable[[int, int | None, list[Message]], None]
+#: peer index -> (host, port), or None if the peer has no link server
+Resolver = Callable[[int], Awaitable[tuple[str, int] | None]]
+
+
+def encode_frame(ack: int | None, messages: list[Message]) -> bytes:
+    """One data frame: ``ack`` (or None) and ``messages``, with its length header."""
+    body = msgpack.packb([ack, [codec.pack_record(m) for m in messages]], use_bin_type=True)
+    return _HEADER.pack(len(body)) + body
+
+
+def decode_frame(body: bytes) -> tuple[int | None, list[Message]]:
+    """The ack and messages of a data frame's body (its length header removed)."""
+    ack, items = msgpack.unpackb(body, raw=False)
+    return ack, [codec.unpack_record(Message, item) for item in items]
+
+
+def _mac(secret: bytes, nonce: bytes, hub: str, source: int) -> str:
+    return hmac.new(secret, nonce + f"{hub}/{source}".encode(), hashlib.sha256).hexdigest()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    if size > MAX_FRAME_BYTES:
+        raise ValueError(f"frame of {size} bytes is over the {MAX_FRAME_BYTES} byte limit")
+    return await reader.readexactly(size)
+
+
+def _frame(value: Any) -> bytes:
+    body = msgpack.packb(value, use_bin_type=True)
+    return _HEADER.pack(len(body)) + body
+
+
+class _Outgoing:
+    """The connection to one peer, and when it may next be tried."""
+
+    __slots__ = ("connecting", "failures", "retry_at", "was_up", "writer")
+
+    def __init__(self) -> None:
+        self.writer: asyncio.StreamWriter | None = None
+        self.connecting = False
+        self.retry_at = 0.0
+        self.failures = 0
+        self.was_up = False
+
+
+class PeerLinks:
+    """One partition's link server and its outgoing connections to the other partitions.
+
+    Everything runs on the owning actor's event loop: ``send`` never blocks or raises, it
+    writes the frame on an open connection or returns False (and starts connecting in the
+    background) so the caller can use its fallback.
+    """
+
+    def __init__(
+        self,
+        *,
+        hub: str,
+        index: int,
+        secret: bytes,
+        on_frame: FrameHandler,
+        resolve: Resolver,
+        on_reconnect: Callable[[int], None],
+    ) -> None:
+        self.hub = hub
+        self.index = index
+        self._secret = secret
+        self._on_frame = on_frame
+        self._resolve = resolve
+        self._on_reconnect = on_reconnect
+        self._server: asyncio.Server | None = None
+        self._address: tuple[str, int] | None = None
+        self._out: dict[int, _Outgoing] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._incoming: set[asyncio.StreamWriter] = set()
+        self.counters = {"frames_sent": 0, "frames_received": 0, "declined": 0, "rejected": 0}
+        self._log = log.bind(hub=hub, partition=index)
+
+    # -- the server -----------------------------------------------------------------------
+
+    async def start(self, host: str) -> tuple[str, int]:
+        """Listen on ``host`` (an ephemeral port); returns the address peers connect to."""
+        if self._address is None:
+            self._server = await asyncio.start_server(self._serve, host, 0)
+            port = self._server.sockets[0].getsockname()[1]
+            self._address = (host, port)
+        return self._address
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where this partition's link server listens (None before ``start``)."""
+        return self._address
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._incoming.add(writer)
+        source = -1
+        try:
+            nonce = os.urandom(16)
+            writer.write(nonce)
+            hello = msgpack.unpackb(
+                await asyncio.wait_for(_read_frame(reader), CONNECT_TIMEOUT), raw=False
+            )
+            if not (
+                isinstance(hello, list)
+                and len(hello) == 4
+                and hello[0] == PROTOCOL
+                and hello[1] == self.hub
+                and isinstance(hello[2], int)
+                and isinstance(hello[3], str)
+                and hmac.compare_digest(hello[3], _mac(self._secret, nonce, self.hub, hello[2]))
+            ):
+                self.counters["rejected"] += 1
+                self._log.warning("peer link refused: bad handshake", peer=writer.get_extra_info("peername"))
+                return
+            source = hello[2]
+            writer.write(_frame([PROTOCOL, "ok"]))
+            on_frame = self._on_frame
+            while True:
+                ack, messages = decode_frame(await _read_frame(reader))
+                self.counters["frames_received"] += 1
+                on_frame(source, ack, messages)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            pass  # the peer went away; its messages are resent from its outbox
+        except Exception:
+            self._log.exception("peer link dropped after a bad frame", source=source)
+        finally:
+            self._incoming.discard(writer)
+            writer.close()
+
+    # -- outgoing -------------------------------------------------------------------------
+
+    def send(self, destination: int, ack: int | None, messages: list[Message]) -> bool:
+        """Write one frame to ``destination``; False if the caller must send it otherwise."""
+        out = self._out.get(destination)
+        if out is None:
+            out = self._out[destination] = _Outgoing()
+        writer = out.writer
+        if writer is None or writer.is_closing():
+            if writer is not None:
+                self._down(destination, out)
+            self._connect_soon(destination, out)
+            self.counters["declined"] += 1
+            return False
+        if writer.transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
+            self.counters["declined"] += 1
+            return False
+        writer.write(encode_frame(ack, messages))
+        self.counters["frames_sent"] += 1
+        return True
+
+    def _connect_soon(self, destination: int, out: _Outgoing) -> None:
+        if out.connecting or time.monotonic() < out.retry_at:
+            return
+        out.connecting = True
+        task = asyncio.get_running_loop().create_task(self._connect(destination, out))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, destination: int, out: _Outgoing) -> None:
+        writer: asyncio.StreamWriter | None = None
+        try:
+            address = await asyncio.wait_for(self._resolve(destination), CONNECT_TIMEOUT)
+            if address is None:
+                raise ConnectionError(f"partition {destination} has no link server")
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(*address), CONNECT_TIMEOUT
+            )
+            nonce = await asyncio.wait_for(reader.readexactly(16), CONNECT_TIMEOUT)
+            mac = _mac(self._secret, nonce, self.hub, self.index)
+            writer.write(_frame([PROTOCOL, self.hub, self.index, mac]))
+            answer = msgpack.unpackb(
+                await asyncio.wait_for(_read_frame(reader), CONNECT_TIMEOUT), raw=False
+            )
+            if answer != [PROTOCOL, "ok"]:
+                raise ConnectionError(f"partition {destination} refused the link: {answer!r}")
+        except Exception as exc:
+            if writer is not None:
+                writer.close()
+            out.failures += 1
+            delay = RETRY_AFTER[min(out.failures, len(RETRY_AFTER)) - 1]
+            out.retry_at = time.monotonic() + delay
+            if out.failures in (1, len(RETRY_AFTER)):
+                self._log.info(
+                    "peer link unavailable; using Ray calls", peer=destination, error=str(exc) or type(exc).__name__,
+                    retry_in_s=delay,
+                )
+            return
+        finally:
+            out.connecting = False
+        out.writer = writer
+        out.failures = 0
+        # The server never writes after the handshake: a read returning means the
+        # connection closed (the peer process died or restarted).
+        watch = asyncio.get_running_loop().create_task(self._watch(destination, out, reader))
+        self._tasks.add(watch)
+        watch.add_done_callback(self._tasks.discard)
+        if out.was_up:
+            # Frames written just before the old connection died may be gone.
+            self._on_reconnect(destination)
+        out.was_up = True
+
+    async def _watch(self, destination: int, out: _Outgoing, reader: asyncio.StreamReader) -> None:
+        try:
+            await reader.read(1)
+        except Exception:
+            pass
+        if out.writer is not None:
+            self._down(destination, out)
+            self._connect_soon(destination, out)
+
+    def _down(self, destination: int, out: _Outgoing) -> None:
+        writer, out.writer = out.writer, None
+        if writer is not None:
+            writer.close()
+
+    def forget(self, destination: int) -> None:
+        """Drop the connection to ``destination`` (its address changed); reconnect lazily."""
+        out = self._out.get(destination)
+        if out is not None:
+            self._down(destination, out)
+
+    def connected(self) -> list[int]:
+        """Peers this partition has an open outgoing link to."""
+        return sorted(d for d, out in self._out.items() if out.writer is not None)
+
+    async def close(self) -> None:
+        """Close the server and every connection."""
+        for destination, out in self._out.items():
+            self._down(destination, out)
+        for writer in list(self._incoming):
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
