@@ -249,7 +249,9 @@ class PartitionActorImpl:
             for start in range(0, len(group), ACTIVITY_BATCH):
                 chunk = group[start : start + ACTIVITY_BATCH]
                 job = loop.create_task(
-                    self._execute_inline(chunk) if inline else self._execute(chunk, ray_options, timeout)
+                    self._execute_inline(chunk)
+                    if inline
+                    else self._execute(chunk, ray_options, timeout)
                 )
                 self._in_flight.add(job)
                 job.add_done_callback(self._in_flight.discard)
@@ -319,19 +321,32 @@ class PartitionActorImpl:
 
     async def client_request(self, op: str, args: dict[str, Any], request_id: str | None) -> Any:
         """Apply a client operation; returns after the batch that applied it committed."""
+        results = await self.client_requests([(op, args, request_id)])
+        return results[0]
+
+    async def client_requests(
+        self, requests: list[tuple[str, dict[str, Any], str | None]]
+    ) -> list[Any]:
+        """Apply several client operations (one call from a busy client); their replies in
+        order, each a result or a ``Reply`` holding its error."""
         self._ensure_loop()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.core.submit_request(
-            ClientRequest(op=op, args=args, reply_to=future, request_id=request_id)
-        )
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+        for op, args, request_id in requests:
+            future = loop.create_future()
+            self.core.submit_request(
+                ClientRequest(op=op, args=args, reply_to=future, request_id=request_id)
+            )
+            futures.append(future)
         self._poke()
-        result = await future
-        if op == "stats" and self.links is not None and isinstance(result, dict):
-            # The links belong to this shell, not the core: add their counters here.
-            counters = result.setdefault("counters", {})
-            for key, value in self.links.counters.items():
-                counters[f"link_{key}"] = value
-        return result
+        results = list(await asyncio.gather(*futures))
+        for (op, _, _), result in zip(requests, results, strict=True):
+            if op == "stats" and self.links is not None and isinstance(result, dict):
+                # The links belong to this shell, not the core: add their counters here.
+                counters = result.setdefault("counters", {})
+                for key, value in self.links.counters.items():
+                    counters[f"link_{key}"] = value
+        return results
 
     async def deliver(self, source: int, messages: list[Any], ack: int | None = None) -> None:
         """Messages from partition ``source``, and its ack of ours up to ``ack``."""
@@ -387,7 +402,10 @@ class PartitionActorImpl:
 
 def _failed(task: ActivityTask, exc: BaseException) -> ActivityResult:
     return ActivityResult(
-        task.instance_id, task.execution_id, task.task_id, failure=FailureDetails.from_exception(exc)
+        task.instance_id,
+        task.execution_id,
+        task.task_id,
+        failure=FailureDetails.from_exception(exc),
     )
 
 

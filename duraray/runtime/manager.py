@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import secrets
 import sys
+import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -76,11 +78,34 @@ class HubHandle:
         return partition_for(key, len(self.partitions))
 
 
+#: Calls one client keeps in flight to one partition. Further requests wait and then go
+#: together as one call: a Ray call costs far more than a request, so many threads
+#: calling one partition (signals to one entity from a web server's workers) then share
+#: calls instead of each paying for its own.
+MAX_CALLS_IN_FLIGHT = 2
+# Operations that stay open until something happens (a wait): never coalesced, so they
+# cannot hold up the requests that would share their call.
+_OPEN_ENDED_OPS = frozenset({"wait", "wait_many"})
+
+_Pending = tuple[str, dict[str, Any], str | None, "Future[Any]"]
+
+
 class RayTransport:
-    """The client's transport on Ray: one actor call per request, as a future."""
+    """The client's transport on Ray: actor calls to the partitions, as futures.
+
+    A request goes out at once while its partition has fewer than
+    ``MAX_CALLS_IN_FLIGHT`` of this client's calls open; otherwise it queues, and when a
+    call returns, everything queued for that partition goes as one ``client_requests``
+    call. Each request keeps its own request id, reply and error.
+    """
 
     def __init__(self, handle: HubHandle) -> None:
         self.handle = handle
+        self._lock = threading.Lock()
+        self._in_flight = [0] * handle.partition_count
+        self._queued: list[list[_Pending]] = [[] for _ in range(handle.partition_count)]
+        self._flushes: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._flusher: threading.Thread | None = None
 
     @property
     def partition_count(self) -> int:
@@ -91,23 +116,82 @@ class RayTransport:
         self, partition: int, op: str, args: dict[str, Any], request_id: str | None = None
     ) -> Future[Any]:
         """Send a client operation to a partition actor."""
-        actor = self.handle.partitions[partition]
-        ref = actor.client_request.remote(op, args, request_id)
         out: Future[Any] = Future()
+        item: _Pending = (op, args, request_id, out)
+        if op in _OPEN_ENDED_OPS:
+            self._call(partition, [item], counted=False)
+            return out
+        with self._lock:
+            if self._in_flight[partition] >= MAX_CALLS_IN_FLIGHT:
+                self._queued[partition].append(item)
+                return out
+            self._in_flight[partition] += 1
+        self._call(partition, [item], counted=True)
+        return out
+
+    def _call(self, partition: int, items: list[_Pending], *, counted: bool) -> None:
+        actor = self.handle.partitions[partition]
+        try:
+            if len(items) == 1:
+                op, args, request_id, _ = items[0]
+                ref = actor.client_request.remote(op, args, request_id)
+            else:
+                ref = actor.client_requests.remote([(op, args, rid) for op, args, rid, _ in items])
+        except BaseException as exc:  # e.g. unpicklable arguments
+            self._settle(items, None, exc)
+            if counted:
+                self._returned(partition)
+            return
 
         def done(inner: Future[Any]) -> None:
             try:
                 result = inner.result()
             except BaseException as exc:  # Ray errors surface as they are
-                out.set_exception(exc)
-                return
-            if isinstance(result, Reply):
-                out.set_exception(result.error)
+                self._settle(items, None, exc)
             else:
-                out.set_result(result)
+                self._settle(items, [result] if len(items) == 1 else result, None)
+            if counted:
+                self._returned(partition)
 
         ref.future().add_done_callback(done)
-        return out
+
+    @staticmethod
+    def _settle(
+        items: list[_Pending], results: list[Any] | None, error: BaseException | None
+    ) -> None:
+        for index, (_, _, _, out) in enumerate(items):
+            if out.done():
+                continue
+            if error is not None:
+                out.set_exception(error)
+            elif results is not None and isinstance(results[index], Reply):
+                out.set_exception(results[index].error)
+            elif results is not None:
+                out.set_result(results[index])
+
+    def _returned(self, partition: int) -> None:
+        with self._lock:
+            if not self._queued[partition]:
+                self._in_flight[partition] -= 1
+                return
+            # The returned call's slot passes to the queued requests: sent from our own
+            # thread, since this callback runs on one of Ray's.
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_forever, name="duraray-client-flush", daemon=True
+                )
+                self._flusher.start()
+        self._flushes.put(partition)
+
+    def _flush_forever(self) -> None:
+        while True:
+            partition = self._flushes.get()
+            with self._lock:
+                items, self._queued[partition] = self._queued[partition], []
+            if items:
+                self._call(partition, items, counted=True)
+            else:
+                self._returned(partition)
 
 
 def ship_app_code(registry: Registry) -> list[str]:
@@ -197,7 +281,9 @@ class PartitionManager:
                 )
             return existing
         if self.registry is None:
-            raise HubConfigurationError(f"hub {self.hub!r} is not running and no app code was given")
+            raise HubConfigurationError(
+                f"hub {self.hub!r} is not running and no app code was given"
+            )
         config = self.config
         self._check_data_dir(config, partition_dir)
         ship_app_code(self.registry)
