@@ -182,6 +182,8 @@ class Hub:
     app: dr.App
     client: dr.Client
     partition_pids: list[int] = field(default_factory=list)
+    #: Ray node ids of the partition actors, in partition order.
+    partition_nodes: list[str] = field(default_factory=list)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -198,6 +200,9 @@ class Hub:
             "fsync": config.fsync,
             "runtime": "duraray",
         }
+        if line["nodes"] > 1:
+            # On a cluster: over how many nodes the partitions themselves ran.
+            line["partition_nodes"] = len(set(self.partition_nodes))
         if hasattr(config, "inline_activities"):
             # Cheap activities may run inside the partitions rather than on the workers.
             line["inline_activities"] = config.inline_activities
@@ -262,21 +267,30 @@ def running_hub(
     try:
         with app.run(data_dir=base) as client:
             hub = Hub(app, client)
-            hub.partition_pids = partition_pids(hub_name)
+            infos = partition_infos(hub_name)
+            hub.partition_pids = [int(info["pid"]) for info in infos]
+            hub.partition_nodes = [str(info["node_id"]) for info in infos]
             yield hub
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def partition_pids(hub: str) -> list[int]:
-    """Process ids of a hub's partition actors (for RSS and profilers)."""
+def partition_infos(hub: str) -> list[dict[str, Any]]:
+    """``describe()`` of each of a hub's partition actors (pid, node id, ...)."""
     from duraray.runtime.manager import PartitionManager
 
     handle = PartitionManager.find(hub)
     if handle is None:
         return []
-    infos = ray.get([p.describe.remote() for p in handle.partitions], timeout=60)
-    return [int(info["pid"]) for info in infos]
+    infos: list[dict[str, Any]] = ray.get(
+        [p.describe.remote() for p in handle.partitions], timeout=60
+    )
+    return infos
+
+
+def partition_pids(hub: str) -> list[int]:
+    """Process ids of a hub's partition actors (for RSS and profilers)."""
+    return [int(info["pid"]) for info in partition_infos(hub)]
 
 
 def cluster_cpus() -> int:

@@ -36,6 +36,7 @@ from benchmarks import (
     hello5_latency,
     raw_ray,
     recovery,
+    scale_out,
     timers,
 )
 
@@ -49,6 +50,7 @@ WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "timers": timers.run,
     "recovery": recovery.run,
     "raw_ray": raw_ray.run,
+    "scale_out": scale_out.run,
 }
 
 

@@ -41,6 +41,12 @@ class HubConfig:
       ``inline_activity_max_ms``) in their own process instead of a worker, saving a Ray
       round trip per step; ``@app.activity(inline=True/False)`` decides per activity.
     - ``inline_activity_max_ms``: average run time below which an activity is cheap.
+    - ``placement``: where partitions run on a Ray cluster. "local" (default): all on the
+      node that launches the hub, which holds the whole data dir. "spread": round-robin
+      over the cluster's nodes at the hub's first launch, each partition keeping its data
+      under ``data_dir`` on its own node's disk; the assignment is recorded in
+      ``<data_dir>/<hub>/placement.json`` on the launching node, and later launches put
+      every partition back on the node that holds its data.
     - ``peer_links``: partitions send each other messages over direct TCP connections
       (authenticated per hub) instead of Ray actor calls, which cost far more CPU per hop.
       A link that cannot connect falls back to Ray calls on its own; False always uses
@@ -72,6 +78,7 @@ class HubConfig:
     inline_activities: bool = True
     inline_activity_max_ms: float = 0.5
     peer_links: bool = True
+    placement: str = "local"
     log_format: str = "auto"
     version: str | None = None
     version_match: str = "none"
@@ -111,6 +118,8 @@ class HubConfig:
             raise ValueError("worker_concurrency must be >= 1")
         if self.version_match not in ("none", "strict", "current_or_older"):
             raise ValueError("version_match must be 'none', 'strict' or 'current_or_older'")
+        if self.placement not in ("local", "spread"):
+            raise ValueError("placement must be 'local' or 'spread'")
         if self.version_failure not in ("fail", "reject"):
             raise ValueError("version_failure must be 'fail' or 'reject'")
         if self.log_format not in ("auto", "console", "json"):

@@ -29,7 +29,9 @@ def _verdicts(lines: list[dict]) -> list[tuple[str, bool]]:
     return [(bench.line_name(line), line["correct"]) for line in lines]
 
 
-@pytest.mark.parametrize("workload", ["hello5", "fan_out", "entity_signals", "bank", "timers"])
+@pytest.mark.parametrize(
+    "workload", ["hello5", "fan_out", "entity_signals", "bank", "timers", "scale_out"]
+)
 def test_quick_workload_results_are_correct(ray_session, tmp_path, workload):
     """Every JSON line of a workload's quick run has the required fields and is correct."""
     lines = bench.WORKLOADS[workload](quick=True, data_dir=str(tmp_path))

@@ -55,6 +55,8 @@ def test_defaults():
         "worker_concurrency": 4,
         "inline_activities": True,
         "inline_activity_max_ms": 0.5,
+        "peer_links": True,
+        "placement": "local",
         "log_format": "auto",
     }
     actual = dataclasses.asdict(HubConfig())
@@ -111,6 +113,7 @@ def test_config_is_frozen():
         ({"activity_workers": 0}, "activity_workers must be >= 1"),
         ({"worker_concurrency": 0}, "worker_concurrency must be >= 1"),
         ({"log_format": "xml"}, "log_format must be 'auto', 'console' or 'json'"),
+        ({"placement": "everywhere"}, "placement must be 'local' or 'spread'"),
     ],
 )
 def test_invalid_value_raises(options, message):

@@ -24,7 +24,7 @@ from typing import Any
 import ray
 import structlog
 
-from duraray._errors import FailureDetails
+from duraray._errors import FailureDetails, HubConfigurationError
 from duraray._registry import Registry
 from duraray.config import HubConfig
 from duraray.runtime.activity import ActivityCostModel, execute_activity
@@ -96,6 +96,8 @@ class PartitionActorImpl:
         registry: Registry,
         worker_count: int,
         link_secret: bytes | None = None,
+        *,
+        expect_data: bool = False,
     ) -> None:
         from duraray.runtime.logging import configure_logging
 
@@ -111,7 +113,14 @@ class PartitionActorImpl:
             for i in range(worker_count)
         ]
         self._peers: dict[int, Any] = {}
-        store = LmdbStore(partition_dir(config.data_dir, hub, index), sync=config.fsync)
+        path = partition_dir(config.data_dir, hub, index)
+        if expect_data and not os.path.exists(os.path.join(path, "data.mdb")):
+            # A fresh, empty store here would silently stand in for the real one.
+            raise HubConfigurationError(
+                f"partition {index} of hub {hub!r} has no data at {path} on node "
+                f"{ray.util.get_node_ip_address()}, where the hub's placement puts it"
+            )
+        store = LmdbStore(path, sync=config.fsync)
         try:
             self.core = PartitionCore(
                 hub=hub, index=index, store=store, registry=registry, config=config

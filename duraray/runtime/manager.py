@@ -10,6 +10,7 @@ process can find a hub's actors by name, and ids are routed by the stable hash o
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import queue
 import secrets
@@ -77,6 +78,10 @@ class HubHandle:
         """The partition owning an instance or entity id."""
         return partition_for(key, len(self.partitions))
 
+
+#: The file, in ``<data_dir>/<hub>/`` of the launching node, recording which node holds
+#: each partition's data when ``placement="spread"``.
+PLACEMENT_FILE = "placement.json"
 
 #: Calls one client keeps in flight to one partition. Further requests wait and then go
 #: together as one call: a Ray call costs far more than a request, so many threads
@@ -285,10 +290,11 @@ class PartitionManager:
                 f"hub {self.hub!r} is not running and no app code was given"
             )
         config = self.config
-        self._check_data_dir(config, partition_dir)
+        placement, recorded = self._place(config)
+        here = ray.get_runtime_context().get_node_id()
+        self._check_data_dir(config, partition_dir, [i for i, n in enumerate(placement) if n == here])
         ship_app_code(self.registry)
 
-        node_id = ray.get_runtime_context().get_node_id()
         lifetime = "detached" if detached else None
         worker_count = config.activity_workers or max(2, int(ray.cluster_resources().get("CPU", 2)))
         workers = [
@@ -322,10 +328,13 @@ class PartitionManager:
                 max_task_retries=-1,
                 max_concurrency=10_000,
                 num_cpus=0,
-                # The data dir is on this node: the partition must always run here.
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                # The partition's data is on that node's disk: it must always run there.
+                scheduling_strategy=NodeAffinitySchedulingStrategy(placement[i], soft=False),
                 get_if_exists=True,
-            ).remote(self.hub, i, config, self.registry, worker_count, link_secret)
+            ).remote(
+                self.hub, i, config, self.registry, worker_count, link_secret,
+                expect_data=recorded,
+            )
             for i in range(config.partitions)
         ]
         try:
@@ -341,9 +350,12 @@ class PartitionManager:
             if len(cause) == 2:
                 raise HubConfigurationError(cause[1].strip()) from exc
             raise HubConfigurationError(f"hub {self.hub!r} failed to start: {exc}") from exc
+        if config.placement == "spread" and not recorded:
+            self._record_placement(config, placement, created=True)
         started_info: dict[str, Any] = ray.get(partitions[0].describe.remote())
         log.info(
             "hub started",
+            nodes=len(set(placement)),
             hub=self.hub,
             partitions=config.partitions,
             workers=worker_count,
@@ -352,9 +364,97 @@ class PartitionManager:
         )
         return HubHandle(self.hub, partitions, started_info, workers)
 
-    def _check_data_dir(self, config: HubConfig, partition_dir: Any) -> None:
-        """Refuse a data dir that another process holds, before any actor starts."""
-        for i in range(config.partitions):
+    # -- placement ----------------------------------------------------------------------------
+
+    def _placement_path(self, config: HubConfig) -> str:
+        return os.path.join(config.data_dir, self.hub, PLACEMENT_FILE)
+
+    def _place(self, config: HubConfig) -> tuple[list[str], bool]:
+        """The Ray node id each partition runs on, and whether that placement was recorded
+        by an earlier launch (so every partition's data must already exist there)."""
+        import ray
+
+        here = ray.get_runtime_context().get_node_id()
+        path = self._placement_path(config)
+        if config.placement == "local":
+            if os.path.exists(path):
+                raise HubConfigurationError(
+                    f"hub {self.hub!r} was created with placement='spread': its partitions' "
+                    f"data is on several nodes (see {path}); launch it with placement='spread'"
+                )
+            return [here] * config.partitions, False
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
+        if not os.path.exists(path):
+            if any(
+                os.path.exists(os.path.join(config.data_dir, self.hub, f"p{i}", "data.mdb"))
+                for i in range(config.partitions)
+            ):
+                raise HubConfigurationError(
+                    f"hub {self.hub!r} was created with placement='local' (all its data is in "
+                    f"{os.path.join(config.data_dir, self.hub)} on this node); launch it with "
+                    "placement='local'"
+                )
+            # This node first, then the others in a fixed order: partition 0 (and, with
+            # fewer nodes than partitions, every len(nodes)-th one) stays where the launch
+            # happens.
+            ids = [here, *sorted(n["NodeID"] for n in nodes if n["NodeID"] != here)]
+            placement = [ids[i % len(ids)] for i in range(config.partitions)]
+            self._record_placement(config, placement, created=False)
+            return placement, False
+        with open(path) as fh:
+            recorded = json.load(fh)
+        entries = recorded.get("partitions", [])
+        if len(entries) != config.partitions:
+            raise HubConfigurationError(
+                f"hub {self.hub!r} has {len(entries)} partitions (see {path}), not {config.partitions}"
+            )
+        alive = {n["NodeID"]: n for n in nodes}
+        by_ip: dict[str, list[str]] = {}
+        for node_id, node in alive.items():
+            by_ip.setdefault(node.get("NodeManagerAddress", ""), []).append(node_id)
+        placement = []
+        for index, entry in enumerate(entries):
+            if entry["node_id"] in alive:
+                placement.append(entry["node_id"])
+                continue
+            # A node that restarted has a new id: find it again by its address.
+            same = by_ip.get(entry.get("node_ip", ""), [])
+            if len(same) != 1:
+                raise HubConfigurationError(
+                    f"partition {index} of hub {self.hub!r} keeps its data on node "
+                    f"{entry.get('node_ip')} ({entry['node_id']}), which is not in the cluster; "
+                    "start that node (with its disk) and launch again"
+                )
+            placement.append(same[0])
+        if placement != [e["node_id"] for e in entries]:
+            self._record_placement(config, placement, created=bool(recorded.get("created")))
+        return placement, bool(recorded.get("created"))
+
+    def _record_placement(self, config: HubConfig, placement: list[str], *, created: bool) -> None:
+        import ray
+
+        ips = {n["NodeID"]: n.get("NodeManagerAddress", "") for n in ray.nodes()}
+        path = self._placement_path(config)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        body = {
+            "version": 1,
+            "hub": self.hub,
+            # False until every partition has opened its store once: a launch that died
+            # before that may create the stores afresh.
+            "created": created,
+            "partitions": [{"node_id": n, "node_ip": ips.get(n, "")} for n in placement],
+        }
+        temp = f"{path}.tmp"
+        with open(temp, "w") as fh:
+            json.dump(body, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, path)
+
+    def _check_data_dir(self, config: HubConfig, partition_dir: Any, local: list[int]) -> None:
+        """Refuse a data dir that another process holds, before any actor starts (for the
+        partitions placed on this node; the others check their own when they open it)."""
+        for i in local:
             path = partition_dir(config.data_dir, self.hub, i)
             lock = os.path.join(path, "duraray.lock")
             if not os.path.exists(lock):

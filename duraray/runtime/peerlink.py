@@ -133,6 +133,7 @@ class PeerLinks:
         self._out: dict[int, _Outgoing] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._incoming: set[asyncio.StreamWriter] = set()
+        self._closed = False
         self.counters = {"frames_sent": 0, "frames_received": 0, "declined": 0, "rejected": 0}
         self._log = log.bind(hub=hub, partition=index)
 
@@ -157,21 +158,19 @@ class PeerLinks:
         try:
             nonce = os.urandom(16)
             writer.write(nonce)
-            hello = msgpack.unpackb(
-                await asyncio.wait_for(_read_frame(reader), CONNECT_TIMEOUT), raw=False
-            )
-            if not (
-                isinstance(hello, list)
-                and len(hello) == 4
-                and hello[0] == PROTOCOL
-                and hello[1] == self.hub
-                and isinstance(hello[2], int)
-                and isinstance(hello[3], str)
-                and hmac.compare_digest(hello[3], _mac(self._secret, nonce, self.hub, hello[2]))
-            ):
+            try:
+                hello = msgpack.unpackb(
+                    await asyncio.wait_for(_read_frame(reader), CONNECT_TIMEOUT), raw=False
+                )
+            except (ValueError, msgpack.UnpackException):
+                hello = None  # oversized or not msgpack: a bad handshake like any other
+            if not self._authentic(hello, nonce):
                 self.counters["rejected"] += 1
-                self._log.warning("peer link refused: bad handshake", peer=writer.get_extra_info("peername"))
+                self._log.warning(
+                    "peer link refused: bad handshake", peer=writer.get_extra_info("peername")
+                )
                 return
+            assert isinstance(hello, list)
             source = hello[2]
             writer.write(_frame([PROTOCOL, "ok"]))
             on_frame = self._on_frame
@@ -187,10 +186,28 @@ class PeerLinks:
             self._incoming.discard(writer)
             writer.close()
 
+    def _authentic(self, hello: Any, nonce: bytes) -> bool:
+        if not (
+            isinstance(hello, list)
+            and len(hello) == 4
+            and hello[0] == PROTOCOL
+            and hello[1] == self.hub
+            and isinstance(hello[2], int)
+            and not isinstance(hello[2], bool)
+            and isinstance(hello[3], str)
+        ):
+            return False
+        # As bytes: compare_digest refuses non-ASCII str, and a peer must not be able to
+        # turn a bad handshake into an error.
+        expected = _mac(self._secret, nonce, self.hub, hello[2]).encode()
+        return hmac.compare_digest(hello[3].encode("utf-8", "replace"), expected)
+
     # -- outgoing -------------------------------------------------------------------------
 
     def send(self, destination: int, ack: int | None, messages: list[Message]) -> bool:
         """Write one frame to ``destination``; False if the caller must send it otherwise."""
+        if self._closed:
+            return False
         out = self._out.get(destination)
         if out is None:
             out = self._out[destination] = _Outgoing()
@@ -233,15 +250,21 @@ class PeerLinks:
             )
             if answer != [PROTOCOL, "ok"]:
                 raise ConnectionError(f"partition {destination} refused the link: {answer!r}")
-        except Exception as exc:
+            if self._closed:
+                raise ConnectionError("links closed")
+        except BaseException as exc:
             if writer is not None:
-                writer.close()
+                writer.close()  # failed or cancelled halfway: never leave the socket open
+            if not isinstance(exc, Exception):
+                raise
             out.failures += 1
             delay = RETRY_AFTER[min(out.failures, len(RETRY_AFTER)) - 1]
             out.retry_at = time.monotonic() + delay
             if out.failures in (1, len(RETRY_AFTER)):
                 self._log.info(
-                    "peer link unavailable; using Ray calls", peer=destination, error=str(exc) or type(exc).__name__,
+                    "peer link unavailable; using Ray calls",
+                    peer=destination,
+                    error=str(exc) or type(exc).__name__,
                     retry_in_s=delay,
                 )
             return
@@ -284,7 +307,8 @@ class PeerLinks:
         return sorted(d for d, out in self._out.items() if out.writer is not None)
 
     async def close(self) -> None:
-        """Close the server and every connection."""
+        """Close the server and every connection; later sends return False."""
+        self._closed = True
         for destination, out in self._out.items():
             self._down(destination, out)
         for writer in list(self._incoming):
