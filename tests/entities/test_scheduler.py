@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter as Tally
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -119,6 +120,59 @@ def test_queued_lock_request_takes_the_lock_on_unlock():
     out = admit(record, [UnlockMessage("s2")])
     assert expected_queue == names(out.ready)
     assert record.lock_owner is None
+
+
+def test_a_request_already_holding_locks_goes_before_fresh_ones():
+    """On unlock, a queued request that holds other entities' locks (position > 0) is
+    granted before fresh requests ahead of it: its held locks sit idle while it waits."""
+    record = EntityRecord(E)
+    sets = ["@acct@0", E]
+    admit(record, [lock("s1"), lock("fresh1"), lock("fresh2"), lock("held", sets, position=1)])
+    out = admit(record, [UnlockMessage("s1")])
+    assert "held" == record.lock_owner
+    assert ["held"] == [s.owner for s in out.lock_steps]
+    assert ["fresh1", "fresh2"] == [m.owner for m in record.queue]
+    # The fresh head was passed over once; FIFO resumes among the rest.
+    assert 1 == record.queue[0].passed
+    admit(record, [UnlockMessage("held")])
+    assert "fresh1" == record.lock_owner
+
+
+def test_a_further_along_request_never_passes_an_operation():
+    """Lock requests behind a queued operation keep their place: the operation's sender
+    may have sent it before a lock request of its own."""
+    record = EntityRecord(E)
+    sets = ["@acct@0", E]
+    admit(record, [lock("s1"), lock("fresh"), op("x1"), lock("held", sets, position=1)])
+    out = admit(record, [UnlockMessage("s1")])
+    assert "fresh" == record.lock_owner
+    assert [] == names(out.ready)
+    assert ["x1", "held"] == [getattr(m, "operation", None) or m.owner for m in record.queue]
+
+
+def test_the_head_is_passed_over_at_most_max_passes_times():
+    """A fresh request at the head lets at most MAX_PASSES further-along ones go first."""
+    from duraray.entities.scheduler import MAX_PASSES
+
+    record = EntityRecord(E)
+    sets = ["@acct@0", E]
+    admit(record, [lock("s0"), lock("fresh")])
+    owner = "s0"
+    granted = []
+    for i in range(MAX_PASSES + 2):
+        admit(record, [lock(f"held{i}", sets, position=1)])
+        admit(record, [UnlockMessage(owner)])
+        owner = record.lock_owner
+        granted.append(owner)
+    assert [f"held{i}" for i in range(MAX_PASSES)] + ["fresh"] == granted[: MAX_PASSES + 1]
+
+
+def test_a_forwarded_request_starts_with_no_passes():
+    """The pass count is per entity: a request forwarded onwards carries 0."""
+    record = EntityRecord(E)
+    first = replace(lock("s1", [E, "@acct@z"]), passed=3)
+    out = admit(record, [first])
+    assert [(1, 0)] == [(s.position, s.passed) for s in out.lock_steps]
 
 
 def test_unlock_from_a_non_owner_is_ignored():
