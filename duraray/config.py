@@ -42,15 +42,17 @@ class HubConfig:
       round trip per step; ``@app.activity(inline=True/False)`` decides per activity.
     - ``inline_activity_max_ms``: average run time below which an activity is cheap.
     - ``placement``: where partitions run on a Ray cluster. "local" (default): all on the
-      node that launches the hub, which holds the whole data dir. "spread": round-robin
-      over the cluster's nodes at the hub's first launch, each partition keeping its data
-      under ``data_dir`` on its own node's disk; the assignment is recorded in
-      ``<data_dir>/<hub>/placement.json`` on the launching node, and later launches put
-      every partition back on the node that holds its data.
+      node that launches the hub, which holds the whole data dir. "spread": at the hub's
+      first launch, round-robin over the launching node and the other nodes with CPUs,
+      each partition keeping its data under ``data_dir`` on its own node's disk; the
+      assignment is recorded in ``<data_dir>/<hub>/placement.json`` on the launching
+      node, and later launches from that node put every partition back where its data
+      is. A hub keeps the placement it was created with.
     - ``peer_links``: partitions send each other messages over direct TCP connections
       (authenticated per hub) instead of Ray actor calls, which cost far more CPU per hop.
       A link that cannot connect falls back to Ray calls on its own; False always uses
-      Ray calls (e.g. where nodes may not open ports to each other).
+      Ray calls (e.g. where nodes may not open ports to each other). The links are plain
+      TCP: with Ray's TLS on (``RAY_USE_TLS=1``) they stay off.
     - ``worker_concurrency``: activity batches one worker actor runs at once (threads).
     - ``version``: the version of the orchestration code this hub runs (None: unversioned).
     - ``version_match``: which instance versions this hub runs: "none" (all), "strict"

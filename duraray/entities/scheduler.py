@@ -4,7 +4,9 @@ An entity receives operations (signals and calls), lock requests and unlocks, in
 order its partition applies them. While no orchestration holds its lock, operations run
 in arrival order. A lock request makes the requesting critical section the owner; from
 then on only operations sent from inside that critical section run, and everything else
-waits in the entity's queue, in order, until the owner unlocks.
+waits in the entity's queue until the owner unlocks. Queued operations keep their order;
+a queued lock request that already holds other entities may go before fresh lock
+requests ahead of it (see ``_next``).
 
 A critical section locks its entities one at a time in sorted order: the request travels
 entity to entity (each grants it by forwarding it to the next), and the last one sends

@@ -4,8 +4,8 @@ The shells hold no engine logic. A partition actor is an async actor whose event
 accepts calls (client requests, messages, acks, activity results) by appending them to
 the core's intake, and runs one background loop: run a batch (in a thread, so calls keep
 arriving while LMDB commits), then release its effects: replies resolve the waiting
-calls, messages go to peers as one Ray call per destination, activities go to workers in
-batches. Ray restarts a dead partition actor; ``PartitionCore.__init__`` recovers it.
+calls, messages and acks go to each peer together, on its direct link (``peerlink``) or
+else as one Ray call, activities go to workers in batches. Ray restarts a dead partition actor; ``PartitionCore.__init__`` recovers it.
 """
 
 from __future__ import annotations
@@ -144,7 +144,13 @@ class PartitionActorImpl:
         self._log = log.bind(hub=hub, partition=index)
         self.links: PeerLinks | None = None
         self._links_ready: asyncio.Task[Any] | None = None
-        if link_secret is not None and config.peer_links and config.partitions > 1:
+        self._link_secret = link_secret
+        if (
+            link_secret is not None
+            and config.peer_links
+            and config.partitions > 1
+            and not _ray_tls()
+        ):
             self.links = PeerLinks(
                 hub=hub,
                 index=index,
@@ -384,10 +390,9 @@ class PartitionActorImpl:
         result: tuple[str, int] = await asyncio.shield(self._links_ready)
         return result
 
-    async def ack(self, source: int, upto: int) -> None:
-        """Partition ``source`` applied our messages up to ``upto``."""
-        self.core.submit_ack(source, upto)
-        self._poke()
+    async def link_secret(self) -> bytes | None:
+        """The hub's peer-link secret, for a relaunch that replaces dead partitions."""
+        return self._link_secret
 
     async def describe(self) -> dict[str, Any]:
         """Hub metadata for clients that attach without the app's code."""
@@ -407,6 +412,12 @@ class PartitionActorImpl:
         """Liveness probe; also starts the batch loop."""
         self._ensure_loop()
         return True
+
+
+def _ray_tls() -> bool:
+    """True when Ray's own traffic is TLS-encrypted: the peer links are plain TCP, so a
+    cluster that asked for encryption keeps its partition messages on Ray calls."""
+    return os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true", "yes")
 
 
 def _failed(task: ActivityTask, exc: BaseException) -> ActivityResult:

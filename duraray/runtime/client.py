@@ -734,6 +734,9 @@ class Client:
     def close(self) -> None:
         """Release the client (and stop the hub it owns, for an embedded run)."""
         on_close, self._on_close = self._on_close, None
+        stop = getattr(self._transport, "release", None)
+        if stop is not None:
+            stop()
         if on_close is not None:
             on_close()
 

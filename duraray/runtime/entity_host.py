@@ -41,7 +41,12 @@ _CLASSES: dict[str, type] = {tag: cls for cls, tag in _TAGS.items()}
 
 def pack_message(message: EntityMessage) -> list[Any]:
     """An entity message as a plain msgpack list (for messages, queues and timers)."""
-    return [_TAGS[type(message)], *codec.pack_record(message)]
+    packed = [_TAGS[type(message)], *codec.pack_record(message)]
+    if isinstance(message, LockRequest) and message.passed == 0:
+        # Left out at its default (decoding fills it in): requests keep the shape older
+        # versions of the store and of peer partitions read.
+        packed.pop()
+    return packed
 
 
 def unpack_message(packed: list[Any]) -> EntityMessage:

@@ -17,7 +17,7 @@ import secrets
 import sys
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,9 +88,12 @@ PLACEMENT_FILE = "placement.json"
 #: calling one partition (signals to one entity from a web server's workers) then share
 #: calls instead of each paying for its own.
 MAX_CALLS_IN_FLIGHT = 2
-# Operations that stay open until something happens (a wait): never coalesced, so they
-# cannot hold up the requests that would share their call.
-_OPEN_ENDED_OPS = frozenset({"wait", "wait_many"})
+#: Most requests in one shared call (a bulk caller's chunks must not merge into one
+#: giant call whose every reply waits for the last commit).
+MAX_SHARED_REQUESTS = 256
+# Operations that stay open until something happens (a wait), and bulk requests that are
+# already one call's worth: never shared, never counted against the in-flight calls.
+_OWN_CALL_OPS = frozenset({"wait", "wait_many", "batch"})
 
 _Pending = tuple[str, dict[str, Any], str | None, "Future[Any]"]
 
@@ -100,8 +103,8 @@ class RayTransport:
 
     A request goes out at once while its partition has fewer than
     ``MAX_CALLS_IN_FLIGHT`` of this client's calls open; otherwise it queues, and when a
-    call returns, everything queued for that partition goes as one ``client_requests``
-    call. Each request keeps its own request id, reply and error.
+    call returns, up to ``MAX_SHARED_REQUESTS`` queued requests for that partition go as
+    one ``client_requests`` call. Each request keeps its own request id, reply and error.
     """
 
     def __init__(self, handle: HubHandle) -> None:
@@ -109,7 +112,7 @@ class RayTransport:
         self._lock = threading.Lock()
         self._in_flight = [0] * handle.partition_count
         self._queued: list[list[_Pending]] = [[] for _ in range(handle.partition_count)]
-        self._flushes: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._flushes: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._flusher: threading.Thread | None = None
 
     @property
@@ -123,7 +126,7 @@ class RayTransport:
         """Send a client operation to a partition actor."""
         out: Future[Any] = Future()
         item: _Pending = (op, args, request_id, out)
-        if op in _OPEN_ENDED_OPS:
+        if op in _OWN_CALL_OPS:
             self._call(partition, [item], counted=False)
             return out
         with self._lock:
@@ -134,45 +137,66 @@ class RayTransport:
         self._call(partition, [item], counted=True)
         return out
 
+    def release(self) -> None:
+        """Stop the flusher thread (requests still queued fail); the client is done."""
+        with self._lock:
+            flusher, self._flusher = self._flusher, None
+            queued = [item for items in self._queued for item in items]
+            self._queued = [[] for _ in self._queued]
+        if flusher is not None:
+            self._flushes.put(None)
+        self._settle(queued, None, RuntimeError("the client was closed"))
+
     def _call(self, partition: int, items: list[_Pending], *, counted: bool) -> None:
-        actor = self.handle.partitions[partition]
         try:
+            actor = self.handle.partitions[partition]
             if len(items) == 1:
                 op, args, request_id, _ = items[0]
                 ref = actor.client_request.remote(op, args, request_id)
             else:
                 ref = actor.client_requests.remote([(op, args, rid) for op, args, rid, _ in items])
-        except BaseException as exc:  # e.g. unpicklable arguments
-            self._settle(items, None, exc)
+            future = ref.future()
+        except BaseException as exc:  # e.g. an argument Ray cannot serialize
+            if len(items) > 1:
+                # Do not let one bad request fail the others that shared its call.
+                for item in items:
+                    self._call(partition, [item], counted=False)
+            else:
+                self._settle(items, None, exc)
             if counted:
                 self._returned(partition)
             return
 
         def done(inner: Future[Any]) -> None:
             try:
-                result = inner.result()
-            except BaseException as exc:  # Ray errors surface as they are
-                self._settle(items, None, exc)
-            else:
-                self._settle(items, [result] if len(items) == 1 else result, None)
-            if counted:
-                self._returned(partition)
+                try:
+                    result = inner.result()
+                except BaseException as exc:  # Ray errors surface as they are
+                    self._settle(items, None, exc)
+                else:
+                    self._settle(items, [result] if len(items) == 1 else result, None)
+            finally:
+                if counted:
+                    self._returned(partition)
 
-        ref.future().add_done_callback(done)
+        future.add_done_callback(done)
 
     @staticmethod
-    def _settle(
-        items: list[_Pending], results: list[Any] | None, error: BaseException | None
-    ) -> None:
+    def _settle(items: list[_Pending], results: Any, error: BaseException | None) -> None:
+        if error is None and (not isinstance(results, list) or len(results) != len(items)):
+            error = RuntimeError(f"partition answered {len(items)} requests with {results!r}")
         for index, (_, _, _, out) in enumerate(items):
-            if out.done():
-                continue
-            if error is not None:
-                out.set_exception(error)
-            elif results is not None and isinstance(results[index], Reply):
-                out.set_exception(results[index].error)
-            elif results is not None:
-                out.set_result(results[index])
+            try:
+                if out.done():
+                    continue
+                if error is not None:
+                    out.set_exception(error)
+                elif isinstance(results[index], Reply):
+                    out.set_exception(results[index].error)
+                else:
+                    out.set_result(results[index])
+            except InvalidStateError:
+                pass  # cancelled meanwhile by its caller
 
     def _returned(self, partition: int) -> None:
         with self._lock:
@@ -191,12 +215,31 @@ class RayTransport:
     def _flush_forever(self) -> None:
         while True:
             partition = self._flushes.get()
+            if partition is None:
+                return
             with self._lock:
-                items, self._queued[partition] = self._queued[partition], []
-            if items:
-                self._call(partition, items, counted=True)
-            else:
-                self._returned(partition)
+                items = self._queued[partition][:MAX_SHARED_REQUESTS]
+                del self._queued[partition][:MAX_SHARED_REQUESTS]
+            try:
+                if items:
+                    self._call(partition, items, counted=True)
+                else:
+                    self._returned(partition)
+            except BaseException as exc:  # keep flushing the other partitions
+                log.error("client flush failed", error=repr(exc))
+                self._settle(items, None, exc)
+
+
+def _hub_data(hub_dir: str) -> list[str]:
+    """What of a hub's data exists under ``hub_dir`` on this node (its placement record and
+    partition stores), as paths relative to it."""
+    if not os.path.isdir(hub_dir):
+        return []
+    found = [PLACEMENT_FILE] if os.path.exists(os.path.join(hub_dir, PLACEMENT_FILE)) else []
+    for name in sorted(os.listdir(hub_dir)):
+        if os.path.exists(os.path.join(hub_dir, name, "data.mdb")):
+            found.append(os.path.join(name, "data.mdb"))
+    return found
 
 
 def ship_app_code(registry: Registry) -> list[str]:
@@ -290,7 +333,7 @@ class PartitionManager:
                 f"hub {self.hub!r} is not running and no app code was given"
             )
         config = self.config
-        placement, recorded = self._place(config)
+        placement, hub_exists = self._place(config)
         here = ray.get_runtime_context().get_node_id()
         self._check_data_dir(config, partition_dir, [i for i, n in enumerate(placement) if n == here])
         ship_app_code(self.registry)
@@ -318,7 +361,7 @@ class PartitionManager:
         names = [partition_actor_name(self.hub, i) for i in range(config.partitions)]
         # Authenticates the partitions' direct links to each other (see peerlink.py);
         # it lives only in the actors' constructor arguments, so restarts keep it.
-        link_secret = secrets.token_bytes(32)
+        link_secret = self._running_link_secret(names) or secrets.token_bytes(32)
         partitions = [
             PartitionActor.options(
                 name=names[i],
@@ -333,7 +376,7 @@ class PartitionManager:
                 get_if_exists=True,
             ).remote(
                 self.hub, i, config, self.registry, worker_count, link_secret,
-                expect_data=recorded,
+                expect_data=hub_exists,
             )
             for i in range(config.partitions)
         ]
@@ -350,7 +393,7 @@ class PartitionManager:
             if len(cause) == 2:
                 raise HubConfigurationError(cause[1].strip()) from exc
             raise HubConfigurationError(f"hub {self.hub!r} failed to start: {exc}") from exc
-        if config.placement == "spread" and not recorded:
+        if config.placement == "spread" and not hub_exists:
             self._record_placement(config, placement, created=True)
         started_info: dict[str, Any] = ray.get(partitions[0].describe.remote())
         log.info(
@@ -364,71 +407,159 @@ class PartitionManager:
         )
         return HubHandle(self.hub, partitions, started_info, workers)
 
+    @staticmethod
+    def _running_link_secret(names: list[str]) -> bytes | None:
+        """The link secret of partitions of this hub that are still up (a relaunch after
+        some of them died): new ones must share it, or their links would be refused."""
+        import ray
+
+        from duraray.runtime.actors import NAMESPACE
+
+        for name in names:
+            try:
+                actor = ray.get_actor(name, namespace=NAMESPACE)
+                secret: bytes | None = ray.get(actor.link_secret.remote(), timeout=30)
+            except Exception:
+                continue  # gone, or restarting: ask the next one
+            if secret is not None:
+                return secret
+        return None
+
     # -- placement ----------------------------------------------------------------------------
 
     def _placement_path(self, config: HubConfig) -> str:
         return os.path.join(config.data_dir, self.hub, PLACEMENT_FILE)
 
     def _place(self, config: HubConfig) -> tuple[list[str], bool]:
-        """The Ray node id each partition runs on, and whether that placement was recorded
-        by an earlier launch (so every partition's data must already exist there)."""
+        """The Ray node id each partition runs on, and whether the hub already exists (so
+        every partition must find its data there rather than start an empty store)."""
         import ray
 
         here = ray.get_runtime_context().get_node_id()
+        hub_dir = os.path.join(config.data_dir, self.hub)
         path = self._placement_path(config)
-        if config.placement == "local":
-            if os.path.exists(path):
+        recorded = self._read_placement(path)
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        if recorded is None or not recorded.get("created"):
+            if recorded is not None:
+                os.remove(path)  # a first launch that never finished: plan afresh
+            local_data = _hub_data(hub_dir)
+            if not local_data:
+                self._refuse_data_elsewhere(config, here, [n["NodeID"] for n in alive])
+            if config.placement == "local":
+                return [here] * config.partitions, bool(local_data)
+            if local_data:
                 raise HubConfigurationError(
-                    f"hub {self.hub!r} was created with placement='spread': its partitions' "
-                    f"data is on several nodes (see {path}); launch it with placement='spread'"
+                    f"hub {self.hub!r} has partition data in {hub_dir} on this node but no "
+                    f"{PLACEMENT_FILE}: either it was created with placement='local' (launch "
+                    "it so), or with placement='spread' from another node (launch it from the "
+                    f"node that holds its {PLACEMENT_FILE})"
                 )
-            return [here] * config.partitions, False
-        nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
-        if not os.path.exists(path):
-            if any(
-                os.path.exists(os.path.join(config.data_dir, self.hub, f"p{i}", "data.mdb"))
-                for i in range(config.partitions)
-            ):
-                raise HubConfigurationError(
-                    f"hub {self.hub!r} was created with placement='local' (all its data is in "
-                    f"{os.path.join(config.data_dir, self.hub)} on this node); launch it with "
-                    "placement='local'"
-                )
-            # This node first, then the others in a fixed order: partition 0 (and, with
-            # fewer nodes than partitions, every len(nodes)-th one) stays where the launch
-            # happens.
-            ids = [here, *sorted(n["NodeID"] for n in nodes if n["NodeID"] != here)]
+            # This node first, then the others with CPUs in a fixed order: partition 0
+            # (and, with fewer nodes than partitions, every len(nodes)-th one) stays
+            # where the launch happens.
+            others = sorted(
+                n["NodeID"] for n in alive if n["NodeID"] != here and n.get("Resources", {}).get("CPU")
+            )
+            ids = [here, *others]
             placement = [ids[i % len(ids)] for i in range(config.partitions)]
             self._record_placement(config, placement, created=False)
             return placement, False
-        with open(path) as fh:
-            recorded = json.load(fh)
-        entries = recorded.get("partitions", [])
+        if config.placement == "local":
+            raise HubConfigurationError(
+                f"hub {self.hub!r} was created with placement='spread': its partitions' "
+                f"data is on several nodes (see {path}); launch it with placement='spread'"
+            )
+        entries = recorded["partitions"]
         if len(entries) != config.partitions:
             raise HubConfigurationError(
-                f"hub {self.hub!r} has {len(entries)} partitions (see {path}), not {config.partitions}"
+                f"hub {self.hub!r} has {len(entries)} partitions (see {path}), not "
+                f"{config.partitions}"
             )
-        alive = {n["NodeID"]: n for n in nodes}
+        # Recorded nodes are looked up among all alive nodes: the launching node (a head
+        # started with no CPUs, say) holds partitions without offering CPUs.
+        ids = {n["NodeID"] for n in alive}
         by_ip: dict[str, list[str]] = {}
-        for node_id, node in alive.items():
-            by_ip.setdefault(node.get("NodeManagerAddress", ""), []).append(node_id)
+        for node in alive:
+            by_ip.setdefault(node.get("NodeManagerAddress", ""), []).append(node["NodeID"])
         placement = []
         for index, entry in enumerate(entries):
-            if entry["node_id"] in alive:
+            if entry["node_id"] in ids:
                 placement.append(entry["node_id"])
                 continue
-            # A node that restarted has a new id: find it again by its address.
-            same = by_ip.get(entry.get("node_ip", ""), [])
-            if len(same) != 1:
+            # A node that restarted has a new id: find it again by its address. Several
+            # nodes on one host share its disk, so any of them will do (and a partition
+            # that does not find its data there refuses to start).
+            same = sorted(by_ip.get(entry["node_ip"], []))
+            if not same:
                 raise HubConfigurationError(
                     f"partition {index} of hub {self.hub!r} keeps its data on node "
-                    f"{entry.get('node_ip')} ({entry['node_id']}), which is not in the cluster; "
+                    f"{entry['node_ip']} ({entry['node_id']}), which is not in the cluster; "
                     "start that node (with its disk) and launch again"
                 )
             placement.append(same[0])
         if placement != [e["node_id"] for e in entries]:
-            self._record_placement(config, placement, created=bool(recorded.get("created")))
-        return placement, bool(recorded.get("created"))
+            self._record_placement(config, placement, created=True)
+        return placement, True
+
+    def _read_placement(self, path: str) -> dict[str, Any] | None:
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path) as fh:
+                recorded = json.load(fh)
+            entries = recorded["partitions"]
+            if not isinstance(recorded.get("created"), bool) or not all(
+                isinstance(e["node_id"], str) and isinstance(e["node_ip"], str) for e in entries
+            ):
+                raise ValueError("unexpected field types")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise HubConfigurationError(
+                f"cannot read the placement of hub {self.hub!r} from {path}: {exc}"
+            ) from None
+        result: dict[str, Any] = recorded
+        return result
+
+    def _refuse_data_elsewhere(self, config: HubConfig, here: str, nodes: list[str]) -> None:
+        """Before creating a hub afresh, make sure no other node already holds its data
+        (a launch from the wrong node would otherwise start empty beside the real one)."""
+        others = [n for n in nodes if n != here]
+        if not others:
+            return
+        hub_dir = os.path.join(config.data_dir, self.hub)
+        for node, (address, found) in self._probe(hub_dir, others).items():
+            if found:
+                raise HubConfigurationError(
+                    f"hub {self.hub!r} already has data on node {address or node} "
+                    f"({', '.join(found)}); launch it from the node that holds "
+                    f"{os.path.join(hub_dir, PLACEMENT_FILE)}, or for placement='local' from "
+                    "the node that holds its data dir"
+                )
+
+    def _probe(self, hub_dir: str, nodes: list[str]) -> dict[str, tuple[str, list[str]]]:
+        """``_hub_data(hub_dir)`` on each node (a zero-CPU task pinned there), with the
+        node's address; nodes that do not answer within a minute are left out."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        look = ray.remote(num_cpus=0)(_hub_data)
+        refs = {
+            look.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+            ).remote(hub_dir): node
+            for node in nodes
+        }
+        ready, missing = ray.wait(list(refs), num_returns=len(refs), timeout=60)
+        if missing:
+            log.warning("some nodes did not answer the data-dir probe", nodes=len(missing))
+        ips = {n["NodeID"]: n.get("NodeManagerAddress", "") for n in ray.nodes()}
+        out: dict[str, tuple[str, list[str]]] = {}
+        for ref in ready:
+            try:
+                out[refs[ref]] = (ips.get(refs[ref], ""), ray.get(ref))
+            except Exception as exc:  # a node that died meanwhile holds nothing we can use
+                log.warning("data-dir probe failed", error=str(exc))
+        return out
 
     def _record_placement(self, config: HubConfig, placement: list[str], *, created: bool) -> None:
         import ray

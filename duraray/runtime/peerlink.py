@@ -46,9 +46,19 @@ log = structlog.get_logger("duraray.peerlink")
 
 PROTOCOL = "duraray-link/1"
 _HEADER = struct.Struct(">I")
-#: The largest frame a link accepts: a batch's messages to one peer, which the payload
-#: limit bounds well below this.
+#: The largest frame a link accepts. ``send`` splits a batch's messages into frames of
+#: about ``FRAME_BYTES`` and hands a single message larger than this to the fallback.
 MAX_FRAME_BYTES = 256 * 1024 * 1024
+#: The size ``send`` aims its frames at (a frame holds at least one message).
+FRAME_BYTES = 4 * 1024 * 1024
+#: The largest handshake accepted: read before the peer is authenticated, so small.
+MAX_HELLO_BYTES = 4096
+#: A connection that dies within this many seconds of its handshake counts as a failed
+#: attempt (backoff applies): a peer that keeps dropping it must not cause a tight
+#: reconnect-and-resend loop.
+STABLE_AFTER = 1.0
+#: Seconds between two warnings about refused handshakes (a misconfigured peer retries).
+WARN_EVERY = 30.0
 #: Bytes a connection may have queued unsent before frames go by Ray calls instead: a
 #: peer that stopped reading must not make this process buffer without bound.
 MAX_BUFFERED_BYTES = 32 * 1024 * 1024
@@ -69,6 +79,39 @@ def encode_frame(ack: int | None, messages: list[Message]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
+def encode_frames(
+    ack: int | None, messages: list[Message], target: int = FRAME_BYTES
+) -> list[bytes] | None:
+    """``messages`` (in order) and ``ack`` as frames of about ``target`` bytes each; the
+    ack rides on the last. None if one message alone is over ``MAX_FRAME_BYTES``."""
+    packed = [msgpack.packb(codec.pack_record(m), use_bin_type=True) for m in messages]
+    if any(len(item) > MAX_FRAME_BYTES - 64 for item in packed):
+        return None
+    groups: list[list[bytes]] = [[]]
+    size = 0
+    for item in packed:
+        if groups[-1] and size + len(item) > target:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += len(item)
+    frames = []
+    for number, group in enumerate(groups):
+        last = number == len(groups) - 1
+        # The array is assembled from already-packed items: no second encoding pass.
+        body = msgpack.packb(ack if last else None) + _array_header(len(group)) + b"".join(group)
+        frames.append(_HEADER.pack(len(body) + 1) + b"\x92" + body)
+    return frames
+
+
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes([0x90 | count])
+    if count < 1 << 16:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
 def decode_frame(body: bytes) -> tuple[int | None, list[Message]]:
     """The ack and messages of a data frame's body (its length header removed)."""
     ack, items = msgpack.unpackb(body, raw=False)
@@ -79,10 +122,10 @@ def _mac(secret: bytes, nonce: bytes, hub: str, source: int) -> str:
     return hmac.new(secret, nonce + f"{hub}/{source}".encode(), hashlib.sha256).hexdigest()
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+async def _read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME_BYTES) -> bytes:
     (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    if size > MAX_FRAME_BYTES:
-        raise ValueError(f"frame of {size} bytes is over the {MAX_FRAME_BYTES} byte limit")
+    if size > limit:
+        raise ValueError(f"frame of {size} bytes is over the {limit} byte limit")
     return await reader.readexactly(size)
 
 
@@ -94,13 +137,14 @@ def _frame(value: Any) -> bytes:
 class _Outgoing:
     """The connection to one peer, and when it may next be tried."""
 
-    __slots__ = ("connecting", "failures", "retry_at", "was_up", "writer")
+    __slots__ = ("connecting", "failures", "retry_at", "up_since", "was_up", "writer")
 
     def __init__(self) -> None:
         self.writer: asyncio.StreamWriter | None = None
         self.connecting = False
         self.retry_at = 0.0
         self.failures = 0
+        self.up_since = 0.0
         self.was_up = False
 
 
@@ -134,6 +178,7 @@ class PeerLinks:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._incoming: set[asyncio.StreamWriter] = set()
         self._closed = False
+        self._next_warning = 0.0
         self.counters = {"frames_sent": 0, "frames_received": 0, "declined": 0, "rejected": 0}
         self._log = log.bind(hub=hub, partition=index)
 
@@ -160,15 +205,23 @@ class PeerLinks:
             writer.write(nonce)
             try:
                 hello = msgpack.unpackb(
-                    await asyncio.wait_for(_read_frame(reader), CONNECT_TIMEOUT), raw=False
+                    await asyncio.wait_for(_read_frame(reader, MAX_HELLO_BYTES), CONNECT_TIMEOUT),
+                    raw=False,
                 )
             except (ValueError, msgpack.UnpackException):
                 hello = None  # oversized or not msgpack: a bad handshake like any other
             if not self._authentic(hello, nonce):
                 self.counters["rejected"] += 1
-                self._log.warning(
-                    "peer link refused: bad handshake", peer=writer.get_extra_info("peername")
-                )
+                now = time.monotonic()
+                if now >= self._next_warning:
+                    # A peer with another secret (a second launch of the same hub) retries
+                    # every few seconds: say so now and then, not on every attempt.
+                    self._next_warning = now + WARN_EVERY
+                    self._log.warning(
+                        "peer link refused: bad handshake",
+                        peer=writer.get_extra_info("peername"),
+                        refused_so_far=self.counters["rejected"],
+                    )
                 return
             assert isinstance(hello, list)
             source = hello[2]
@@ -194,6 +247,7 @@ class PeerLinks:
             and hello[1] == self.hub
             and isinstance(hello[2], int)
             and not isinstance(hello[2], bool)
+            and 0 <= hello[2] != self.index
             and isinstance(hello[3], str)
         ):
             return False
@@ -221,8 +275,13 @@ class PeerLinks:
         if writer.transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
             self.counters["declined"] += 1
             return False
-        writer.write(encode_frame(ack, messages))
-        self.counters["frames_sent"] += 1
+        frames = encode_frames(ack, messages)
+        if frames is None:  # a message too large for any frame: the Ray call carries it
+            self.counters["declined"] += 1
+            return False
+        for frame in frames:
+            writer.write(frame)
+        self.counters["frames_sent"] += len(frames)
         return True
 
     def _connect_soon(self, destination: int, out: _Outgoing) -> None:
@@ -271,7 +330,7 @@ class PeerLinks:
         finally:
             out.connecting = False
         out.writer = writer
-        out.failures = 0
+        out.up_since = time.monotonic()
         # The server never writes after the handshake: a read returning means the
         # connection closed (the peer process died or restarted).
         watch = asyncio.get_running_loop().create_task(self._watch(destination, out, reader))
@@ -283,13 +342,20 @@ class PeerLinks:
         out.was_up = True
 
     async def _watch(self, destination: int, out: _Outgoing, reader: asyncio.StreamReader) -> None:
+        writer = out.writer
         try:
             await reader.read(1)
         except Exception:
             pass
-        if out.writer is not None:
-            self._down(destination, out)
-            self._connect_soon(destination, out)
+        if writer is None or out.writer is not writer:
+            return  # an older connection; the current one has its own watch
+        if time.monotonic() - out.up_since >= STABLE_AFTER:
+            out.failures = 0
+        else:
+            out.failures += 1
+            out.retry_at = time.monotonic() + RETRY_AFTER[min(out.failures, len(RETRY_AFTER)) - 1]
+        self._down(destination, out)
+        self._connect_soon(destination, out)
 
     def _down(self, destination: int, out: _Outgoing) -> None:
         writer, out.writer = out.writer, None

@@ -13,7 +13,7 @@ import hmac
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -700,5 +700,127 @@ def test_send_after_close_declines_without_reconnecting() -> None:
         await _settle()
         assert [] == sender.links.connected()
         assert asked == len(net.resolved)
+
+    _run(body)
+
+
+def test_encode_frames_splits_in_order_and_acks_on_the_last() -> None:
+    """Messages over several frames keep their order; only the last frame carries the ack."""
+    messages = _messages(source=2, first_seq=1, count=40)
+    for target in (1, 300, 10**9):
+        frames = peerlink.encode_frames(9, messages, target)
+        assert frames is not None
+        decoded = []
+        for frame in frames:
+            (size,) = struct.unpack(">I", frame[:4])
+            assert len(frame) - 4 == size
+            decoded.append(decode_frame(frame[4:]))
+        assert messages == [m for _, batch in decoded for m in batch]
+        assert [None] * (len(frames) - 1) + [9] == [ack for ack, _ in decoded]
+    assert 1 == len(peerlink.encode_frames(9, messages, 10**9) or [])
+    assert 40 == len(peerlink.encode_frames(9, messages, 1) or [])
+
+
+def test_a_message_too_large_for_any_frame_is_declined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """send hands a message over the frame limit to the fallback (the Ray call) instead of
+    writing a frame the receiver would refuse; smaller batches still go as several frames."""
+    monkeypatch.setattr(peerlink, "MAX_FRAME_BYTES", 4096)
+    monkeypatch.setattr(peerlink, "FRAME_BYTES", 1024)
+
+    async def body(net: Net) -> None:
+        receiver = await net.peer(1)
+        sender = await net.peer(0)
+        await _send_until_accepted(sender.links, 1, None, [])
+        big = replace(_messages(0, 1, 1)[0], event=b"x" * 5000)
+        assert not sender.links.send(1, 3, [big])
+        many = _messages(0, 1, 30)  # ~30 x 100 bytes: several 1 KiB frames
+        assert sender.links.send(1, 4, many)
+        await _until(lambda: sum(len(m) for _, _, m in receiver.frames) == 30, "all 30 arrived")
+        assert many == [m for _, _, batch in receiver.frames for m in batch]
+        assert 4 == receiver.frames[-1][1]
+        assert [] == receiver.reconnects and sender.links.connected() == [1]
+
+    _run(body)
+
+
+def test_hello_over_the_handshake_limit_is_refused() -> None:
+    """Before authentication a peer may send only a small hello."""
+
+    async def body(net: Net) -> None:
+        receiver = await net.peer(1)
+        reader, writer = await asyncio.open_connection(*net.addresses[1])
+        try:
+            await asyncio.wait_for(reader.readexactly(16), TIMEOUT)
+            writer.write(struct.pack(">I", peerlink.MAX_HELLO_BYTES + 1))
+            assert b"" == await _closes(reader)
+        finally:
+            writer.close()
+        assert 1 == receiver.links.counters["rejected"]
+
+    _run(body)
+
+
+def test_a_peer_claiming_the_receivers_own_index_is_refused() -> None:
+    """A hello naming the receiver itself as the source is refused, even with a valid mac."""
+
+    async def body(net: Net) -> None:
+        receiver = await net.peer(1)
+        reader, writer = await asyncio.open_connection(*net.addresses[1])
+        try:
+            nonce = await asyncio.wait_for(reader.readexactly(16), TIMEOUT)
+            writer.write(_framed([PROTOCOL, HUB, 1, _mac(SECRET, nonce, HUB, 1)]))
+            assert b"" == await _closes(reader)
+        finally:
+            writer.close()
+        assert 1 == receiver.links.counters["rejected"]
+
+    _run(body)
+
+
+def test_a_connection_that_keeps_dying_right_away_backs_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer that completes the handshake and then drops every connection at once does
+    not get a tight reconnect-and-resend loop: each quick death counts as a failure."""
+    class Clock:
+        now = 1000.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(peerlink, "time", clock)  # the module's clock only, not asyncio's
+
+    async def body(net: Net) -> None:
+        accepted = []
+
+        async def drop_after_handshake(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            accepted.append(1)
+            writer.write(b"\0" * 16)
+            await reader.readexactly(4)
+            writer.write(_framed([PROTOCOL, "ok"]))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(drop_after_handshake, HOST, 0)
+        try:
+            net.addresses[1] = (HOST, server.sockets[0].getsockname()[1])
+            sender = await net.peer(0, listen=False)
+            sender.links.send(1, None, [])
+            await _until(lambda: len(accepted) == 1, "first connection")
+            await _settle()
+            # Died at once: no new attempt until the backoff has passed, however often
+            # the partition sends.
+            for _ in range(20):
+                assert not sender.links.send(1, None, [])
+                await asyncio.sleep(0.005)
+            assert 1 == len(accepted)
+            clock.now += RETRY_AFTER[0] + 0.01
+            sender.links.send(1, None, [])
+            await _until(lambda: len(accepted) == 2, "retry after the backoff")
+        finally:
+            server.close()
 
     _run(body)
