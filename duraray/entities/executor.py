@@ -106,7 +106,18 @@ def _invoke(impl: Any, ctx: EntityContext, op: Operation) -> Any:
     if isinstance(impl, type) and issubclass(impl, DurableEntity):
         instance = impl()
         instance._bind(ctx)
-        method = _find_operation(impl, op.name)
+        key = (impl, op.name)
+        plan = _PLANS.get(key)
+        if plan is None:
+            method = _find_operation(impl, op.name)
+            if method is None:
+                plan = (None, False, None)
+            else:
+                bound = getattr(instance, method)
+                takes = _takes_input(bound)
+                plan = (method, takes, _input_hint(bound) if takes else None)
+            _remember(key, plan)
+        method, takes, hint = plan
         if method is None:
             if op.name.lower() == "delete":
                 ctx.delete_state()
@@ -115,14 +126,31 @@ def _invoke(impl: Any, ctx: EntityContext, op: Operation) -> Any:
                 f"entity {ctx.entity_id.name!r} has no operation {op.name!r}"
             )
         bound = getattr(instance, method)
-        if _takes_input(bound):
-            return bound(ctx.get_input(_input_hint(bound)))
+        if takes:
+            return bound(ctx.get_input(hint))
         return bound()
     if callable(impl):
-        if _takes_input(impl, skip=1):
-            return impl(ctx, ctx.get_input(_input_hint(impl, skip=1)))
+        plan = _PLANS.get((impl, None))
+        if plan is None:
+            takes = _takes_input(impl, skip=1)
+            plan = (None, takes, _input_hint(impl, skip=1) if takes else None)
+            _remember((impl, None), plan)
+        if plan[1]:
+            return impl(ctx, ctx.get_input(plan[2]))
         return impl(ctx)
     raise TypeError(f"entity implementation {impl!r} is neither a DurableEntity nor a function")
+
+
+# (implementation, operation) -> (method name, takes an input, input type hint). Looking
+# these up (dir(), inspect.signature, get_type_hints) costs far more than most operations.
+_PLANS: dict[tuple[Any, str | None], tuple[str | None, bool, Any]] = {}
+_MAX_PLANS = 10_000
+
+
+def _remember(key: tuple[Any, str | None], plan: tuple[str | None, bool, Any]) -> None:
+    if len(_PLANS) >= _MAX_PLANS:  # operation names come from callers: keep it bounded
+        _PLANS.clear()
+    _PLANS[key] = plan
 
 
 def _find_operation(cls: type, name: str) -> str | None:

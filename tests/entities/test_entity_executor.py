@@ -398,3 +398,22 @@ def test_function_entity_without_input_parameter_reads_input_from_context():
     batch = run(pinger, [op("ping", Point(1, 1))])
     expected = [["ping", "Point", 1]]
     assert expected == results(batch)
+
+
+def test_repeated_operations_give_the_same_results_as_the_first():
+    """The per-operation lookup is remembered; later batches behave like the first,
+    including unknown operations, case-insensitive names and typed inputs."""
+    ops = [op("ADD", 2), op("get"), op("nope"), op("move", Point(1, 2)), op("delete")]
+    first = results(run(Counter, ops, state=1))
+    for _ in range(3):
+        assert first == results(run(Counter, ops, state=1))
+
+
+def test_remembered_lookups_stay_bounded(monkeypatch: pytest.MonkeyPatch):
+    """Operation names come from callers: the remembered lookups cannot grow without end."""
+    from duraray.entities import executor
+
+    monkeypatch.setattr(executor, "_MAX_PLANS", 50)
+    monkeypatch.setattr(executor, "_PLANS", {})
+    run(Counter, [op(f"unknown{i}") for i in range(500)])
+    assert len(executor._PLANS) <= 50
