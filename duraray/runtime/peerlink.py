@@ -298,12 +298,13 @@ class PeerLinks:
             address = await asyncio.wait_for(self._resolve(destination), CONNECT_TIMEOUT)
             if address is None:
                 raise ConnectionError(f"partition {destination} has no link server")
-            reader, writer = await asyncio.wait_for(
+            reader, opened = await asyncio.wait_for(
                 asyncio.open_connection(*address), CONNECT_TIMEOUT
             )
+            writer = opened
             nonce = await asyncio.wait_for(reader.readexactly(16), CONNECT_TIMEOUT)
             mac = _mac(self._secret, nonce, self.hub, self.index)
-            writer.write(_frame([PROTOCOL, self.hub, self.index, mac]))
+            opened.write(_frame([PROTOCOL, self.hub, self.index, mac]))
             answer = msgpack.unpackb(
                 await asyncio.wait_for(_read_frame(reader), CONNECT_TIMEOUT), raw=False
             )

@@ -84,7 +84,8 @@ base64, see ``payloads.to_json``):
   backlogQueueSize}``;
 - ``/api/partitions``: a list, one object per partition: ``{partition, counters: {batches,
   items, episodes, commit_seconds, replays, activities_dispatched, messages_sent,
-  entity_operations?}, live_instances: {STATUS: n}, cached_executors, timers,
+  entity_operations?, link_frames_sent?, link_frames_received?, link_declined?,
+  link_rejected?}, live_instances: {STATUS: n}, cached_executors, timers,
   activities_in_flight, outbox, queue_depth}``.
 """
 
