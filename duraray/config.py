@@ -35,6 +35,9 @@ class HubConfig:
     - ``maximum_timer_interval``: split longer durable timers into chunks (None: no cap).
     - ``max_payload_bytes``: largest encoded input, output, event or state accepted.
     - ``resend_interval``: seconds before an unacknowledged partition message is resent.
+    - ``request_dedup_seconds``: how long a partition keeps the reply of a state-changing
+      client request, so a retry of that request (same request id) gets the reply instead
+      of applying it twice. Older replies are deleted; a retry after that applies anew.
     - ``activity_threads``: threads executing activities in the in-process runtime.
     - ``activity_workers``: activity worker actors on Ray (None: one per cluster CPU, >= 2).
     - ``inline_activities``: let partitions run activities that proved cheap (see
@@ -74,6 +77,7 @@ class HubConfig:
     maximum_timer_interval: timedelta | None = None
     max_payload_bytes: int = 16 * 1024 * 1024
     resend_interval: float = 5.0
+    request_dedup_seconds: float = 3600.0
     activity_threads: int = 8
     activity_workers: int | None = None
     worker_concurrency: int = 4
@@ -110,6 +114,8 @@ class HubConfig:
             raise ValueError("max_payload_bytes must be at least 1024")
         if not self.resend_interval > 0:  # also rejects NaN
             raise ValueError("resend_interval must be positive")
+        if not self.request_dedup_seconds > 0:
+            raise ValueError("request_dedup_seconds must be positive")
         if self.activity_threads < 1:
             raise ValueError("activity_threads must be >= 1")
         if self.activity_workers is not None and self.activity_workers < 1:

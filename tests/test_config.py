@@ -50,6 +50,7 @@ def test_defaults():
         "maximum_timer_interval": None,
         "max_payload_bytes": 16 * 1024 * 1024,
         "resend_interval": 5.0,
+        "request_dedup_seconds": 3600.0,
         "activity_threads": 8,
         "activity_workers": None,
         "worker_concurrency": 4,
@@ -114,6 +115,7 @@ def test_config_is_frozen():
         ({"worker_concurrency": 0}, "worker_concurrency must be >= 1"),
         ({"log_format": "xml"}, "log_format must be 'auto', 'console' or 'json'"),
         ({"placement": "everywhere"}, "placement must be 'local' or 'spread'"),
+        ({"request_dedup_seconds": 0}, "request_dedup_seconds must be positive"),
     ],
 )
 def test_invalid_value_raises(options, message):

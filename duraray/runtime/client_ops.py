@@ -37,6 +37,10 @@ log = structlog.get_logger("duraray.partition")
 if TYPE_CHECKING:
     from duraray.runtime.lifecycle import LiveInstance as _Live
 
+#: Stored replies deleted per batch at most, and how often a partition looks for them.
+PRUNE_BATCH = 2000
+PRUNE_EVERY_MICROS = 10_000_000
+
 #: Client operations that change state: their replies are stored for request-id dedup.
 MUTATING_OPS = frozenset(
     {
@@ -202,8 +206,31 @@ class ClientOps:
                 log.warning("reply not stored for request-id dedup", op=req.op)
             else:
                 self._wb.put("dedup", r.dedup_request_key(req.request_id), stored)
+                self._wb.put(
+                    "dedup", r.dedup_expiry_key(codec.utc_micros(self._now), req.request_id), b""
+                )
                 self._replied[req.request_id] = result
         self._fx.replies.append((req.reply_to, result))
+
+    def _prune_request_replies(self) -> None:
+        """Delete stored replies older than ``request_dedup_seconds`` (oldest first, at
+        most ``PRUNE_BATCH`` per batch, and only every few seconds) so request-id dedup
+        does not grow the store without end."""
+        now = codec.utc_micros(self._now)
+        if now < self._next_prune:
+            return
+        horizon = now - int(self.config.request_dedup_seconds * 1_000_000)
+        expired = self.store.scan(
+            "dedup", prefix=b"t", stop=r.dedup_expiry_bound(horizon + 1), limit=PRUNE_BATCH
+        )
+        for key, _ in expired:
+            self._wb.delete("dedup", key)
+            self._wb.delete("dedup", r.dedup_request_key(key[9:].decode()))
+        self.counters["request_replies_pruned"] = (
+            self.counters.get("request_replies_pruned", 0) + len(expired)
+        )
+        # Straight on while a backlog remains, else look again a while later.
+        self._next_prune = now + (0 if len(expired) == PRUNE_BATCH else PRUNE_EVERY_MICROS)
 
     def _check_args(self, args: dict[str, Any]) -> None:
         """Refuse malformed arguments before a handler runs: a handler that failed halfway

@@ -168,6 +168,7 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         self._dirty: set[str] = set()
         self._changed: set[str] = set()
         self._replied: dict[str, Any] = {}  # request id -> reply, not yet committed
+        self._next_prune = 0  # when to look for expired request replies (UTC micros)
 
         self._init_entities()
         self._check_meta()
@@ -265,6 +266,7 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
                 self._resend_all(item)
         self._fire_due_timers()
         self._process_entities()
+        self._prune_request_replies()
 
         self._run_episodes()
         # Messages this partition sent to itself are applied in this same batch, a few

@@ -95,6 +95,17 @@ def dedup_request_key(request_id: str) -> bytes:
     return b"r" + request_id.encode()
 
 
+def dedup_expiry_key(stored_micros: int, request_id: str) -> bytes:
+    """``dedup`` key indexing a stored reply by when it was stored (oldest first), so
+    replies past the retention window are found without reading the others."""
+    return b"t" + _U64.pack(stored_micros) + request_id.encode()
+
+
+def dedup_expiry_bound(stored_micros: int) -> bytes:
+    """The first ``dedup_expiry_key`` of replies stored at ``stored_micros`` or later."""
+    return b"t" + _U64.pack(stored_micros)
+
+
 def sent_seq_key(destination: int) -> bytes:
     """``dedup`` key of the highest sequence this partition gave a message to ``destination``.
 

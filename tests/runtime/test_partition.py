@@ -374,6 +374,57 @@ def test_request_id_dedup_survives_reopen(cluster_factory):
     assert expected == raised(c.history("i"))
 
 
+def _stored_reply_ids(c: Cluster) -> list[str]:
+    return [k[1:].decode() for k, _ in c.cores[0].store.scan("dedup", prefix=b"r")]
+
+
+def test_stored_replies_are_pruned_after_the_retention(cluster_factory):
+    """A reply kept for request-id dedup is deleted once request_dedup_seconds passed
+    (with its time index); younger ones stay, and a retry within the window still gets
+    the stored reply."""
+    c: Cluster = cluster_factory(REGISTRY, config=HubConfig(request_dedup_seconds=60))
+    c.start("collect", "i", 3)
+    c.run()
+    args = {"instance_id": "i", "name": "e", "data": codec.encode("x")}
+    c.submit("raise_event", **args, request_id="old")
+    c.run()
+    c.now += timedelta(seconds=30)
+    c.submit("raise_event", **args, request_id="young")
+    c.run()
+    assert ["old", "start-i", "young"] == sorted(_stored_reply_ids(c))
+    c.now += timedelta(seconds=31)  # "start-i" and "old" are 61 s old, "young" 31 s
+    retry = c.submit("raise_event", **args, request_id="young")
+    c.run()
+    assert ["young"] == _stored_reply_ids(c)
+    assert c.reply(retry) is None  # deduplicated: the stored reply, not a third event
+    assert ["x", "x"] == raised(c.history("i"))
+    times = [k for k, _ in c.cores[0].store.scan("dedup", prefix=b"t")]
+    assert 1 == len(times) and times[0].endswith(b"young")
+    assert 2 == c.cores[0].counters["request_replies_pruned"]
+
+
+def test_pruning_is_bounded_per_batch(cluster_factory, monkeypatch):
+    """A backlog of expired replies goes a bounded number per batch, oldest first."""
+    from duraray.runtime import client_ops
+
+    monkeypatch.setattr(client_ops, "PRUNE_BATCH", 3)
+    c: Cluster = cluster_factory(REGISTRY, config=HubConfig(request_dedup_seconds=1))
+    c.start("collect", "i", 100)
+    c.run()
+    for n in range(7):
+        c.submit("raise_event", instance_id="i", name="e", data=codec.encode(n),
+                 request_id=f"r{n}")
+        c.run()
+        c.now += timedelta(milliseconds=1)
+    c.now += timedelta(seconds=60)  # past the retention and the pause between looks
+    remaining = []
+    for _ in range(3):
+        c.submit("get_state", instance_id="i")  # any request makes a batch
+        c.step(0)
+        remaining.append(len(_stored_reply_ids(c)))
+    assert [5, 2, 0] == remaining  # 8 stored (the start's too), 3 per batch
+
+
 # -- 5. timers -----------------------------------------------------------------------------
 
 

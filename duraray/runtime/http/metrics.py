@@ -52,6 +52,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "Activity results recorded (mean latency = activity_seconds / activities_completed).",
     ),
     "activity_seconds": ("duraray_activity_seconds", "Seconds activities ran, summed."),
+    "request_replies_pruned": (
+        "duraray_request_replies_pruned",
+        "Stored client-request replies deleted after request_dedup_seconds.",
+    ),
     "link_frames_sent": (
         "duraray_link_frames_sent",
         "Frames (messages and acks for one peer) sent on direct partition links.",
