@@ -114,8 +114,8 @@ class HubConfig:
             raise ValueError("max_payload_bytes must be at least 1024")
         if not self.resend_interval > 0:  # also rejects NaN
             raise ValueError("resend_interval must be positive")
-        if not self.request_dedup_seconds > 0:
-            raise ValueError("request_dedup_seconds must be positive")
+        if not 0 < self.request_dedup_seconds <= 10 * 365 * 86400:  # also rejects NaN, inf
+            raise ValueError("request_dedup_seconds must be positive and at most 10 years")
         if self.activity_threads < 1:
             raise ValueError("activity_threads must be >= 1")
         if self.activity_workers is not None and self.activity_workers < 1:

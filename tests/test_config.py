@@ -116,6 +116,9 @@ def test_config_is_frozen():
         ({"log_format": "xml"}, "log_format must be 'auto', 'console' or 'json'"),
         ({"placement": "everywhere"}, "placement must be 'local' or 'spread'"),
         ({"request_dedup_seconds": 0}, "request_dedup_seconds must be positive"),
+        ({"request_dedup_seconds": math.inf}, "request_dedup_seconds must be positive"),
+        ({"request_dedup_seconds": math.nan}, "request_dedup_seconds must be positive"),
+        ({"request_dedup_seconds": 1e10}, "request_dedup_seconds must be positive"),
     ],
 )
 def test_invalid_value_raises(options, message):

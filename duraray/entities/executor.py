@@ -106,51 +106,66 @@ def _invoke(impl: Any, ctx: EntityContext, op: Operation) -> Any:
     if isinstance(impl, type) and issubclass(impl, DurableEntity):
         instance = impl()
         instance._bind(ctx)
-        key = (impl, op.name)
-        plan = _PLANS.get(key)
+        plan = _class_plan(impl, op.name, instance)
         if plan is None:
-            method = _find_operation(impl, op.name)
-            if method is None:
-                plan = (None, False, None)
-            else:
-                bound = getattr(instance, method)
-                takes = _takes_input(bound)
-                plan = (method, takes, _input_hint(bound) if takes else None)
-            _remember(key, plan)
-        method, takes, hint = plan
-        if method is None:
             if op.name.lower() == "delete":
                 ctx.delete_state()
                 return None
             raise UnknownOperationError(
                 f"entity {ctx.entity_id.name!r} has no operation {op.name!r}"
             )
+        method, takes, hint = plan
         bound = getattr(instance, method)
         if takes:
             return bound(ctx.get_input(hint))
         return bound()
     if callable(impl):
-        plan = _PLANS.get((impl, None))
-        if plan is None:
-            takes = _takes_input(impl, skip=1)
-            plan = (None, takes, _input_hint(impl, skip=1) if takes else None)
-            _remember((impl, None), plan)
-        if plan[1]:
-            return impl(ctx, ctx.get_input(plan[2]))
+        takes, hint = _function_plan(impl)
+        if takes:
+            return impl(ctx, ctx.get_input(hint))
         return impl(ctx)
     raise TypeError(f"entity implementation {impl!r} is neither a DurableEntity nor a function")
 
 
-# (implementation, operation) -> (method name, takes an input, input type hint). Looking
-# these up (dir(), inspect.signature, get_type_hints) costs far more than most operations.
-_PLANS: dict[tuple[Any, str | None], tuple[str | None, bool, Any]] = {}
+# Looking an operation up (dir(), inspect.signature, get_type_hints) costs far more than
+# most operations, so each (implementation, operation) is looked up once. Keys use id():
+# an implementation need not be hashable. Each entry keeps the implementation (so the id
+# stays its own) and, for classes, the attribute it found, so a class changed at run time
+# is looked up again.
+_PLANS: dict[tuple[int, str | None], tuple[Any, Any, tuple[str, bool, Any]]] = {}
 _MAX_PLANS = 10_000
 
 
-def _remember(key: tuple[Any, str | None], plan: tuple[str | None, bool, Any]) -> None:
-    if len(_PLANS) >= _MAX_PLANS:  # operation names come from callers: keep it bounded
+def _class_plan(impl: type, name: str, instance: Any) -> tuple[str, bool, Any] | None:
+    entry = _PLANS.get((id(impl), name))
+    if entry is not None and entry[0] is impl:
+        method = entry[2][0]
+        if inspect.getattr_static(impl, method, None) is entry[1]:
+            return entry[2]
+    found = _find_operation(impl, name)
+    if found is None:
+        return None  # not remembered: callers choose names, and a class may gain one
+    bound = getattr(instance, found)
+    takes = _takes_input(bound)
+    plan = (found, takes, _input_hint(bound) if takes else None)
+    _remember((id(impl), name), (impl, inspect.getattr_static(impl, found, None), plan))
+    return plan
+
+
+def _function_plan(impl: Any) -> tuple[bool, Any]:
+    entry = _PLANS.get((id(impl), None))
+    if entry is not None and entry[0] is impl:
+        return entry[2][1], entry[2][2]
+    takes = _takes_input(impl, skip=1)
+    hint = _input_hint(impl, skip=1) if takes else None
+    _remember((id(impl), None), (impl, None, ("", takes, hint)))
+    return takes, hint
+
+
+def _remember(key: tuple[int, str | None], entry: tuple[Any, Any, tuple[str, bool, Any]]) -> None:
+    if len(_PLANS) >= _MAX_PLANS:  # bounded, whatever the number of classes and names
         _PLANS.clear()
-    _PLANS[key] = plan
+    _PLANS[key] = entry
 
 
 def _find_operation(cls: type, name: str) -> str | None:

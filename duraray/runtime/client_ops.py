@@ -206,9 +206,9 @@ class ClientOps:
                 log.warning("reply not stored for request-id dedup", op=req.op)
             else:
                 self._wb.put("dedup", r.dedup_request_key(req.request_id), stored)
-                self._wb.put(
-                    "dedup", r.dedup_expiry_key(codec.utc_micros(self._now), req.request_id), b""
-                )
+                # Clamped: a clock before 1970 (a test clock) cannot be a u64 key.
+                stored_at = max(0, codec.utc_micros(self._now))
+                self._wb.put("dedup", r.dedup_expiry_key(stored_at, req.request_id), b"")
                 self._replied[req.request_id] = result
         self._fx.replies.append((req.reply_to, result))
 
@@ -217,9 +217,12 @@ class ClientOps:
         most ``PRUNE_BATCH`` per batch, and only every few seconds) so request-id dedup
         does not grow the store without end."""
         now = codec.utc_micros(self._now)
-        if now < self._next_prune:
-            return
+        if now < self._next_prune <= now + PRUNE_EVERY_MICROS:
+            return  # (a clock set back by more than the pause looks again at once)
         horizon = now - int(self.config.request_dedup_seconds * 1_000_000)
+        if horizon < 0:  # nothing can be that old yet
+            self._next_prune = now + PRUNE_EVERY_MICROS
+            return
         expired = self.store.scan(
             "dedup", prefix=b"t", stop=r.dedup_expiry_bound(horizon + 1), limit=PRUNE_BATCH
         )

@@ -410,10 +410,55 @@ def test_repeated_operations_give_the_same_results_as_the_first():
 
 
 def test_remembered_lookups_stay_bounded(monkeypatch: pytest.MonkeyPatch):
-    """Operation names come from callers: the remembered lookups cannot grow without end."""
+    """Unknown operation names (callers choose them) are not remembered, and the
+    remembered lookups never pass their cap, however many entity classes run."""
     from duraray.entities import executor
 
-    monkeypatch.setattr(executor, "_MAX_PLANS", 50)
+    monkeypatch.setattr(executor, "_MAX_PLANS", 5)
     monkeypatch.setattr(executor, "_PLANS", {})
-    run(Counter, [op(f"unknown{i}") for i in range(500)])
-    assert len(executor._PLANS) <= 50
+    run(Counter, [op(f"unknown{i}") for i in range(100)])
+    assert {} == executor._PLANS
+    for i in range(20):
+        cls = type(f"Counter{i}", (Counter,), {})
+        assert [None, 1] == results(run(cls, [op("add", 1), op("get")]))
+        assert len(executor._PLANS) <= 5
+
+
+def test_an_operation_added_or_replaced_at_run_time_is_seen(monkeypatch: pytest.MonkeyPatch):
+    """A class changed after its operations were looked up is looked up again."""
+
+    class Late(DurableEntity):
+        def get(self) -> int:
+            return int(self.get_state(int, 0))
+
+    assert ["!" + "entity 'counter' has no operation 'bump'"] == [
+        r.split(" (")[0] for r in results(run(Late, [op("bump", 1)]))
+    ]
+
+    def bump(self: Late, amount: int) -> None:
+        self.set_state(self.get_state(int, 0) + amount)
+
+    monkeypatch.setattr(Late, "bump", bump, raising=False)
+    assert [None, 2] == results(run(Late, [op("bump", 2), op("get")]))
+
+    def bump_twice(self: Late) -> None:  # a new arity: no input any more
+        self.set_state(self.get_state(int, 0) + 2)
+
+    monkeypatch.setattr(Late, "bump", bump_twice)
+    assert [None, 2] == results(run(Late, [op("bump", 99), op("get")]))
+
+
+def test_an_unhashable_callable_entity_works():
+    """A function entity need not be hashable (an instance with __call__ and __eq__)."""
+
+    class Adder:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Adder)
+
+        def __call__(self, ctx: EntityContext, amount: int) -> None:
+            ctx.set_state(ctx.get_state(int, 0) + amount)
+
+    batch = run(Adder(), [op("add", 2), op("add", 3)], state=1)
+    assert 6 == codec.decode(batch.state)

@@ -8,7 +8,7 @@ commits) it wants to check. Asserts read ``expected == actual``.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from partition_driver import T0, Cluster, SimulatedCrash, completions, id_on, make_registry
@@ -423,6 +423,29 @@ def test_pruning_is_bounded_per_batch(cluster_factory, monkeypatch):
         c.step(0)
         remaining.append(len(_stored_reply_ids(c)))
     assert [5, 2, 0] == remaining  # 8 stored (the start's too), 3 per batch
+
+
+def test_pruning_copes_with_early_and_backward_clocks(cluster_factory):
+    """A clock near 1970 (a test clock) or set back stores and prunes without failing,
+    and a clock set back does not stall pruning."""
+    c: Cluster = cluster_factory(REGISTRY, config=HubConfig(request_dedup_seconds=60))
+    c.now = datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC)
+    c.start("collect", "i", 10)
+    c.run()
+    c.submit("raise_event", instance_id="i", name="e", data=codec.encode(1), request_id="a")
+    c.run()
+    assert ["a", "start-i"] == sorted(_stored_reply_ids(c))
+    c.now = T0 + timedelta(hours=2)  # far ahead: both are past the window
+    c.submit("get_state", instance_id="i")
+    c.run()
+    assert [] == _stored_reply_ids(c)
+    c.now = T0  # set back by two hours
+    c.submit("raise_event", instance_id="i", name="e", data=codec.encode(2), request_id="b")
+    c.run()
+    c.now = T0 + timedelta(seconds=61)
+    c.submit("get_state", instance_id="i")
+    c.run()
+    assert [] == _stored_reply_ids(c)
 
 
 # -- 5. timers -----------------------------------------------------------------------------
