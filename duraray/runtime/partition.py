@@ -345,17 +345,29 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
                 f"store format {meta.get('format_version')} is newer than this duraray "
                 f"understands ({r.FORMAT_VERSION}); upgrade duraray"
             )
-        if meta.get("format_version", 1) < 2:
-            self._build_live_index()
+        version = meta.get("format_version", 1)
+        if version < r.FORMAT_VERSION:
+            # Upgrades run once, in one transaction with the new version number.
+            wb = WriteBatch()
+            if version < 2:
+                self._build_live_index(wb)
+            if version < 3:
+                self._index_request_replies(wb)
+            wb.put("meta", b"format_version", codec.encode(r.FORMAT_VERSION))
+            self.store.commit(wb)
 
-    def _build_live_index(self) -> None:
-        """Format 1 -> 2: index the non-terminal instances once, in one transaction."""
-        wb = WriteBatch()
+    def _build_live_index(self, wb: WriteBatch) -> None:
+        """Format 1 -> 2: index the non-terminal instances."""
         for key, value in self.store.scan("instances"):
             if not codec.decode_record(InstanceRecord, value).status.is_terminal:
                 wb.put("live", key, b"")
-        wb.put("meta", b"format_version", codec.encode(r.FORMAT_VERSION))
-        self.store.commit(wb)
+
+    def _index_request_replies(self, wb: WriteBatch) -> None:
+        """Format 2 -> 3: give every stored reply a time index entry, stamped now (when
+        it was stored is unknown), so it is pruned one retention window from now."""
+        now = max(0, codec.utc_micros(self.clock()))
+        for key, _ in self.store.scan("dedup", prefix=b"r"):
+            wb.put("dedup", r.dedup_expiry_key(now, key[1:].decode()), b"")
 
     def _recover(self) -> None:
         # Only the ``live`` index is read: recovery time follows the unfinished instances,

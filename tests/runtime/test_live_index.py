@@ -6,7 +6,7 @@ import duraray as dr
 from duraray.config import HubConfig
 from duraray.runtime import codec
 from duraray.runtime.partition import PartitionCore
-from duraray.runtime.records import ClientRequest
+from duraray.runtime.records import FORMAT_VERSION, ClientRequest
 from duraray.runtime.store import MemoryStore, WriteBatch
 
 app = dr.App("live-index", partitions=1)
@@ -61,7 +61,8 @@ def test_recovery_finds_unfinished_instances_through_the_index():
 
 
 def test_a_format_one_store_gets_its_index_built_once():
-    """Opening a store written before the index existed builds it, then records format 2."""
+    """Opening a store written before the index existed builds it, then records the
+    current format."""
     store = MemoryStore()
     _start(_core(store), "waiting", "waits")
     old = WriteBatch()
@@ -70,5 +71,29 @@ def test_a_format_one_store_gets_its_index_built_once():
     store.commit(old)
     core = _core(store)
     assert ["waiting"] == list(core._live)
-    assert 2 == codec.decode(store.get("meta", b"format_version"))
+    assert FORMAT_VERSION == codec.decode(store.get("meta", b"format_version"))
     assert [b"waiting"] == [key for key, _ in store.scan("live")]
+
+
+def test_a_format_two_store_gets_its_stored_replies_indexed_once():
+    """Replies stored before the time index existed are indexed when the store is first
+    opened (stamped then), so they too are pruned one retention window later."""
+    store = MemoryStore()
+    core = _core(store)
+    core.submit_request(
+        ClientRequest(
+            "start", {"instance_id": "w", "name": "waits", "input": None}, request_id="req-1"
+        )
+    )
+    core.run_batch()
+    old = WriteBatch()
+    old.delete_prefix("dedup", b"t")
+    old.put("meta", b"format_version", codec.encode(2))
+    store.commit(old)
+    assert [] == store.scan("dedup", prefix=b"t")
+    _core(store)
+    assert FORMAT_VERSION == codec.decode(store.get("meta", b"format_version"))
+    [(key, _)] = store.scan("dedup", prefix=b"t")
+    assert key.endswith(b"req-1")
+    _core(store)  # once: opening again adds nothing
+    assert 1 == len(store.scan("dedup", prefix=b"t"))
