@@ -5,7 +5,8 @@ accepts calls (client requests, messages, acks, activity results) by appending t
 the core's intake, and runs one background loop: run a batch (in a thread, so calls keep
 arriving while LMDB commits), then release its effects: replies resolve the waiting
 calls, messages and acks go to each peer together, on its direct link (``peerlink``) or
-else as one Ray call, activities go to workers in batches. Ray restarts a dead partition actor; ``PartitionCore.__init__`` recovers it.
+else as one Ray call, activities go to workers in batches. Ray restarts a dead partition
+actor; ``PartitionCore.__init__`` recovers it.
 """
 
 from __future__ import annotations

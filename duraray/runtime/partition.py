@@ -485,22 +485,20 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         limit = now - self.config.resend_interval
         for destination, box in self._outbox.items():
             overdue = sorted(seq for seq, (_, sent) in box.items() if sent < limit)
-            if not overdue:
-                continue
-            now = time.monotonic()
-            resend = self._fx.messages.setdefault(destination, [])
-            for seq in overdue:
-                msg, _ = box[seq]
-                box[seq] = (msg, now)
-                resend.append(msg)
+            if overdue:
+                self._resend(destination, overdue)
 
     def _resend_all(self, destination: int) -> None:
         box = self._outbox.get(destination)
-        if not box:
-            return
+        if box:
+            self._resend(destination, sorted(box))
+
+    def _resend(self, destination: int, seqs: list[int]) -> None:
+        """Send the outbox messages ``seqs`` to ``destination`` again in this batch."""
+        box = self._outbox[destination]
         now = time.monotonic()
         resend = self._fx.messages.setdefault(destination, [])
-        for seq in sorted(box):
+        for seq in seqs:
             msg, _ = box[seq]
             box[seq] = (msg, now)
             resend.append(msg)

@@ -208,6 +208,31 @@ def test_acks_empty_the_outbox(cluster_factory):
     assert expected == c.output(parent_id)
 
 
+def test_submit_resend_sends_every_unacked_message_again_at_once(cluster_factory):
+    """After a transport loss (a peer link that closed), submit_resend re-sends what the
+    destination has not acknowledged, without waiting for resend_interval; the copy is
+    applied once."""
+    config = HubConfig(resend_interval=3600.0)
+    c: Cluster = cluster_factory(REGISTRY, partitions=2, hold_messages=True, config=config)
+    child_id, parent_id = id_on(1, 2, "child"), id_on(0, 2, "parent")
+    c.start("parent", parent_id, child_id)
+    c.run(resend=False)
+    [(source, destination, lost)] = c.in_transit
+    c.in_transit.clear()  # lost with the connection
+    c.cores[source].submit_resend(destination)
+    c.cores[source].submit_resend(source)  # a peer with nothing unacknowledged: no-op
+    fx = c.step(source)
+    assert [destination] == list(fx.messages)
+    assert [m.seq for m in lost] == [m.seq for m in fx.messages[destination]]
+    c.hold_messages = False
+    for s, d, messages in c.in_transit:
+        c.cores[d].submit_messages(s, messages)
+    c.in_transit.clear()
+    c.run()
+    assert 2 == c.output(parent_id)
+    assert not any(s.count("outbox") for s in c.stores)
+
+
 def test_unacked_messages_are_resent_after_the_interval(cluster_factory):
     """A message whose delivery was lost is resent once resend_interval has passed, not before."""
     config = HubConfig(resend_interval=2.0)
