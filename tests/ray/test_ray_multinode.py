@@ -84,19 +84,18 @@ SCRIPT = textwrap.dedent(
 ) % {"marker": RESULT}
 
 
-@pytest.mark.timeout(300)
-def test_fan_out_spreads_over_every_node(tmp_path: Path) -> None:
-    """300 activities of one fan-out run on all 3 nodes of a local cluster."""
-    fan_out = 300
-    script = tmp_path / "multinode.py"
-    script.write_text(SCRIPT)
+def _run_cluster_script(tmp_path: Path, source: str, *args: str) -> dict:
+    """Run ``source`` (a script that builds its own cluster) in a subprocess with a
+    private Ray temp dir; returns the one result line it printed, decoded."""
+    script = tmp_path / "cluster_script.py"
+    script.write_text(source)
     # Short: Ray's unix socket paths live under it and must stay under 108 bytes.
     ray_tmp = tempfile.mkdtemp(prefix="drmn", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = ray_tmp
     try:
         proc = subprocess.run(
-            [sys.executable, str(script), str(tmp_path / "data"), str(fan_out)],
+            [sys.executable, str(script), str(tmp_path / "data"), *args],
             capture_output=True,
             text=True,
             timeout=240,
@@ -105,11 +104,18 @@ def test_fan_out_spreads_over_every_node(tmp_path: Path) -> None:
         )
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    expected_returncode, expected_result_lines = 0, 1
-    assert expected_returncode == proc.returncode, proc.stderr[-4000:]
+    assert 0 == proc.returncode, proc.stderr[-4000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
-    assert expected_result_lines == len(lines), proc.stdout[-4000:]
-    result = json.loads(lines[0][len(RESULT) :])
+    assert 1 == len(lines), proc.stdout[-4000:]
+    result: dict = json.loads(lines[0][len(RESULT) :])
+    return result
+
+
+@pytest.mark.timeout(300)
+def test_fan_out_spreads_over_every_node(tmp_path: Path) -> None:
+    """300 activities of one fan-out run on all 3 nodes of a local cluster."""
+    fan_out = 300
+    result = _run_cluster_script(tmp_path, SCRIPT, str(fan_out))
 
     expected_status, expected_node_count = "COMPLETED", 3
     assert expected_status == result["status"]
@@ -221,26 +227,7 @@ def test_spread_placement_puts_partitions_on_every_node_and_keeps_them_there(
     on the peer links; a second launch finds each partition on the node it was recorded
     on; a "local" launch of the spread hub, and a partition whose data went missing, are
     refused with a HubConfigurationError."""
-    script = tmp_path / "spread.py"
-    script.write_text(SPREAD_SCRIPT)
-    ray_tmp = tempfile.mkdtemp(prefix="drsp", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = ray_tmp
-    try:
-        proc = subprocess.run(
-            [sys.executable, str(script), str(tmp_path / "data")],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            env=env,
-            cwd=tmp_path,
-        )
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert 0 == proc.returncode, proc.stderr[-4000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
-    assert 1 == len(lines), proc.stdout[-4000:]
-    result = json.loads(lines[0][len(RESULT) :])
+    result = _run_cluster_script(tmp_path, SPREAD_SCRIPT)
 
     first, second = result["first"], result["second"]
     assert ["COMPLETED"] == first["statuses"]
