@@ -25,7 +25,7 @@ lint: venv
 	$(VENV)/bin/ruff check duraray tests benchmarks examples cluster_config
 
 typecheck: venv
-	$(VENV)/bin/mypy duraray/orchestrations duraray/entities duraray/_errors.py duraray/_registry.py duraray/runtime/codec.py duraray/runtime/store.py duraray/runtime/peerlink.py
+	$(VENV)/bin/mypy duraray/orchestrations duraray/entities duraray/_errors.py duraray/_registry.py duraray/runtime/engine/codec.py duraray/runtime/engine/store.py duraray/runtime/ray/peerlink.py
 
 check: lint typecheck test
 

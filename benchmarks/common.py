@@ -277,7 +277,7 @@ def running_hub(
 
 def partition_infos(hub: str) -> list[dict[str, Any]]:
     """``describe()`` of each of a hub's partition actors (pid, node id, ...)."""
-    from duraray.runtime.manager import PartitionManager
+    from duraray.runtime.ray.manager import PartitionManager
 
     handle = PartitionManager.find(hub)
     if handle is None:

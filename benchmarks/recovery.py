@@ -31,8 +31,8 @@ import ray
 
 import duraray as dr
 from benchmarks import common
-from duraray.runtime.actors import NAMESPACE, partition_actor_name
-from duraray.runtime.routing import partition_for
+from duraray.runtime.engine.routing import partition_for
+from duraray.runtime.ray.actors import NAMESPACE, partition_actor_name
 
 DEFAULT_N, QUICK_N = 1000, 200
 #: The partition that is killed.

@@ -57,9 +57,9 @@ from duraray.orchestrations.history import (
     TimerFired,
 )
 from duraray.orchestrations.task import RetryPolicy, Task, when_all, when_any
-from duraray.runtime.activity import ActivityContext
-from duraray.runtime.aio import AsyncClient
-from duraray.runtime.client import (
+from duraray.runtime.client.aio import AsyncClient
+from duraray.runtime.client.mapping import MapFailure
+from duraray.runtime.client.sync import (
     CleanEntityStorageResult,
     Client,
     EntityMetadata,
@@ -67,8 +67,8 @@ from duraray.runtime.client import (
     Page,
     PurgeResult,
 )
-from duraray.runtime.client_ops import ReuseIdPolicy
-from duraray.runtime.mapping import MapFailure
+from duraray.runtime.engine.activity import ActivityContext
+from duraray.runtime.engine.records import ReuseIdPolicy
 
 __version__ = "0.1.0"
 

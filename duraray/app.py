@@ -120,7 +120,7 @@ class App:
 
         configure_logging(config.log_format)
         if in_process:
-            from duraray.runtime.client import Client
+            from duraray.runtime.client.sync import Client
             from duraray.runtime.inprocess import InProcessHub
 
             hub = InProcessHub(self.name, self.registry, config, clock=clock)
@@ -139,7 +139,7 @@ class App:
             raise ValueError("a custom clock needs in_process=True")
         import ray
 
-        from duraray.runtime.manager import PartitionManager, ensure_ray
+        from duraray.runtime.ray.manager import PartitionManager, ensure_ray
 
         started_ray = ensure_ray(address)
         try:
@@ -169,7 +169,7 @@ class App:
         Returns a ``Client``.
         """
         from duraray.runtime.logging import configure_logging
-        from duraray.runtime.manager import ensure_ray
+        from duraray.runtime.ray.manager import ensure_ray
 
         config = self._config(data_dir, options)
         configure_logging(config.log_format)
@@ -178,7 +178,7 @@ class App:
 
     def stop(self) -> bool:
         """Stop this hub's actors on the connected Ray cluster; data stays on disk."""
-        from duraray.runtime.manager import PartitionManager
+        from duraray.runtime.ray.manager import PartitionManager
 
         return PartitionManager.stop(self.name)
 
@@ -192,8 +192,8 @@ class App:
         return config
 
     def _launch(self, config: HubConfig, *, detached: bool) -> Any:
-        from duraray.runtime.client import Client
-        from duraray.runtime.manager import PartitionManager, RayTransport
+        from duraray.runtime.client.sync import Client
+        from duraray.runtime.ray.manager import PartitionManager, RayTransport
 
         if config.data_dir == ":memory:":
             raise ValueError("data_dir=':memory:' needs in_process=True")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from duraray.runtime import codec
+from duraray.runtime.engine import codec
 
 __all__ = ["DurableBatchMapper", "map_dataset", "row_instance_id"]
 
@@ -72,7 +72,7 @@ class DurableBatchMapper:
         timeout: float | None = None,
         per: str = "row",
     ) -> None:
-        from duraray.runtime.client import Client
+        from duraray.runtime.client.sync import Client
 
         if on_error not in ("raise", "null"):
             raise ValueError("on_error must be 'raise' or 'null'")
@@ -104,7 +104,7 @@ class DurableBatchMapper:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        from duraray.runtime.mapping import MapFailure
+        from duraray.runtime.client.mapping import MapFailure
 
         rows = self._rows(batch)
         ids = [row_instance_id(self.id_prefix, row, self.id_column) for row in rows]
@@ -142,7 +142,7 @@ class DurableBatchMapper:
     def _per_batch(self, batch: dict[str, Any], ids: list[str], inputs: list[Any]) -> dict[str, Any]:
         import numpy as np
 
-        from duraray.runtime.mapping import MapFailure
+        from duraray.runtime.client.mapping import MapFailure
 
         digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:24]
         batch_id = f"{self.id_prefix}-batch-{digest}"

@@ -23,8 +23,8 @@ from duraray._registry import Registry
 from duraray.app import App
 from duraray.orchestrations import history as h
 from duraray.orchestrations.executor import OrchestrationExecutor
-from duraray.runtime import codec
-from duraray.runtime.client import Client
+from duraray.runtime.client.sync import Client
+from duraray.runtime.engine import codec
 from duraray.runtime.inprocess import MEMORY, InProcessHub, ManualClock
 
 __all__ = [

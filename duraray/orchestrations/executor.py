@@ -54,7 +54,7 @@ from duraray.orchestrations.task import (
 
 
 class PayloadConverter(Protocol):
-    """Encodes and decodes payloads; ``duraray.runtime.codec`` is the implementation."""
+    """Encodes and decodes payloads; ``duraray.runtime.engine.codec`` is the implementation."""
 
     def encode(self, value: Any) -> bytes: ...
 

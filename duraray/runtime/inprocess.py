@@ -19,10 +19,10 @@ import structlog
 
 from duraray._registry import Registry
 from duraray.config import HubConfig
-from duraray.runtime.activity import execute_activity
-from duraray.runtime.partition import PartitionCore, utc_now
-from duraray.runtime.records import ActivityTask, ClientRequest, Effects, Reply
-from duraray.runtime.store import LmdbStore, MemoryStore, PartitionStore
+from duraray.runtime.engine.activity import execute_activity
+from duraray.runtime.engine.partition import PartitionCore, utc_now
+from duraray.runtime.engine.records import ActivityTask, ClientRequest, Effects, Reply
+from duraray.runtime.engine.store import LmdbStore, MemoryStore, PartitionStore
 
 log = structlog.get_logger("duraray.inprocess")
 

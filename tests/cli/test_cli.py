@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 import duraray as dr
-from duraray.runtime import manager
 from duraray.runtime.cli import _app as cli
+from duraray.runtime.ray import manager
 from duraray.testing import ManualClock, run_in_process
 
 app = dr.App("cli-tests")

@@ -8,7 +8,7 @@ import inspect
 import pytest
 
 import duraray as dr
-from duraray.runtime.aio import ASYNC_METHODS
+from duraray.runtime.client.aio import ASYNC_METHODS
 from duraray.testing import run_in_process
 
 from .helpers import TIMEOUT

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 import duraray as dr
-from duraray.runtime.routing import partition_for
+from duraray.runtime.engine.routing import partition_for
 from duraray.testing import run_in_process
 
 from .helpers import TIMEOUT, poll

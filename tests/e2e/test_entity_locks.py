@@ -12,10 +12,10 @@ import pytest
 
 import duraray as dr
 from duraray.entities.scheduler import EntityRecord, OperationMessage
-from duraray.runtime import codec
-from duraray.runtime.entity_host import entity_key, pack_message
-from duraray.runtime.routing import partition_for
-from duraray.runtime.store import LmdbStore, WriteBatch
+from duraray.runtime.engine import codec
+from duraray.runtime.engine.entity_host import entity_key, pack_message
+from duraray.runtime.engine.routing import partition_for
+from duraray.runtime.engine.store import LmdbStore, WriteBatch
 from duraray.testing import run_in_process
 
 from .helpers import TIMEOUT, poll

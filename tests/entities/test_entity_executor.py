@@ -11,7 +11,7 @@ import pytest
 from duraray.entities.entity import DurableEntity, EntityContext, SignalAction, StartAction
 from duraray.entities.executor import BatchResult, Operation, execute_batch
 from duraray.entities.ids import EntityId
-from duraray.runtime import codec
+from duraray.runtime.engine import codec
 
 COUNTER = EntityId("counter", "k")
 NOW = datetime(2024, 1, 1, tzinfo=UTC)

@@ -21,7 +21,7 @@ import pytest
 from duraray._errors import FailureDetails
 from duraray.orchestrations import history as h
 from duraray.orchestrations.executor import ExecutorOptions, OrchestrationExecutor, replay
-from duraray.runtime import codec
+from duraray.runtime.engine import codec
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 INSTANCE_ID = "order-1"

@@ -16,7 +16,7 @@ import pytest
 @pytest.fixture
 def hubs_to_stop(ray_session) -> Iterator[list[str]]:
     """Names of hubs a test starts; each is stopped at teardown, whatever the test did."""
-    from duraray.runtime.manager import PartitionManager
+    from duraray.runtime.ray.manager import PartitionManager
 
     names: list[str] = []
     yield names

@@ -18,7 +18,8 @@ import pytest
 import ray
 
 import duraray as dr
-from duraray.runtime import codec, manager
+from duraray.runtime.engine import codec
+from duraray.runtime.ray import manager
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

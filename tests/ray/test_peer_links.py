@@ -20,8 +20,8 @@ import pytest
 import ray
 
 import duraray as dr
-from duraray.runtime.actors import NAMESPACE, partition_actor_name
-from duraray.runtime.routing import partition_for
+from duraray.runtime.engine.routing import partition_for
+from duraray.runtime.ray.actors import NAMESPACE, partition_actor_name
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -136,7 +136,7 @@ SPREAD_SCRIPT = textwrap.dedent(
     from ray.cluster_utils import Cluster
 
     import duraray as dr
-    from duraray.runtime.manager import PartitionManager
+    from duraray.runtime.ray.manager import PartitionManager
 
     app = dr.App("rt-spread", partitions=6)
 

@@ -25,13 +25,13 @@ import pytest
 from duraray._registry import Registry
 from duraray.config import HubConfig
 from duraray.orchestrations import history as h
-from duraray.runtime import codec
-from duraray.runtime import partition as partition_module
-from duraray.runtime.activity import execute_activity
-from duraray.runtime.partition import PartitionCore
-from duraray.runtime.records import ActivityTask, ClientRequest, Effects, Message, Reply
-from duraray.runtime.routing import partition_for
-from duraray.runtime.store import LmdbStore, MemoryStore, PartitionStore, WriteBatch
+from duraray.runtime.engine import codec
+from duraray.runtime.engine import partition as partition_module
+from duraray.runtime.engine.activity import execute_activity
+from duraray.runtime.engine.partition import PartitionCore
+from duraray.runtime.engine.records import ActivityTask, ClientRequest, Effects, Message, Reply
+from duraray.runtime.engine.routing import partition_for
+from duraray.runtime.engine.store import LmdbStore, MemoryStore, PartitionStore, WriteBatch
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import duraray as dr
-from duraray.runtime.activity import ActivityCostModel, execute_activity
-from duraray.runtime.records import ActivityTask
+from duraray.runtime.engine.activity import ActivityCostModel, execute_activity
+from duraray.runtime.engine.records import ActivityTask
 
 
 def test_an_activity_is_cheap_only_after_warmup():
@@ -48,7 +48,7 @@ def test_execute_activity_reports_its_duration():
     def boom(ctx, _):
         raise ValueError("no")
 
-    from duraray.runtime import codec
+    from duraray.runtime.engine import codec
 
     for name, failed in (("ok", False), ("boom", True)):
         task = ActivityTask("i", "e", 0, name, codec.encode(1), 0)

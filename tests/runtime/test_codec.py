@@ -1,4 +1,4 @@
-"""Tests of duraray.runtime.codec: payload round-trips, type-hint conversion and records."""
+"""Tests of duraray.runtime.engine.codec: payload round-trips, type-hint conversion and records."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from duraray.orchestrations.history import (
     TaskCompleted,
     TaskFailed,
 )
-from duraray.runtime import codec
-from duraray.runtime.codec import (
+from duraray.runtime.engine import codec
+from duraray.runtime.engine.codec import (
     convert,
     decode,
     decode_event,

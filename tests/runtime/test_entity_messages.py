@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from duraray.entities.scheduler import LockRequest, OperationMessage, UnlockMessage
-from duraray.runtime.entity_host import pack_message, unpack_message
+from duraray.runtime.engine.entity_host import pack_message, unpack_message
 
 REQUEST = LockRequest(
     owner="cs-1", instance_id="orch-1", execution_id="exec-1", task_id=4,

@@ -24,8 +24,8 @@ from duraray import when_all
 from duraray.config import HubConfig
 from duraray.entities.ids import EntityId
 from duraray.orchestrations import history as h
-from duraray.runtime import codec
-from duraray.runtime.routing import partition_for
+from duraray.runtime.engine import codec
+from duraray.runtime.engine.routing import partition_for
 
 Status = h.OrchestrationStatus
 

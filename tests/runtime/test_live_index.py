@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import duraray as dr
 from duraray.config import HubConfig
-from duraray.runtime import codec
-from duraray.runtime.partition import PartitionCore
-from duraray.runtime.records import FORMAT_VERSION, ClientRequest
-from duraray.runtime.store import MemoryStore, WriteBatch
+from duraray.runtime.engine import codec
+from duraray.runtime.engine.partition import PartitionCore
+from duraray.runtime.engine.records import FORMAT_VERSION, ClientRequest
+from duraray.runtime.engine.store import MemoryStore, WriteBatch
 
 app = dr.App("live-index", partitions=1)
 

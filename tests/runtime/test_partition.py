@@ -17,10 +17,10 @@ from duraray import when_all
 from duraray._errors import HubConfigurationError
 from duraray.config import HubConfig
 from duraray.orchestrations import history as h
-from duraray.runtime import codec
-from duraray.runtime.partition import PartitionCore
-from duraray.runtime.records import ActivityResult, Message
-from duraray.runtime.store import LmdbStore
+from duraray.runtime.engine import codec
+from duraray.runtime.engine.partition import PartitionCore
+from duraray.runtime.engine.records import ActivityResult, Message
+from duraray.runtime.engine.store import LmdbStore
 
 Status = h.OrchestrationStatus
 
@@ -430,7 +430,7 @@ def test_stored_replies_are_pruned_after_the_retention(cluster_factory):
 
 def test_pruning_is_bounded_per_batch(cluster_factory, monkeypatch):
     """A backlog of expired replies goes a bounded number per batch, oldest first."""
-    from duraray.runtime import client_ops
+    from duraray.runtime.engine import client_ops
 
     monkeypatch.setattr(client_ops, "PRUNE_BATCH", 3)
     c: Cluster = cluster_factory(REGISTRY, config=HubConfig(request_dedup_seconds=1))

@@ -1,4 +1,4 @@
-"""Tests of duraray.runtime.peerlink: frames, the authenticated handshake, and reconnection.
+"""Tests of duraray.runtime.ray.peerlink: frames, the authenticated handshake, and reconnection.
 
 Pure asyncio on 127.0.0.1, no Ray: each test runs its own event loop (``_run``), builds
 its PeerLinks through a ``Net`` (which plays the partitions' address book) and closes them
@@ -21,8 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duraray.runtime import peerlink
-from duraray.runtime.peerlink import (
+from duraray.runtime.engine.records import Message
+from duraray.runtime.ray import peerlink
+from duraray.runtime.ray.peerlink import (
     MAX_FRAME_BYTES,
     PROTOCOL,
     RETRY_AFTER,
@@ -30,7 +31,6 @@ from duraray.runtime.peerlink import (
     decode_frame,
     encode_frame,
 )
-from duraray.runtime.records import Message
 
 HUB = "links-test"
 SECRET = b"0123456789abcdef0123456789abcdef"

@@ -1,4 +1,4 @@
-"""Where a hub's partitions run: ``PartitionManager._place`` without a Ray cluster.
+"""Where a hub's partitions run: ``Placement.plan`` without a Ray cluster.
 
 Each fake node has its own disk (a temp dir standing for the same ``data_dir`` path on
 that node); ``ray.nodes()``, the launching node and the cross-node probe are replaced, so
@@ -18,8 +18,8 @@ import pytest
 
 from duraray import HubConfigurationError
 from duraray.config import HubConfig
-from duraray.runtime import manager
-from duraray.runtime.manager import PLACEMENT_FILE, PartitionManager
+from duraray.runtime.ray import placement as placement_module
+from duraray.runtime.ray.placement import PLACEMENT_FILE, Placement
 
 HUB = "h"
 
@@ -37,7 +37,7 @@ class FakeCluster:
             "ray.get_runtime_context",
             lambda: types.SimpleNamespace(get_node_id=lambda: self.here),
         )
-        monkeypatch.setattr(PartitionManager, "_probe", self._probe)
+        monkeypatch.setattr(Placement, "_probe", self._probe)
 
     def add(self, node: str, ip: str, cpus: float = 2.0) -> None:
         self.nodes.append(
@@ -59,13 +59,13 @@ class FakeCluster:
         self.probed.append(list(nodes))
         relative = os.path.relpath(hub_dir, self.disk(self.here))
         ips = {n["NodeID"]: n["NodeManagerAddress"] for n in self.nodes}
-        return {n: (ips[n], manager._hub_data(str(self.disk(n) / relative))) for n in nodes}
+        return {n: (ips[n], placement_module._hub_data(str(self.disk(n) / relative))) for n in nodes}
 
     def place(self, placement: str, partitions: int = 4) -> tuple[list[str], bool]:
         config = HubConfig(
             partitions=partitions, data_dir=str(self.disk(self.here)), placement=placement
         )
-        return PartitionManager(HUB, config, None)._place(config)
+        return Placement(HUB, config).plan()
 
     def create_stores(self, placement: list[str]) -> None:
         """What the partitions do on their first start: a store on their own node."""
@@ -77,7 +77,7 @@ class FakeCluster:
     def mark_created(self, placement: list[str]) -> None:
         """What a launch records once every partition opened its store."""
         config = HubConfig(partitions=len(placement), data_dir=str(self.disk(self.here)))
-        PartitionManager(HUB, config, None)._record_placement(config, placement, created=True)
+        Placement(HUB, config).record(placement, created=True)
 
     def launch(self, placement: str, partitions: int = 4) -> list[str]:
         nodes, existing = self.place(placement, partitions)

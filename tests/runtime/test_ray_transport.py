@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from duraray.runtime import manager
-from duraray.runtime.manager import HubHandle, RayTransport
-from duraray.runtime.records import Reply
+from duraray.runtime.engine.records import Reply
+from duraray.runtime.ray import manager
+from duraray.runtime.ray.manager import HubHandle, RayTransport
 
 TIMEOUT = 5.0
 

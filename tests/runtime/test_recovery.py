@@ -25,7 +25,7 @@ from partition_driver import Cluster, completions, make_registry
 from duraray import when_all
 from duraray.config import HubConfig
 from duraray.orchestrations import history as h
-from duraray.runtime import codec
+from duraray.runtime.engine import codec
 
 Status = h.OrchestrationStatus
 

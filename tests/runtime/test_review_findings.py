@@ -10,8 +10,8 @@ from partition_driver import Cluster, make_registry
 
 import duraray as dr
 from duraray.orchestrations import history as h
-from duraray.runtime import codec
-from duraray.runtime.records import Reply
+from duraray.runtime.engine import codec
+from duraray.runtime.engine.records import Reply
 from duraray.testing import run_in_process
 
 Status = h.OrchestrationStatus

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from duraray._errors import HubConfigurationError
-from duraray.runtime.store import (
+from duraray.runtime.engine.store import (
     DATABASES,
     MAX_KEY_SIZE,
     LmdbStore,
@@ -547,7 +547,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     from duraray._errors import HubConfigurationError
-    from duraray.runtime.store import LmdbStore
+    from duraray.runtime.engine.store import LmdbStore
     try:
         LmdbStore(sys.argv[1]).close()
     except HubConfigurationError as exc:

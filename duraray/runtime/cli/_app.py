@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import json
 import os
 import sys
@@ -53,7 +52,7 @@ from duraray.runtime.cli._format import (
     _state_json,
     _table,
 )
-from duraray.runtime.client import Client, OrchestrationState
+from duraray.runtime.client.sync import Client, OrchestrationState
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -275,7 +274,7 @@ def _load_app(spec: str) -> App:
 
 def _connect_ray(address: str) -> None:
     """Join the Ray cluster (workers' output stays off this terminal); exit 5 if none."""
-    from duraray.runtime.manager import ensure_ray
+    from duraray.runtime.ray.manager import ensure_ray
 
     _setup_logging()
     try:
@@ -305,7 +304,7 @@ def _start_hub(
     app: App, *, address: str, data_dir: str | None, partitions: int | None
 ) -> dict[str, Any]:
     """Launch the app's hub detached (or attach if it is up); what is running."""
-    from duraray.runtime.manager import PartitionManager
+    from duraray.runtime.ray.manager import PartitionManager
 
     _connect_ray(address)
     already_running = PartitionManager.find(app.name) is not None
@@ -324,7 +323,7 @@ def _start_hub(
 
 def _stop_hub(hub: str, *, address: str) -> bool:
     """Stop a hub's actors; False if it was not running."""
-    from duraray.runtime.manager import PartitionManager
+    from duraray.runtime.ray.manager import PartitionManager
 
     _connect_ray(address)
     return PartitionManager.stop(hub)
@@ -337,17 +336,6 @@ def _http_server() -> Callable[..., Any]:
     except ImportError as exc:
         raise CliError(f"the HTTP API is not available: {exc}", EXIT_FAILED) from exc
     return http_serve
-
-
-def _is_loopback(host: str) -> bool:
-    """``localhost`` or a loopback IP (the HTTP server's own rule, checked before connecting)."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False  # any other name may resolve to a public interface
 
 
 STATUS = click.Choice([s.value for s in OrchestrationStatus], case_sensitive=False)
@@ -501,7 +489,10 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
     Listening on anything but loopback needs a bearer token (--token or
     $DURARAY_HTTP_TOKEN).
     """
-    if not token and not _is_loopback(host):
+    # Checked before connecting to Ray, with the HTTP server's own rule.
+    from duraray.runtime.http.auth import is_loopback
+
+    if not token and not is_loopback(host):
         raise click.UsageError(
             f"refusing to listen on {host!r} without a token: pass --token (or set "
             "DURARAY_HTTP_TOKEN), or listen on 127.0.0.1",

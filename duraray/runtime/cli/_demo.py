@@ -20,8 +20,8 @@ def demo(data_dir: str, address: str | None) -> None:
 
     from duraray.demo import PENDING_APPROVAL_ID, app
     from duraray.orchestrations.history import OrchestrationStatus as S
-    from duraray.runtime.actors import NAMESPACE, partition_actor_name
-    from duraray.runtime.routing import partition_for
+    from duraray.runtime.engine.routing import partition_for
+    from duraray.runtime.ray.actors import NAMESPACE, partition_actor_name
 
     data_dir = os.path.abspath(data_dir)
     _say(f"duraray demo: starting hub 'demo' ({app.config.partitions} partitions) on local Ray")

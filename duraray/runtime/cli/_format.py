@@ -21,7 +21,7 @@ import click
 from duraray.entities.ids import EntityId
 from duraray.orchestrations.history import OrchestrationStatus
 from duraray.orchestrations.ids import validate_instance_id
-from duraray.runtime.client import EntityMetadata, OrchestrationState
+from duraray.runtime.client.sync import EntityMetadata, OrchestrationState
 
 EXIT_OK = 0
 

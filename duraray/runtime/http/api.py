@@ -104,8 +104,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from duraray.orchestrations.history import OrchestrationStatus
-from duraray.runtime.aio import AsyncClient
-from duraray.runtime.client import Client, OrchestrationState
+from duraray.runtime.client.aio import AsyncClient
+from duraray.runtime.client.sync import Client, OrchestrationState
 from duraray.runtime.http import parsing as q
 from duraray.runtime.http import payloads as p
 from duraray.runtime.http.auth import BearerTokenMiddleware

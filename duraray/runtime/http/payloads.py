@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from duraray.orchestrations.history import HistoryEvent, OrchestrationStatus
-from duraray.runtime.client import EntityMetadata, OrchestrationState
+from duraray.runtime.client.sync import EntityMetadata, OrchestrationState
 
 #: OrchestrationStatus -> the Durable Functions ``runtimeStatus`` spelling.
 DF_STATUS: dict[OrchestrationStatus, str] = {

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import uvicorn
 
-from duraray.runtime.aio import AsyncClient
-from duraray.runtime.client import Client
+from duraray.runtime.client.aio import AsyncClient
+from duraray.runtime.client.sync import Client
 from duraray.runtime.http.api import DEFAULT_MAX_BODY_BYTES, create_app
 from duraray.runtime.http.auth import TOKEN_ENV, is_loopback, resolve_token
 

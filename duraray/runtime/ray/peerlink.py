@@ -39,8 +39,8 @@ from typing import Any
 import msgpack
 import structlog
 
-from duraray.runtime import codec
-from duraray.runtime.records import Message
+from duraray.runtime.engine import codec
+from duraray.runtime.engine.records import Message
 
 log = structlog.get_logger("duraray.peerlink")
 

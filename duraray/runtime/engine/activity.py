@@ -15,8 +15,8 @@ from typing import Any
 from duraray._errors import ActivityNotRegisteredError, FailureDetails
 from duraray._registry import Registry
 from duraray.orchestrations.executor import accepts_input, input_type_hint
-from duraray.runtime import codec
-from duraray.runtime.records import ActivityResult, ActivityTask
+from duraray.runtime.engine import codec
+from duraray.runtime.engine.records import ActivityResult, ActivityTask
 
 
 @dataclass(frozen=True, slots=True)

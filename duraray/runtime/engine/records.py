@@ -240,3 +240,19 @@ class Reply:
     """A failed client request's answer: the shell raises ``error`` at the caller."""
 
     error: BaseException
+
+
+class ReuseIdPolicy:
+    """What ``schedule_new_orchestration`` does when the instance id already exists.
+
+    - ``ERROR_IF_RUNNING`` (default): replace a terminal instance, reject a running one;
+    - ``ERROR``: reject any existing instance;
+    - ``IGNORE_IF_RUNNING``: keep a running instance and return its id; replace a terminal one;
+    - ``TERMINATE_IF_RUNNING``: terminate a running instance and start anew.
+    """
+
+    ERROR_IF_RUNNING = "error_if_running"
+    ERROR = "error"
+    IGNORE_IF_RUNNING = "ignore_if_running"
+    TERMINATE_IF_RUNNING = "terminate_if_running"
+    ALL = frozenset({ERROR_IF_RUNNING, ERROR, IGNORE_IF_RUNNING, TERMINATE_IF_RUNNING})

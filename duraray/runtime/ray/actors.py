@@ -28,11 +28,17 @@ import structlog
 from duraray._errors import FailureDetails, HubConfigurationError
 from duraray._registry import Registry
 from duraray.config import HubConfig
-from duraray.runtime.activity import ActivityCostModel, execute_activity
-from duraray.runtime.partition import PartitionCore
-from duraray.runtime.peerlink import PeerLinks
-from duraray.runtime.records import ActivityResult, ActivityTask, ClientRequest, Effects, Reply
-from duraray.runtime.store import LmdbStore
+from duraray.runtime.engine.activity import ActivityCostModel, execute_activity
+from duraray.runtime.engine.partition import PartitionCore
+from duraray.runtime.engine.records import (
+    ActivityResult,
+    ActivityTask,
+    ClientRequest,
+    Effects,
+    Reply,
+)
+from duraray.runtime.engine.store import LmdbStore
+from duraray.runtime.ray.peerlink import PeerLinks
 
 log = structlog.get_logger("duraray.actors")
 

@@ -28,12 +28,12 @@ from duraray.entities.scheduler import (
     release,
 )
 from duraray.orchestrations import history as h
-from duraray.runtime import codec
-from duraray.runtime.records import ClientRequest, TimerRow
-from duraray.runtime.routing import partition_for
+from duraray.runtime.engine import codec
+from duraray.runtime.engine.records import ClientRequest, TimerRow
+from duraray.runtime.engine.routing import partition_for
 
 if TYPE_CHECKING:
-    from duraray.runtime.partition import PartitionCore
+    from duraray.runtime.engine.partition import PartitionCore
 
 _TAGS: dict[type, str] = {OperationMessage: "op", LockRequest: "lock", UnlockMessage: "unlock"}
 _CLASSES: dict[str, type] = {tag: cls for cls, tag in _TAGS.items()}

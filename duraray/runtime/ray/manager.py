@@ -10,7 +10,6 @@ process can find a hub's actors by name, and ids are routed by the stable hash o
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import queue
 import secrets
@@ -26,8 +25,9 @@ import structlog
 from duraray._errors import HubConfigurationError
 from duraray._registry import Registry
 from duraray.config import HubConfig
-from duraray.runtime.records import Reply
-from duraray.runtime.routing import partition_for
+from duraray.runtime.engine.records import Reply
+from duraray.runtime.engine.routing import partition_for
+from duraray.runtime.ray.placement import Placement
 
 log = structlog.get_logger("duraray.manager")
 
@@ -81,7 +81,6 @@ class HubHandle:
 
 #: The file, in ``<data_dir>/<hub>/`` of the launching node, recording which node holds
 #: each partition's data when ``placement="spread"``.
-PLACEMENT_FILE = "placement.json"
 
 #: Calls one client keeps in flight to one partition. Further requests wait and then go
 #: together as one call: a Ray call costs far more than a request, so many threads
@@ -230,18 +229,6 @@ class RayTransport:
                 self._settle(items, None, exc)
 
 
-def _hub_data(hub_dir: str) -> list[str]:
-    """What of a hub's data exists under ``hub_dir`` on this node (its placement record and
-    partition stores), as paths relative to it."""
-    if not os.path.isdir(hub_dir):
-        return []
-    found = [PLACEMENT_FILE] if os.path.exists(os.path.join(hub_dir, PLACEMENT_FILE)) else []
-    for name in sorted(os.listdir(hub_dir)):
-        if os.path.exists(os.path.join(hub_dir, name, "data.mdb")):
-            found.append(os.path.join(name, "data.mdb"))
-    return found
-
-
 def ship_app_code(registry: Registry) -> list[str]:
     """Let workers load the app's code even where its modules are not installed.
 
@@ -286,7 +273,7 @@ class PartitionManager:
         """The running hub's actors, or None if the hub is not up."""
         import ray
 
-        from duraray.runtime.actors import NAMESPACE, partition_actor_name
+        from duraray.runtime.ray.actors import NAMESPACE, partition_actor_name
 
         deadline = time.monotonic() + timeout
         while True:
@@ -311,7 +298,7 @@ class PartitionManager:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from duraray.runtime.actors import (
+        from duraray.runtime.ray.actors import (
             NAMESPACE,
             ActivityWorker,
             PartitionActor,
@@ -333,7 +320,7 @@ class PartitionManager:
                 f"hub {self.hub!r} is not running and no app code was given"
             )
         config = self.config
-        placement, hub_exists = self._place(config)
+        placement, hub_exists = Placement(self.hub, config).plan()
         here = ray.get_runtime_context().get_node_id()
         self._check_data_dir(config, partition_dir, [i for i, n in enumerate(placement) if n == here])
         ship_app_code(self.registry)
@@ -394,7 +381,7 @@ class PartitionManager:
                 raise HubConfigurationError(cause[1].strip()) from exc
             raise HubConfigurationError(f"hub {self.hub!r} failed to start: {exc}") from exc
         if config.placement == "spread" and not hub_exists:
-            self._record_placement(config, placement, created=True)
+            Placement(self.hub, config).record(placement, created=True)
         started_info: dict[str, Any] = ray.get(partitions[0].describe.remote())
         log.info(
             "hub started",
@@ -413,7 +400,7 @@ class PartitionManager:
         some of them died): new ones must share it, or their links would be refused."""
         import ray
 
-        from duraray.runtime.actors import NAMESPACE
+        from duraray.runtime.ray.actors import NAMESPACE
 
         for name in names:
             try:
@@ -424,163 +411,6 @@ class PartitionManager:
             if secret is not None:
                 return secret
         return None
-
-    # -- placement ----------------------------------------------------------------------------
-
-    def _placement_path(self, config: HubConfig) -> str:
-        return os.path.join(config.data_dir, self.hub, PLACEMENT_FILE)
-
-    def _place(self, config: HubConfig) -> tuple[list[str], bool]:
-        """The Ray node id each partition runs on, and whether the hub already exists (so
-        every partition must find its data there rather than start an empty store)."""
-        import ray
-
-        here = ray.get_runtime_context().get_node_id()
-        hub_dir = os.path.join(config.data_dir, self.hub)
-        path = self._placement_path(config)
-        recorded = self._read_placement(path)
-        alive = [n for n in ray.nodes() if n.get("Alive")]
-        if recorded is None or not recorded.get("created"):
-            if recorded is not None:
-                os.remove(path)  # a first launch that never finished: plan afresh
-            local_data = _hub_data(hub_dir)
-            if not local_data:
-                self._refuse_data_elsewhere(config, here, [n["NodeID"] for n in alive])
-            if config.placement == "local":
-                return [here] * config.partitions, bool(local_data)
-            if local_data:
-                raise HubConfigurationError(
-                    f"hub {self.hub!r} has partition data in {hub_dir} on this node but no "
-                    f"{PLACEMENT_FILE}: either it was created with placement='local' (launch "
-                    "it so), or with placement='spread' from another node (launch it from the "
-                    f"node that holds its {PLACEMENT_FILE})"
-                )
-            # This node first, then the others with CPUs in a fixed order: partition 0
-            # (and, with fewer nodes than partitions, every len(nodes)-th one) stays
-            # where the launch happens.
-            others = sorted(
-                n["NodeID"] for n in alive if n["NodeID"] != here and n.get("Resources", {}).get("CPU")
-            )
-            ids = [here, *others]
-            placement = [ids[i % len(ids)] for i in range(config.partitions)]
-            self._record_placement(config, placement, created=False)
-            return placement, False
-        if config.placement == "local":
-            raise HubConfigurationError(
-                f"hub {self.hub!r} was created with placement='spread': its partitions' "
-                f"data is on several nodes (see {path}); launch it with placement='spread'"
-            )
-        entries = recorded["partitions"]
-        if len(entries) != config.partitions:
-            raise HubConfigurationError(
-                f"hub {self.hub!r} has {len(entries)} partitions (see {path}), not "
-                f"{config.partitions}"
-            )
-        # Recorded nodes are looked up among all alive nodes: the launching node (a head
-        # started with no CPUs, say) holds partitions without offering CPUs.
-        ids = {n["NodeID"] for n in alive}
-        by_ip: dict[str, list[str]] = {}
-        for node in alive:
-            by_ip.setdefault(node.get("NodeManagerAddress", ""), []).append(node["NodeID"])
-        placement = []
-        for index, entry in enumerate(entries):
-            if entry["node_id"] in ids:
-                placement.append(entry["node_id"])
-                continue
-            # A node that restarted has a new id: find it again by its address. Several
-            # nodes on one host share its disk, so any of them will do (and a partition
-            # that does not find its data there refuses to start).
-            same = sorted(by_ip.get(entry["node_ip"], []))
-            if not same:
-                raise HubConfigurationError(
-                    f"partition {index} of hub {self.hub!r} keeps its data on node "
-                    f"{entry['node_ip']} ({entry['node_id']}), which is not in the cluster; "
-                    "start that node (with its disk) and launch again"
-                )
-            placement.append(same[0])
-        if placement != [e["node_id"] for e in entries]:
-            self._record_placement(config, placement, created=True)
-        return placement, True
-
-    def _read_placement(self, path: str) -> dict[str, Any] | None:
-        if not os.path.exists(path):
-            return None
-        try:
-            with open(path) as fh:
-                recorded = json.load(fh)
-            entries = recorded["partitions"]
-            if not isinstance(recorded.get("created"), bool) or not all(
-                isinstance(e["node_id"], str) and isinstance(e["node_ip"], str) for e in entries
-            ):
-                raise ValueError("unexpected field types")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise HubConfigurationError(
-                f"cannot read the placement of hub {self.hub!r} from {path}: {exc}"
-            ) from None
-        result: dict[str, Any] = recorded
-        return result
-
-    def _refuse_data_elsewhere(self, config: HubConfig, here: str, nodes: list[str]) -> None:
-        """Before creating a hub afresh, make sure no other node already holds its data
-        (a launch from the wrong node would otherwise start empty beside the real one)."""
-        others = [n for n in nodes if n != here]
-        if not others:
-            return
-        hub_dir = os.path.join(config.data_dir, self.hub)
-        for node, (address, found) in self._probe(hub_dir, others).items():
-            if found:
-                raise HubConfigurationError(
-                    f"hub {self.hub!r} already has data on node {address or node} "
-                    f"({', '.join(found)}); launch it from the node that holds "
-                    f"{os.path.join(hub_dir, PLACEMENT_FILE)}, or for placement='local' from "
-                    "the node that holds its data dir"
-                )
-
-    def _probe(self, hub_dir: str, nodes: list[str]) -> dict[str, tuple[str, list[str]]]:
-        """``_hub_data(hub_dir)`` on each node (a zero-CPU task pinned there), with the
-        node's address; nodes that do not answer within a minute are left out."""
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        look = ray.remote(num_cpus=0)(_hub_data)
-        refs = {
-            look.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
-            ).remote(hub_dir): node
-            for node in nodes
-        }
-        ready, missing = ray.wait(list(refs), num_returns=len(refs), timeout=60)
-        if missing:
-            log.warning("some nodes did not answer the data-dir probe", nodes=len(missing))
-        ips = {n["NodeID"]: n.get("NodeManagerAddress", "") for n in ray.nodes()}
-        out: dict[str, tuple[str, list[str]]] = {}
-        for ref in ready:
-            try:
-                out[refs[ref]] = (ips.get(refs[ref], ""), ray.get(ref))
-            except Exception as exc:  # a node that died meanwhile holds nothing we can use
-                log.warning("data-dir probe failed", error=str(exc))
-        return out
-
-    def _record_placement(self, config: HubConfig, placement: list[str], *, created: bool) -> None:
-        import ray
-
-        ips = {n["NodeID"]: n.get("NodeManagerAddress", "") for n in ray.nodes()}
-        path = self._placement_path(config)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        body = {
-            "version": 1,
-            "hub": self.hub,
-            # False until every partition has opened its store once: a launch that died
-            # before that may create the stores afresh.
-            "created": created,
-            "partitions": [{"node_id": n, "node_ip": ips.get(n, "")} for n in placement],
-        }
-        temp = f"{path}.tmp"
-        with open(temp, "w") as fh:
-            json.dump(body, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temp, path)
 
     def _check_data_dir(self, config: HubConfig, partition_dir: Any, local: list[int]) -> None:
         """Refuse a data dir that another process holds, before any actor starts (for the
@@ -613,7 +443,7 @@ class PartitionManager:
         """Kill a hub's partition and worker actors; its data stays on disk."""
         import ray
 
-        from duraray.runtime.actors import NAMESPACE, partition_actor_name, worker_actor_name
+        from duraray.runtime.ray.actors import NAMESPACE, partition_actor_name, worker_actor_name
 
         handle = PartitionManager.find(hub)
         if handle is None:

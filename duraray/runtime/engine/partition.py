@@ -46,18 +46,18 @@ from duraray._registry import Registry
 from duraray.config import HubConfig
 from duraray.orchestrations import history as h
 from duraray.orchestrations.executor import ExecutorOptions, OrchestrationExecutor
-from duraray.runtime import codec
-from duraray.runtime import records as r
-from duraray.runtime.client_ops import (  # MUTATING_OPS, ReuseIdPolicy: re-exported
+from duraray.runtime.engine import codec
+from duraray.runtime.engine import records as r
+from duraray.runtime.engine.client_ops import (  # MUTATING_OPS, ReuseIdPolicy: re-exported
     MUTATING_OPS,  # noqa: F401
     ClientOps,
     ReuseIdPolicy,  # noqa: F401
     _Watcher,
 )
-from duraray.runtime.entity_host import EntityHost
-from duraray.runtime.lifecycle import InstanceLifecycle
-from duraray.runtime.lifecycle import LiveInstance as _Live
-from duraray.runtime.records import (
+from duraray.runtime.engine.entity_host import EntityHost
+from duraray.runtime.engine.lifecycle import InstanceLifecycle
+from duraray.runtime.engine.lifecycle import LiveInstance as _Live
+from duraray.runtime.engine.records import (
     ActivityResult,
     ActivityTask,
     ClientRequest,
@@ -66,8 +66,8 @@ from duraray.runtime.records import (
     Message,
     TimerRow,
 )
-from duraray.runtime.routing import partition_for
-from duraray.runtime.store import PartitionStore, WriteBatch
+from duraray.runtime.engine.routing import partition_for
+from duraray.runtime.engine.store import PartitionStore, WriteBatch
 
 Status = h.OrchestrationStatus
 

@@ -18,10 +18,10 @@ from duraray._errors import (
     error_type_name,
 )
 from duraray.orchestrations import history as h
-from duraray.runtime import codec
-from duraray.runtime import records as r
-from duraray.runtime.records import InstanceRecord
-from duraray.runtime.routing import partition_for
+from duraray.runtime.engine import codec
+from duraray.runtime.engine import records as r
+from duraray.runtime.engine.records import InstanceRecord
+from duraray.runtime.engine.routing import partition_for
 
 Status = h.OrchestrationStatus
 

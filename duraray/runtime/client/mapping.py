@@ -19,7 +19,7 @@ from duraray._errors import FailureDetails, OrchestrationFailedError
 from duraray.orchestrations.history import OrchestrationStatus
 
 if TYPE_CHECKING:
-    from duraray.runtime.client import Client, OrchestrationState
+    from duraray.runtime.client.sync import Client, OrchestrationState
 
 #: What ``Client.map`` does with an item whose orchestration failed or was terminated.
 ON_ERROR = ("raise", "skip", "collect")
@@ -112,7 +112,7 @@ def _start_chunk(
     import uuid
 
     from duraray.orchestrations.ids import validate_instance_id
-    from duraray.runtime.client_ops import ReuseIdPolicy
+    from duraray.runtime.engine.records import ReuseIdPolicy
 
     ids: list[str] = []
     for index, value in chunk:
@@ -144,7 +144,7 @@ def _read_records(client: Client, ids: list[str]) -> list[Any]:
     for deduplication, and a reply holding instance records cannot be stored (nor need it
     be: a read has nothing to deduplicate).
     """
-    from duraray.runtime.records import Reply
+    from duraray.runtime.engine.records import Reply
 
     by_partition: dict[int, list[int]] = {}
     for index, iid in enumerate(ids):

@@ -26,16 +26,16 @@ from duraray._errors import (
     SerializationError,
 )
 from duraray.orchestrations import history as h
-from duraray.runtime import codec
-from duraray.runtime import records as r
-from duraray.runtime.records import ClientRequest, InstanceRecord, Reply
-from duraray.runtime.routing import partition_for
+from duraray.runtime.engine import codec
+from duraray.runtime.engine import records as r
+from duraray.runtime.engine.records import ClientRequest, InstanceRecord, Reply, ReuseIdPolicy
+from duraray.runtime.engine.routing import partition_for
 
 Status = h.OrchestrationStatus
 log = structlog.get_logger("duraray.partition")
 
 if TYPE_CHECKING:
-    from duraray.runtime.lifecycle import LiveInstance as _Live
+    from duraray.runtime.engine.lifecycle import LiveInstance as _Live
 
 #: Stored replies deleted per batch at most, and how often a partition looks for them.
 PRUNE_BATCH = 2000
@@ -48,22 +48,6 @@ MUTATING_OPS = frozenset(
         "batch", "signal_entity", "clean_entities", "release_entity_lock",
     }
 )
-
-
-class ReuseIdPolicy:
-    """What ``schedule_new_orchestration`` does when the instance id already exists.
-
-    - ``ERROR_IF_RUNNING`` (default): replace a terminal instance, reject a running one;
-    - ``ERROR``: reject any existing instance;
-    - ``IGNORE_IF_RUNNING``: keep a running instance and return its id; replace a terminal one;
-    - ``TERMINATE_IF_RUNNING``: terminate a running instance and start anew.
-    """
-
-    ERROR_IF_RUNNING = "error_if_running"
-    ERROR = "error"
-    IGNORE_IF_RUNNING = "ignore_if_running"
-    TERMINATE_IF_RUNNING = "terminate_if_running"
-    ALL = frozenset({ERROR_IF_RUNNING, ERROR, IGNORE_IF_RUNNING, TERMINATE_IF_RUNNING})
 
 
 @dataclass(slots=True)

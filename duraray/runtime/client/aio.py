@@ -11,7 +11,7 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from duraray.runtime.client import Client
+from duraray.runtime.client.sync import Client
 
 #: The Client methods mirrored as coroutines.
 ASYNC_METHODS = (

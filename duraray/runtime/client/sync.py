@@ -31,11 +31,10 @@ from duraray.entities.ids import EntityId
 from duraray.entities.scheduler import EntityRecord
 from duraray.orchestrations import history as h
 from duraray.orchestrations.ids import validate_instance_id
-from duraray.runtime import codec
-from duraray.runtime import records as r
-from duraray.runtime.client_ops import ReuseIdPolicy
-from duraray.runtime.records import InstanceRecord, Reply
-from duraray.runtime.routing import partition_for
+from duraray.runtime.engine import codec
+from duraray.runtime.engine import records as r
+from duraray.runtime.engine.records import InstanceRecord, Reply, ReuseIdPolicy
+from duraray.runtime.engine.routing import partition_for
 
 T = TypeVar("T")
 OrchestrationStatus = h.OrchestrationStatus
@@ -400,7 +399,7 @@ class Client:
         "skip" (failed items are left out) or "collect" (a ``MapFailure`` takes the item's
         place). ``progress`` shows a progress bar on a terminal.
         """
-        from duraray.runtime.mapping import map_orchestrations
+        from duraray.runtime.client.mapping import map_orchestrations
 
         return map_orchestrations(
             self,
@@ -711,7 +710,7 @@ class Client:
         Orchestrations and activities are then named by string.
         """
         from duraray._errors import HubConfigurationError
-        from duraray.runtime.manager import PartitionManager, RayTransport, ensure_ray
+        from duraray.runtime.ray.manager import PartitionManager, RayTransport, ensure_ray
 
         ensure_ray(address)
         handle = PartitionManager.find(hub)
@@ -727,7 +726,7 @@ class Client:
         if shutdown is not None:
             shutdown()
             return
-        from duraray.runtime.manager import PartitionManager
+        from duraray.runtime.ray.manager import PartitionManager
 
         PartitionManager.stop(self.hub)
 

@@ -1,0 +1,32 @@
+"""The client side: what user code holds to drive a hub.
+
+- ``sync``: ``Client`` and the state records it returns (``OrchestrationState``,
+  ``EntityMetadata``, ``Page``, ...);
+- ``aio``: ``AsyncClient``, every ``Client`` method as a coroutine;
+- ``mapping``: ``Client.map``, bulk orchestrations with resumable results.
+
+May import: the engine's records, codec and routing (the wire format and the id hash),
+the pure layers. Never the engine's internals (partition core, store), ``http`` or
+``cli``; it reaches a hub through a transport handed to it (Ray or in-process).
+"""
+
+# ``duraray.runtime.client`` was a module holding these names; they stay importable here.
+from duraray.runtime.client.sync import (
+    CleanEntityStorageResult,
+    Client,
+    EntityMetadata,
+    OrchestrationState,
+    Page,
+    PurgeResult,
+    Transport,
+)
+
+__all__ = [
+    "CleanEntityStorageResult",
+    "Client",
+    "EntityMetadata",
+    "OrchestrationState",
+    "Page",
+    "PurgeResult",
+    "Transport",
+]
