@@ -75,8 +75,9 @@ def run(
         )
         opened = common.wait_until(lambda: len(_balances(client)) == accounts, timeout=120)
         base = hub.stats()
-        with common.RssSampler(hub.partition_pids) as rss, common.profiled(
-            hub.partition_pids, profile, "bank"
+        with (
+            common.RssSampler(hub.partition_pids) as rss,
+            common.profiled(hub.partition_pids, profile, "bank"),
         ):
             wall0 = time.perf_counter()
             ids = client.schedule_new_orchestrations("transfer", work)
@@ -108,10 +109,21 @@ def run(
     return [
         common.emit(
             common.result(
-                "bank", config, n=n, wall_s=wall, rate_per_s=rate,
-                latencies_ms=common.instance_latencies_ms(states), rss=rss, correct=correct,
-                accounts=accounts, transferred=moved, refused=n - moved, total=total,
-                min_balance=min(balances.values()), span_s=span, wall_rate_per_s=n / wall,
+                "bank",
+                config,
+                n=n,
+                wall_s=wall,
+                rate_per_s=rate,
+                latencies_ms=common.instance_latencies_ms(states),
+                rss=rss,
+                correct=correct,
+                accounts=accounts,
+                transferred=moved,
+                refused=n - moved,
+                total=total,
+                min_balance=min(balances.values()),
+                span_s=span,
+                wall_rate_per_s=n / wall,
                 stats=stats,
             )
         )
@@ -124,9 +136,16 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     common.quiet_logs()
     with common.ray_running():
-        run(args.n, partitions=args.partitions, quick=args.quick, data_dir=args.data_dir,
-            fsync=not args.no_fsync, options=common.hub_options(args), accounts=args.accounts,
-            profile=args.profile)
+        run(
+            args.n,
+            partitions=args.partitions,
+            quick=args.quick,
+            data_dir=args.data_dir,
+            fsync=not args.no_fsync,
+            options=common.hub_options(args),
+            accounts=args.accounts,
+            profile=args.profile,
+        )
 
 
 if __name__ == "__main__":

@@ -426,8 +426,20 @@ def profiled(pids: Sequence[int], out_dir: str | None, label: str) -> Iterator[N
         path = os.path.join(out_dir, f"{label}-p{i}.txt")
         procs.append(
             subprocess.Popen(
-                [spy, "record", "--pid", str(pid), "--format", "raw", "--threads",
-                 "--rate", "200", "--output", path, "--nonblocking"],
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--format",
+                    "raw",
+                    "--threads",
+                    "--rate",
+                    "200",
+                    "--output",
+                    path,
+                    "--nonblocking",
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -531,8 +543,8 @@ def result(
     if rss is not None:
         line.update(rss.fields())
     for key, value in extra.items():
-        line[key] = {k: _round(v) for k, v in value.items()} if isinstance(value, dict) else (
-            _round(value)
+        line[key] = (
+            {k: _round(v) for k, v in value.items()} if isinstance(value, dict) else (_round(value))
         )
     return line
 
@@ -562,18 +574,34 @@ def emit(line: dict[str, Any]) -> dict[str, Any]:
 def parser(workload: str, *, default_n: int, quick_n: int, durable: bool = True) -> Any:
     """An argparse parser with the options every script shares."""
     p = argparse.ArgumentParser(description=f"duraray benchmark: {workload}")
-    p.add_argument("--n", type=int, default=None,
-                   help=f"size of the workload (default {default_n}; {quick_n} with --quick)")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help=f"size of the workload (default {default_n}; {quick_n} with --quick)",
+    )
     p.add_argument("--quick", action="store_true", help="a small N, for smoke runs")
     if durable:
         p.add_argument("--partitions", type=int, default=4, help="partitions (default 4)")
-        p.add_argument("--data-dir", default=None,
-                       help="parent of the hub's temporary data dir (default: the temp dir)")
+        p.add_argument(
+            "--data-dir",
+            default=None,
+            help="parent of the hub's temporary data dir (default: the temp dir)",
+        )
         p.add_argument("--no-fsync", action="store_true", help="commit without fsync")
-        p.add_argument("--profile", default=None, metavar="DIR",
-                       help="record py-spy profiles of the partition actors into DIR")
-        p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                       help="a HubConfig option, e.g. inline_activities=false (repeatable)")
+        p.add_argument(
+            "--profile",
+            default=None,
+            metavar="DIR",
+            help="record py-spy profiles of the partition actors into DIR",
+        )
+        p.add_argument(
+            "--option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a HubConfig option, e.g. inline_activities=false (repeatable)",
+        )
     return p
 
 

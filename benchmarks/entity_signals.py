@@ -91,14 +91,26 @@ def _measure(
         wall = time.perf_counter() - wall0
     stats = common.diff_stats(hub.stats(), base)
     counts = _counts(client, prefix)
-    expected = {key: signals // len(keys) + (1 if i < signals % len(keys) else 0)
-                for i, key in enumerate(keys)}
+    expected = {
+        key: signals // len(keys) + (1 if i < signals % len(keys) else 0)
+        for i, key in enumerate(keys)
+    }
     correct = applied and counts == expected and sum(counts.values()) == signals
     return common.result(
-        "entity_signals", hub.config, variant=variant, n=signals, wall_s=wall,
-        rate_per_s=signals / wall, latencies_ms=latencies, rss=rss, correct=correct,
-        entities=len(keys), durable_s=durable, durable_rate_per_s=signals / durable,
-        sum=sum(counts.values()), stats=stats,
+        "entity_signals",
+        hub.config,
+        variant=variant,
+        n=signals,
+        wall_s=wall,
+        rate_per_s=signals / wall,
+        latencies_ms=latencies,
+        rss=rss,
+        correct=correct,
+        entities=len(keys),
+        durable_s=durable,
+        durable_rate_per_s=signals / durable,
+        sum=sum(counts.values()),
+        stats=stats,
     )
 
 
@@ -141,8 +153,16 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     common.quiet_logs()
     with common.ray_running():
-        run(args.n, partitions=args.partitions, quick=args.quick, data_dir=args.data_dir,
-            fsync=not args.no_fsync, options=common.hub_options(args), entities=args.entities, one=args.one)
+        run(
+            args.n,
+            partitions=args.partitions,
+            quick=args.quick,
+            data_dir=args.data_dir,
+            fsync=not args.no_fsync,
+            options=common.hub_options(args),
+            entities=args.entities,
+            one=args.one,
+        )
 
 
 if __name__ == "__main__":

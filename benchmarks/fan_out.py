@@ -31,8 +31,9 @@ def _measure(
 ) -> dict[str, Any]:
     client = hub.client
     base = hub.stats()
-    with common.RssSampler(hub.partition_pids) as rss, common.profiled(
-        hub.partition_pids, profile, label
+    with (
+        common.RssSampler(hub.partition_pids) as rss,
+        common.profiled(hub.partition_pids, profile, label),
     ):
         wall0 = time.perf_counter()
         ids = client.schedule_new_orchestrations("fan_out", [per] * count)
@@ -47,9 +48,18 @@ def _measure(
         for s in states
     )
     return common.result(
-        "fan_out", hub.config, variant=f"{count}x{per}", n=activities, wall_s=wall,
-        rate_per_s=rate, latencies_ms=common.instance_latencies_ms(states), rss=rss,
-        correct=correct, span_s=span, wall_rate_per_s=activities / wall, stats=stats,
+        "fan_out",
+        hub.config,
+        variant=f"{count}x{per}",
+        n=activities,
+        wall_s=wall,
+        rate_per_s=rate,
+        latencies_ms=common.instance_latencies_ms(states),
+        rss=rss,
+        correct=correct,
+        span_s=span,
+        wall_rate_per_s=activities / wall,
+        stats=stats,
     )
 
 
@@ -99,8 +109,16 @@ def main(argv: list[str] | None = None) -> None:
         many = (args.many or default[0], args.per or default[1])
     common.quiet_logs()
     with common.ray_running():
-        run(args.n, partitions=args.partitions, quick=args.quick, data_dir=args.data_dir,
-            fsync=not args.no_fsync, options=common.hub_options(args), many=many, profile=args.profile)
+        run(
+            args.n,
+            partitions=args.partitions,
+            quick=args.quick,
+            data_dir=args.data_dir,
+            fsync=not args.no_fsync,
+            options=common.hub_options(args),
+            many=many,
+            profile=args.profile,
+        )
 
 
 if __name__ == "__main__":

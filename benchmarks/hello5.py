@@ -43,8 +43,9 @@ def run_durable(
         client.wait_for_orchestrations(warm, timeout=120)
         base_stats = hub.stats()
         tags = [str(i) for i in range(n)]
-        with common.RssSampler(hub.partition_pids) as rss, common.profiled(
-            hub.partition_pids, profile, "hello5"
+        with (
+            common.RssSampler(hub.partition_pids) as rss,
+            common.profiled(hub.partition_pids, profile, "hello5"),
         ):
             wall0 = time.perf_counter()
             ids = client.schedule_new_orchestrations("hello5", tags)
@@ -60,9 +61,18 @@ def run_durable(
         for tag, s in zip(tags, states, strict=True)
     )
     return common.result(
-        "hello5", config, n=n, wall_s=wall, rate_per_s=rate,
-        latencies_ms=common.instance_latencies_ms(states), rss=rss, correct=correct,
-        span_s=span, wall_rate_per_s=n / wall, schedule_s=scheduled, stats=stats,
+        "hello5",
+        config,
+        n=n,
+        wall_s=wall,
+        rate_per_s=rate,
+        latencies_ms=common.instance_latencies_ms(states),
+        rss=rss,
+        correct=correct,
+        span_s=span,
+        wall_rate_per_s=n / wall,
+        schedule_s=scheduled,
+        stats=stats,
     )
 
 
@@ -80,7 +90,11 @@ def run(
     """hello5 on duraray, then the same chains on plain Ray; both lines, with the ratio."""
     n = common.pick_n(n, quick, DEFAULT_N, QUICK_N)
     durable = run_durable(
-        n, partitions=partitions, fsync=fsync, data_dir=data_dir, profile=profile,
+        n,
+        partitions=partitions,
+        fsync=fsync,
+        data_dir=data_dir,
+        profile=profile,
         options=options,
     )
     raw_ray.warm_up()
@@ -93,8 +107,15 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     common.quiet_logs()
     with common.ray_running():
-        run(args.n, partitions=args.partitions, quick=args.quick, data_dir=args.data_dir,
-            fsync=not args.no_fsync, profile=args.profile, options=common.hub_options(args))
+        run(
+            args.n,
+            partitions=args.partitions,
+            quick=args.quick,
+            data_dir=args.data_dir,
+            fsync=not args.no_fsync,
+            profile=args.profile,
+            options=common.hub_options(args),
+        )
 
 
 if __name__ == "__main__":

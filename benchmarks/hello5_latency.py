@@ -77,9 +77,16 @@ def run(
         stats = common.diff_stats(hub.stats(), base)
         config = hub.config
     durable = common.result(
-        "hello5_latency", config, n=n, wall_s=wall, rate_per_s=n / sum(latencies) * 1000,
-        latencies_ms=latencies, rss=rss, correct=correct,
-        step_p50_ms=common.percentile(steps, 50), step_p99_ms=common.percentile(steps, 99),
+        "hello5_latency",
+        config,
+        n=n,
+        wall_s=wall,
+        rate_per_s=n / sum(latencies) * 1000,
+        latencies_ms=latencies,
+        rss=rss,
+        correct=correct,
+        step_p50_ms=common.percentile(steps, 50),
+        step_p99_ms=common.percentile(steps, 99),
         e2e_per_step_p50_ms=(common.percentile(latencies, 50) or 0) / len(common.CITIES),
         stats=stats,
     )
@@ -93,8 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     common.quiet_logs()
     with common.ray_running():
-        run(args.n, partitions=args.partitions, quick=args.quick, data_dir=args.data_dir,
-            fsync=not args.no_fsync, options=common.hub_options(args))
+        run(
+            args.n,
+            partitions=args.partitions,
+            quick=args.quick,
+            data_dir=args.data_dir,
+            fsync=not args.no_fsync,
+            options=common.hub_options(args),
+        )
 
 
 if __name__ == "__main__":

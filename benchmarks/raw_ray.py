@@ -69,9 +69,16 @@ def hello5_chains(n: int, *, variant: str | None = None) -> dict[str, Any]:
         for tag, (greetings, _) in zip(tags, outputs, strict=True)
     )
     return common.result(
-        "raw_ray", common.ray_config(), variant=variant or "hello5", n=n, wall_s=wall,
-        rate_per_s=n / span, latencies_ms=[(end - start) * 1000 for end in ends],
-        rss=rss, correct=correct, wall_rate_per_s=n / wall,
+        "raw_ray",
+        common.ray_config(),
+        variant=variant or "hello5",
+        n=n,
+        wall_s=wall,
+        rate_per_s=n / span,
+        latencies_ms=[(end - start) * 1000 for end in ends],
+        rss=rss,
+        correct=correct,
+        wall_rate_per_s=n / wall,
     )
 
 
@@ -88,8 +95,15 @@ def hello5_sequential(n: int) -> dict[str, Any]:
             correct = correct and greetings == common.expected_hello5(f"seq{i}")
         wall = time.perf_counter() - wall0
     return common.result(
-        "raw_ray", common.ray_config(), variant="hello5_latency", n=n, wall_s=wall,
-        rate_per_s=n / sum(latencies) * 1000, latencies_ms=latencies, rss=rss, correct=correct,
+        "raw_ray",
+        common.ray_config(),
+        variant="hello5_latency",
+        n=n,
+        wall_s=wall,
+        rate_per_s=n / sum(latencies) * 1000,
+        latencies_ms=latencies,
+        rss=rss,
+        correct=correct,
         step_p50_ms=(common.percentile(latencies, 50) or 0) / len(common.CITIES),
     )
 
@@ -103,8 +117,13 @@ def fan_out(count: int, per: int, *, variant: str | None = None) -> dict[str, An
         wall = time.perf_counter() - wall0
     expected = common.expected_fan_out(per)
     return common.result(
-        "raw_ray", common.ray_config(), variant=variant or f"fan_out {count}x{per}",
-        n=count * per, wall_s=wall, rate_per_s=count * per / wall, rss=rss,
+        "raw_ray",
+        common.ray_config(),
+        variant=variant or f"fan_out {count}x{per}",
+        n=count * per,
+        wall_s=wall,
+        rate_per_s=count * per / wall,
+        rss=rss,
         correct=len(sums) == count and all(s == expected for s in sums),
     )
 

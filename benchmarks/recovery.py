@@ -145,12 +145,22 @@ def run(
     return [
         common.emit(
             common.result(
-                "recovery", config, n=n, wall_s=wall, rate_per_s=rate,
-                latencies_ms=common.instance_latencies_ms(states), rss=rss, correct=correct,
-                recovery_s=recovery_s, restart_s=restart_s, killed_after_s=killed_at,
-                killed_partition=VICTIM, instances_on_killed_partition=len(victims),
+                "recovery",
+                config,
+                n=n,
+                wall_s=wall,
+                rate_per_s=rate,
+                latencies_ms=common.instance_latencies_ms(states),
+                rss=rss,
+                correct=correct,
+                recovery_s=recovery_s,
+                restart_s=restart_s,
+                killed_after_s=killed_at,
+                killed_partition=VICTIM,
+                instances_on_killed_partition=len(victims),
                 finished_after_kill=after_kill,
-                not_exactly_once=once.count(False), span_s=span,
+                not_exactly_once=once.count(False),
+                span_s=span,
             )
         )
     ]
@@ -161,8 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     common.quiet_logs()
     with common.ray_running():
-        run(args.n, partitions=args.partitions, quick=args.quick, data_dir=args.data_dir,
-            fsync=not args.no_fsync, options=common.hub_options(args))
+        run(
+            args.n,
+            partitions=args.partitions,
+            quick=args.quick,
+            data_dir=args.data_dir,
+            fsync=not args.no_fsync,
+            options=common.hub_options(args),
+        )
 
 
 if __name__ == "__main__":

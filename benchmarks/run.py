@@ -95,9 +95,10 @@ def run_all(
     runs = [dict(c) for c in (configs or [{}])]
     lines: list[dict[str, Any]] = []
     started = time.perf_counter()
-    with common.ray_running(), tempfile.TemporaryDirectory(
-        prefix="duraray-bench-", dir=data_dir
-    ) as base:
+    with (
+        common.ray_running(),
+        tempfile.TemporaryDirectory(prefix="duraray-bench-", dir=data_dir) as base,
+    ):
         for index, (count, options) in enumerate((c, o) for c in counts for o in runs):
             options = dict(options)
             count = options.pop("partitions", count)
@@ -108,7 +109,10 @@ def run_all(
                 try:
                     lines.extend(
                         WORKLOADS[name](
-                            partitions=count, quick=quick, fsync=sync, options=options,
+                            partitions=count,
+                            quick=quick,
+                            fsync=sync,
+                            options=options,
                             data_dir=os.path.join(base, f"{name}-{index}"),
                             profile=os.path.join(profile, f"run{index}") if profile else None,
                         )
@@ -131,8 +135,13 @@ def parse_config(text: str) -> dict[str, Any]:
 
 
 def _failed(name: str, partitions: int, fsync: bool, exc: BaseException) -> dict[str, Any]:
-    config = {"partitions": partitions, "workers": None, "nodes": None, "fsync": fsync,
-              "runtime": "ray" if name == "raw_ray" else "duraray"}
+    config = {
+        "partitions": partitions,
+        "workers": None,
+        "nodes": None,
+        "fsync": fsync,
+        "runtime": "ray" if name == "raw_ray" else "duraray",
+    }
     line = common.result(name, config, n=0, wall_s=0.0, rate_per_s=None, correct=False)
     line["error"] = f"{type(exc).__name__}: {exc}"
     return line
@@ -150,9 +159,7 @@ def config_label(config: dict[str, Any]) -> str:
     if config.get("runtime") == "ray":
         return f"ray{workers}{nodes}"
     fsync = "fsync" if config.get("fsync") else "no-fsync"
-    extra = "".join(
-        f" {k}={v}" for k, v in sorted((config.get("options") or {}).items())
-    )
+    extra = "".join(f" {k}={v}" for k, v in sorted((config.get("options") or {}).items()))
     return f"duraray P={config.get('partitions')}{workers}{nodes} {fsync}{extra}"
 
 
@@ -194,8 +201,12 @@ def format_table(lines: Sequence[dict[str, Any]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     out = []
     for k, row in enumerate(rows):
-        out.append("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
-                             for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+        out.append(
+            "  ".join(
+                cell.ljust(w) if i < 2 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
@@ -271,8 +282,10 @@ def write_report(
         "\n".join(header) + markdown_table(lines) + "\n", encoding="utf-8"
     )
     if not write_chart(lines, folder / "chart.png"):
-        print("note: matplotlib is not installed (pip install 'duraray[bench]'); "
-              "chart.png skipped", flush=True)
+        print(
+            "note: matplotlib is not installed (pip install 'duraray[bench]'); chart.png skipped",
+            flush=True,
+        )
     return folder
 
 
@@ -308,32 +321,49 @@ def write_chart(lines: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -
     ax.set_xscale("log")
     ax.set_xlabel("throughput per second (log scale; units in results.md)")
     ax.set_title("duraray benchmarks: throughput by workload and configuration")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(3, len(labels)),
-              fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(3, len(labels)), fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return True
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Run duraray's benchmarks in one process.")
-    p.add_argument("--workloads", default=None,
-                   help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
-    p.add_argument("--partitions", default="4",
-                   help="partition count, or several to compare (e.g. 1,4)")
+    p.add_argument(
+        "--workloads",
+        default=None,
+        help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)",
+    )
+    p.add_argument(
+        "--partitions", default="4", help="partition count, or several to compare (e.g. 1,4)"
+    )
     p.add_argument("--quick", action="store_true", help="small N for every workload")
     p.add_argument("--out", default="bench-results", help="report folder (default bench-results)")
     p.add_argument("--no-fsync", action="store_true", help="commit without fsync")
     p.add_argument("--data-dir", default=None, help="parent of the hubs' temporary data dirs")
-    p.add_argument("--profile", default=None, metavar="DIR",
-                   help="py-spy profiles of the partition actors (hello5, fan_out) into DIR")
-    p.add_argument("--config", action="append", default=None, metavar="K=V[,K=V]",
-                   help="a configuration to compare (HubConfig options, e.g. "
-                   "inline_activities=false); repeatable; default: the defaults")
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="py-spy profiles of the partition actors (hello5, fan_out) into DIR",
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        metavar="K=V[,K=V]",
+        help="a configuration to compare (HubConfig options, e.g. "
+        "inline_activities=false); repeatable; default: the defaults",
+    )
     args = p.parse_args(argv)
     common.quiet_logs()
     lines = run_all(
-        args.workloads, parse_partitions(args.partitions), args.quick, args.out,
-        fsync=not args.no_fsync, data_dir=args.data_dir, profile=args.profile,
+        args.workloads,
+        parse_partitions(args.partitions),
+        args.quick,
+        args.out,
+        fsync=not args.no_fsync,
+        data_dir=args.data_dir,
+        profile=args.profile,
         configs=[parse_config(c) for c in args.config] if args.config else None,
     )
     sys.exit(0 if all(line["correct"] for line in lines) else 1)

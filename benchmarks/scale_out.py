@@ -69,8 +69,19 @@ def run(
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = ray_tmp
     args = [
-        sys.executable, str(Path(__file__).resolve()), "--child", "--n", str(n),
-        "--fan-out", str(fan_out), "--bank", str(bank), "--nodes", str(nodes), "--partitions", str(partitions),
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--n",
+        str(n),
+        "--fan-out",
+        str(fan_out),
+        "--bank",
+        str(bank),
+        "--nodes",
+        str(nodes),
+        "--partitions",
+        str(partitions),
     ]
     if data_dir:
         args += ["--data-dir", data_dir]
@@ -79,9 +90,7 @@ def run(
     for key, value in (options or {}).items():
         args += ["--option", f"{key}={json.dumps(value)}"]
     try:
-        proc = subprocess.run(
-            args, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env
-        )
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     lines = []
@@ -91,9 +100,7 @@ def run(
             lines.append(line)
             print(text, flush=True)
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"scale_out child exited with {proc.returncode}: {proc.stderr[-3000:]}"
-        )
+        raise RuntimeError(f"scale_out child exited with {proc.returncode}: {proc.stderr[-3000:]}")
     return lines
 
 
@@ -115,22 +122,31 @@ def _child(args: Any) -> None:
         for placement in PLACEMENTS:
             options = {**base, "placement": placement}
             line = hello5.run_durable(
-                args.n, partitions=args.partitions, fsync=not args.no_fsync,
-                data_dir=args.data_dir, options=options,
+                args.n,
+                partitions=args.partitions,
+                fsync=not args.no_fsync,
+                data_dir=args.data_dir,
+                options=options,
             )
             line["variant"] = placement
             common.emit(line)
             with common.running_hub(
-                "fan_out", partitions=args.partitions, fsync=not args.no_fsync,
-                data_dir=args.data_dir, options=options,
+                "fan_out",
+                partitions=args.partitions,
+                fsync=not args.no_fsync,
+                data_dir=args.data_dir,
+                options=options,
             ) as hub:
                 line = fan_out._measure(hub, 1, args.fan_out, profile=None, label="scale_out")
                 line["variant"] = f"{placement} 1x{args.fan_out}"
             common.emit(line)
             with contextlib.redirect_stdout(io.StringIO()):  # it prints its own line
                 [line] = bank.run(
-                    args.bank, partitions=args.partitions, fsync=not args.no_fsync,
-                    data_dir=args.data_dir, options=options,
+                    args.bank,
+                    partitions=args.partitions,
+                    fsync=not args.no_fsync,
+                    data_dir=args.data_dir,
+                    options=options,
                 )
             line["variant"] = placement
             common.emit(line)
@@ -141,10 +157,15 @@ def _child(args: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = common.parser("scale_out", default_n=DEFAULT_N, quick_n=QUICK_N)
-    p.add_argument("--fan-out", type=int, default=None,
-                   help=f"activities of the fan-out (default {DEFAULT_FAN_OUT})")
-    p.add_argument("--bank", type=int, default=None,
-                   help=f"bank transfers (default {DEFAULT_BANK})")
+    p.add_argument(
+        "--fan-out",
+        type=int,
+        default=None,
+        help=f"activities of the fan-out (default {DEFAULT_FAN_OUT})",
+    )
+    p.add_argument(
+        "--bank", type=int, default=None, help=f"bank transfers (default {DEFAULT_BANK})"
+    )
     p.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="cluster nodes (default 3)")
     p.add_argument("--child", action="store_true", help=argparse_hidden())
     args = p.parse_args(argv)
@@ -154,9 +175,17 @@ def main(argv: list[str] | None = None) -> None:
         _child(args)
         print(f"scale_out child done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         return
-    run(args.n, partitions=args.partitions, quick=args.quick, data_dir=args.data_dir,
-        fsync=not args.no_fsync, options=common.hub_options(args), nodes=args.nodes,
-        fan_out=args.fan_out, bank=args.bank)
+    run(
+        args.n,
+        partitions=args.partitions,
+        quick=args.quick,
+        data_dir=args.data_dir,
+        fsync=not args.no_fsync,
+        options=common.hub_options(args),
+        nodes=args.nodes,
+        fan_out=args.fan_out,
+        bank=args.bank,
+    )
 
 
 def argparse_hidden() -> str:

@@ -79,12 +79,20 @@ def run(
     return [
         common.emit(
             common.result(
-                "timers", config, n=n, wall_s=wall, rate_per_s=rate, latencies_ms=fired_ms,
-                rss=rss, correct=correct, delay_s=delay,
+                "timers",
+                config,
+                n=n,
+                wall_s=wall,
+                rate_per_s=rate,
+                latencies_ms=fired_ms,
+                rss=rss,
+                correct=correct,
+                delay_s=delay,
                 max_ms=max(fired_ms, default=None),
                 completion_p50_ms=common.percentile(completion_ms, 50),
                 completion_p99_ms=common.percentile(completion_ms, 99),
-                span_s=span, stats=stats,
+                span_s=span,
+                stats=stats,
             )
         )
     ]
@@ -96,8 +104,15 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     common.quiet_logs()
     with common.ray_running():
-        run(args.n, partitions=args.partitions, quick=args.quick, data_dir=args.data_dir,
-            fsync=not args.no_fsync, options=common.hub_options(args), delay=args.delay)
+        run(
+            args.n,
+            partitions=args.partitions,
+            quick=args.quick,
+            data_dir=args.data_dir,
+            fsync=not args.no_fsync,
+            options=common.hub_options(args),
+            delay=args.delay,
+        )
 
 
 if __name__ == "__main__":

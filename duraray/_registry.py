@@ -54,9 +54,7 @@ class Registry:
             )
         return self._add("orchestration", self.orchestrations, fn, name, fn)
 
-    def add_activity(
-        self, fn: Callable[..., Any], name: str | None = None, **options: Any
-    ) -> str:
+    def add_activity(self, fn: Callable[..., Any], name: str | None = None, **options: Any) -> str:
         """Register an activity with its execution options."""
         resolved = _check_name("activity", name or getattr(fn, "__name__", None))
         spec = ActivitySpec(resolved, fn, dict(options))
@@ -67,9 +65,7 @@ class Registry:
         resolved = _check_name("entity", name or getattr(target, "__name__", None)).lower()
         return self._add("entity", self.entities, target, resolved, target)
 
-    def _add(
-        self, kind: str, table: dict[str, Any], fn: Any, name: str | None, value: Any
-    ) -> str:
+    def _add(self, kind: str, table: dict[str, Any], fn: Any, name: str | None, value: Any) -> str:
         if not callable(fn):
             raise TypeError(f"{kind} must be callable, got {fn!r}")
         resolved = _check_name(kind, name or getattr(fn, "__name__", None))

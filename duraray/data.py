@@ -138,8 +138,9 @@ class DurableBatchMapper:
         out[f"{self.output_column}_instance_id"] = np.array(ids, dtype=object)
         return out
 
-
-    def _per_batch(self, batch: dict[str, Any], ids: list[str], inputs: list[Any]) -> dict[str, Any]:
+    def _per_batch(
+        self, batch: dict[str, Any], ids: list[str], inputs: list[Any]
+    ) -> dict[str, Any]:
         import numpy as np
 
         from duraray.runtime.client.mapping import MapFailure

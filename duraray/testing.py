@@ -118,4 +118,3 @@ def load_history(path: str | Path) -> list[h.HistoryEvent]:
         }
         out.append(dataclasses.replace(event, **changes) if changes else event)
     return out
-

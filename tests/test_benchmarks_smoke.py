@@ -21,8 +21,17 @@ from benchmarks import run as bench  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
-REQUIRED = {"workload", "config", "n", "wall_s", "rate_per_s", "p50_ms", "p99_ms",
-            "peak_rss_mb", "correct"}
+REQUIRED = {
+    "workload",
+    "config",
+    "n",
+    "wall_s",
+    "rate_per_s",
+    "p50_ms",
+    "p99_ms",
+    "peak_rss_mb",
+    "correct",
+}
 
 
 def _verdicts(lines: list[dict]) -> list[tuple[str, bool]]:

@@ -19,34 +19,76 @@ ENGINE_MODULES_FOR_CLIENTS = {"records", "codec", "routing"}
 #: layer (a path prefix under duraray/) -> import prefixes it must never use
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "orchestrations/": (
-        "duraray.runtime", "duraray.app", "duraray.testing", "ray", "lmdb", "starlette",
-        "uvicorn", "httpx", "click",
+        "duraray.runtime",
+        "duraray.app",
+        "duraray.testing",
+        "ray",
+        "lmdb",
+        "starlette",
+        "uvicorn",
+        "httpx",
+        "click",
     ),
     "entities/": (
-        "duraray.runtime", "duraray.app", "duraray.testing", "ray", "lmdb", "starlette",
-        "uvicorn", "httpx", "click",
+        "duraray.runtime",
+        "duraray.app",
+        "duraray.testing",
+        "ray",
+        "lmdb",
+        "starlette",
+        "uvicorn",
+        "httpx",
+        "click",
     ),
     "runtime/engine/": (
-        "ray", "duraray.runtime.ray", "duraray.runtime.client", "duraray.runtime.http",
-        "duraray.runtime.cli", "duraray.runtime.inprocess", "duraray.app", "duraray.testing",
-        "starlette", "uvicorn", "click",
+        "ray",
+        "duraray.runtime.ray",
+        "duraray.runtime.client",
+        "duraray.runtime.http",
+        "duraray.runtime.cli",
+        "duraray.runtime.inprocess",
+        "duraray.app",
+        "duraray.testing",
+        "starlette",
+        "uvicorn",
+        "click",
     ),
     "runtime/ray/": (
-        "duraray.runtime.client", "duraray.runtime.http", "duraray.runtime.cli",
-        "duraray.runtime.inprocess", "duraray.app", "duraray.testing", "starlette", "uvicorn",
+        "duraray.runtime.client",
+        "duraray.runtime.http",
+        "duraray.runtime.cli",
+        "duraray.runtime.inprocess",
+        "duraray.app",
+        "duraray.testing",
+        "starlette",
+        "uvicorn",
         "click",
     ),
     # The client reaches a hub on Ray through the manager (``Client.attach``), never the
     # actors or links themselves.
     "runtime/client/": (
-        "ray", "lmdb", "duraray.runtime.ray.actors", "duraray.runtime.ray.peerlink",
-        "duraray.runtime.ray.placement", "duraray.runtime.http", "duraray.runtime.cli",
-        "duraray.runtime.inprocess", "duraray.app", "duraray.testing", "starlette", "uvicorn",
+        "ray",
+        "lmdb",
+        "duraray.runtime.ray.actors",
+        "duraray.runtime.ray.peerlink",
+        "duraray.runtime.ray.placement",
+        "duraray.runtime.http",
+        "duraray.runtime.cli",
+        "duraray.runtime.inprocess",
+        "duraray.app",
+        "duraray.testing",
+        "starlette",
+        "uvicorn",
         "click",
     ),
     "runtime/inprocess.py": (
-        "ray", "duraray.runtime.ray", "duraray.runtime.http", "duraray.runtime.cli",
-        "starlette", "uvicorn", "click",
+        "ray",
+        "duraray.runtime.ray",
+        "duraray.runtime.http",
+        "duraray.runtime.cli",
+        "starlette",
+        "uvicorn",
+        "click",
     ),
     # Everything outside http/ and cli/ (the top-level modules included) stays below them.
     "": ("duraray.runtime.http", "duraray.runtime.cli"),
@@ -107,15 +149,19 @@ def _violations() -> list[str]:
             for line, name in _imports(path):
                 hit = next((p for p in forbidden if _matches(name, p)), None)
                 if hit:
-                    out.append(f"duraray/{rel}:{line} imports {name} ({layer or 'package'} "
-                               f"must not import {hit})")
+                    out.append(
+                        f"duraray/{rel}:{line} imports {name} ({layer or 'package'} "
+                        f"must not import {hit})"
+                    )
         if rel.startswith("runtime/client/"):
             for line, name in _imports(path):
                 if _matches(name, "duraray.runtime.engine"):
                     rest = name.split(".")[3:4]
                     if rest and rest[0] not in ENGINE_MODULES_FOR_CLIENTS:
-                        out.append(f"duraray/{rel}:{line} imports {name} (the client uses the "
-                                   f"engine's {sorted(ENGINE_MODULES_FOR_CLIENTS)} only)")
+                        out.append(
+                            f"duraray/{rel}:{line} imports {name} (the client uses the "
+                            f"engine's {sorted(ENGINE_MODULES_FOR_CLIENTS)} only)"
+                        )
     return out
 
 
@@ -128,8 +174,10 @@ def test_layers_import_only_what_they_may() -> None:
     ("source", "expected"),
     [
         ("import ray\n", ["ray"]),
-        ("def f():\n    from duraray.runtime.http import api\n",
-         ["duraray.runtime.http", "duraray.runtime.http.api"]),
+        (
+            "def f():\n    from duraray.runtime.http import api\n",
+            ["duraray.runtime.http", "duraray.runtime.http.api"],
+        ),
     ],
 )
 def test_the_checker_sees_lazy_and_plain_imports(source: str, expected: list[str]) -> None:

@@ -58,9 +58,7 @@ def test_client_method_exists_with_docstring(method):
     assert getattr(dr.Client, method).__doc__
 
 
-@pytest.mark.parametrize(
-    "method", [m for m in CLIENT_METHODS if m not in ("attach",)]
-)
+@pytest.mark.parametrize("method", [m for m in CLIENT_METHODS if m not in ("attach",)])
 def test_async_client_mirrors_client(method):
     """AsyncClient mirrors every Client method of the contract as a coroutine function."""
     member = getattr(dr.AsyncClient, method)

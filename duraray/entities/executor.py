@@ -188,7 +188,11 @@ def _positional(fn: Any) -> list[inspect.Parameter]:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return []
-    return [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    return [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
 
 
 def _takes_input(fn: Any, skip: int = 0) -> bool:

@@ -131,9 +131,7 @@ class OrchestrationContext:
     def new_uuid(self) -> uuid.UUID:
         """A UUID that is the same on every replay and unique within the instance."""
         counter = self._ex.next_uuid_counter()
-        return uuid.uuid5(
-            _UUID_NAMESPACE, f"{self.instance_id}/{self.execution_id}/{counter}"
-        )
+        return uuid.uuid5(_UUID_NAMESPACE, f"{self.instance_id}/{self.execution_id}/{counter}")
 
     def create_replay_safe_logger(self, logger: Any) -> ReplaySafeLogger:
         """Wrap a stdlib or structlog logger so it logs nothing while replaying."""
@@ -299,7 +297,6 @@ class OrchestrationContext:
         ex.continue_as_new_called = True
         ex.save_events = bool(save_events)
 
-
     # -- entities ------------------------------------------------------------------------
 
     @property
@@ -424,7 +421,9 @@ class OrchestrationContext:
 class CriticalSection:
     """Entities locked by one orchestration; a context manager that releases them."""
 
-    def __init__(self, executor: OrchestrationExecutor, section_id: str, lock_set: list[str]) -> None:
+    def __init__(
+        self, executor: OrchestrationExecutor, section_id: str, lock_set: list[str]
+    ) -> None:
         self._ex = executor
         self.id = section_id
         self.lock_set = list(lock_set)
@@ -470,7 +469,18 @@ class ReplaySafeLogger:
     """A logger proxy that drops every call while the orchestration is replaying."""
 
     _METHODS = frozenset(
-        {"debug", "info", "warning", "warn", "error", "exception", "critical", "log", "msg", "fatal"}
+        {
+            "debug",
+            "info",
+            "warning",
+            "warn",
+            "error",
+            "exception",
+            "critical",
+            "log",
+            "msg",
+            "fatal",
+        }
     )
 
     def __init__(self, logger: Any, context: OrchestrationContext) -> None:

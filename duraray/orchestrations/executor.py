@@ -416,7 +416,11 @@ class OrchestrationExecutor:
                 RetryTimer(task),
             )
             return
-        kind = "Sub-orchestration" if isinstance(event, h.SubOrchestrationInstanceFailed) else "Activity"
+        kind = (
+            "Sub-orchestration"
+            if isinstance(event, h.SubOrchestrationInstanceFailed)
+            else "Activity"
+        )
         task._fail(TaskFailedError(f"{kind} task #{seq} failed: {details.message}", details))
         self._resume()
 
@@ -558,7 +562,9 @@ class OrchestrationExecutor:
             if not yielded.is_complete:
                 self._awaited = yielded
                 return
-            value, exc = (None, yielded.get_exception()) if yielded.is_failed else (yielded._result, None)
+            value, exc = (
+                (None, yielded.get_exception()) if yielded.is_failed else (yielded._result, None)
+            )
 
     # -- internal: completion --------------------------------------------------------------
 
@@ -571,16 +577,20 @@ class OrchestrationExecutor:
         except SerializationError as exc:
             self._finish_failed(exc)
             return
-        self._finish(h.ExecutionCompleted(
-            timestamp=self._timestamp(), status=h.OrchestrationStatus.COMPLETED, result=encoded
-        ))
+        self._finish(
+            h.ExecutionCompleted(
+                timestamp=self._timestamp(), status=h.OrchestrationStatus.COMPLETED, result=encoded
+            )
+        )
 
     def _finish_failed(self, exc: BaseException) -> None:
-        self._finish(h.ExecutionCompleted(
-            timestamp=self._timestamp(),
-            status=h.OrchestrationStatus.FAILED,
-            failure=FailureDetails.from_exception(exc),
-        ))
+        self._finish(
+            h.ExecutionCompleted(
+                timestamp=self._timestamp(),
+                status=h.OrchestrationStatus.FAILED,
+                failure=FailureDetails.from_exception(exc),
+            )
+        )
 
     def _finish_continue_as_new(self) -> None:
         self._finish(h.ContinueAsNew(timestamp=self._timestamp(), input=self.continue_as_new_input))

@@ -45,6 +45,8 @@ def accepts_input(fn: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):
         return True
     positional = [
-        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
     ]
     return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in positional)

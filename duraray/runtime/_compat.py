@@ -31,7 +31,10 @@ MOVED: dict[str, str] = {
             "store",
         )
     },
-    **{f"duraray.runtime.{m}": f"duraray.runtime.ray.{m}" for m in ("actors", "manager", "peerlink")},
+    **{
+        f"duraray.runtime.{m}": f"duraray.runtime.ray.{m}"
+        for m in ("actors", "manager", "peerlink")
+    },
     "duraray.runtime.aio": "duraray.runtime.client.aio",
     "duraray.runtime.mapping": "duraray.runtime.client.mapping",
 }

@@ -90,7 +90,9 @@ def run(client: dr.Client) -> Invoke:
 
     def invoke(*args: str, **obj: Any) -> Result:
         return runner.invoke(
-            cli.main, list(args), obj={"client_factory": lambda: client, **obj},
+            cli.main,
+            list(args),
+            obj={"client_factory": lambda: client, **obj},
             catch_exceptions=False,
         )
 
@@ -134,8 +136,13 @@ def test_status_json_is_machine_readable(client: dr.Client, run: Invoke) -> None
     """`status ID --json` prints the state as JSON with ISO times and JSON payloads."""
     completed(client, doubler, 21, "d1")
     data = parsed(run("status", "d1", "--json"))
-    expected = {"instance_id": "d1", "name": "doubler", "runtime_status": "COMPLETED",
-                "input": 21, "output": 42}
+    expected = {
+        "instance_id": "d1",
+        "name": "doubler",
+        "runtime_status": "COMPLETED",
+        "input": 21,
+        "output": 42,
+    }
     assert expected == {k: data[k] for k in expected}
     expected_created = "2026-01-01T00:00:00+00:00"
     assert expected_created == data["created_at"]
@@ -379,7 +386,7 @@ def test_data_can_come_from_a_file(client: dr.Client, run: Invoke, tmp_path: Any
     """`--data @path` reads the JSON value from a file."""
     started_waiter(client)
     path = tmp_path / "data.json"
-    path.write_text('[1, 2, 3]')
+    path.write_text("[1, 2, 3]")
     run("raise", "w1", "go", "--data", f"@{path}")
     expected = [1, 2, 3]
     assert expected == client.wait_for_orchestration_completion("w1", timeout=30).output
@@ -571,7 +578,10 @@ def test_signal_then_show_the_entity(client: dr.Client, run: Invoke) -> None:
     client.hub_runtime.wait_idle()  # type: ignore[attr-defined]
     data = parsed(run("entity", "@counter@a", "--json"))
     expected_entity = {
-        "entity_id": "@counter@a", "state": 5, "locked_by": None, "backlog_queue_size": 0
+        "entity_id": "@counter@a",
+        "state": 5,
+        "locked_by": None,
+        "backlog_queue_size": 0,
     }
     assert expected_entity == {k: data[k] for k in expected_entity}
     text = run("entity", "@counter@a").stdout
@@ -759,9 +769,7 @@ def http_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, dict[str, Any
     return calls
 
 
-def test_serve_refuses_a_public_host_without_a_token(
-    run: Invoke, http_calls: list[Any]
-) -> None:
+def test_serve_refuses_a_public_host_without_a_token(run: Invoke, http_calls: list[Any]) -> None:
     """`serve --host 0.0.0.0` without a token exits 2 and serves nothing."""
     result = run("serve", "--host", "0.0.0.0")
     expected = (2, [])
@@ -777,9 +785,7 @@ def test_serve_on_loopback(client: dr.Client, run: Invoke, http_calls: list[Any]
 
 
 @pytest.mark.parametrize("host", ["localhost", "::1", "127.0.0.2"])
-def test_serve_needs_no_token_on_loopback(
-    run: Invoke, http_calls: list[Any], host: str
-) -> None:
+def test_serve_needs_no_token_on_loopback(run: Invoke, http_calls: list[Any], host: str) -> None:
     """Every loopback address may be served without a token."""
     expected = (0, 1)
     assert expected == (run("serve", "--host", host).exit_code, len(http_calls))

@@ -151,12 +151,19 @@ def entity_caller(ctx: dr.OrchestrationContext, key: str):
 
 @app.orchestration
 def transfer(ctx: dr.OrchestrationContext, args: list):
-    source, target, amount = dr.EntityId("account", args[0]), dr.EntityId("account", args[1]), args[2]
+    source, target, amount = (
+        dr.EntityId("account", args[0]),
+        dr.EntityId("account", args[1]),
+        args[2],
+    )
     with (yield ctx.lock_entities([source, target])):
         if (yield ctx.call_entity(source, "balance")) < amount:
             return False
         yield dr.when_all(
-            [ctx.call_entity(source, "deposit", -amount), ctx.call_entity(target, "deposit", amount)]
+            [
+                ctx.call_entity(source, "deposit", -amount),
+                ctx.call_entity(target, "deposit", amount),
+            ]
         )
     return True
 
@@ -331,9 +338,7 @@ def test_restart_purge_and_query(hub):
     seen = []
     token = None
     while True:
-        page = hub.query_instances(
-            instance_id_prefix=prefix, page_size=4, continuation_token=token
-        )
+        page = hub.query_instances(instance_id_prefix=prefix, page_size=4, continuation_token=token)
         seen.extend(s.instance_id for s in page.items)
         token = page.continuation_token
         if token is None:

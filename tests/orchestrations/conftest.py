@@ -256,7 +256,9 @@ class Kit:
     # -- entity events -------------------------------------------------------------------
 
     @staticmethod
-    def section_id(seq: int, *, instance_id: str = INSTANCE_ID, execution_id: str = "exec-1") -> str:
+    def section_id(
+        seq: int, *, instance_id: str = INSTANCE_ID, execution_id: str = "exec-1"
+    ) -> str:
         """The critical-section id of the ``lock_entities`` call that got task id ``seq``."""
         return f"{instance_id}#{execution_id}#{seq}"
 
@@ -323,9 +325,7 @@ class Kit:
             lock_set=list(lock_set),
         )
 
-    def lock_granted(
-        self, seq: int, lock_set: list[str], *, t: float = 0
-    ) -> h.EntityLockGranted:
+    def lock_granted(self, seq: int, lock_set: list[str], *, t: float = 0) -> h.EntityLockGranted:
         """The grant of the lock requested as task ``seq``."""
         return h.EntityLockGranted(
             timestamp=self.at(t),

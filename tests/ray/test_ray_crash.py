@@ -95,9 +95,7 @@ def three_steps(ctx: dr.OrchestrationContext, arg: list):
 def sum_of_squares(ctx: dr.OrchestrationContext, arg: list):
     """Squares 0..n-1 in parallel and sums the squares."""
     log_path, n = arg
-    squares = yield dr.when_all(
-        [ctx.call_activity(square, input=[log_path, i]) for i in range(n)]
-    )
+    squares = yield dr.when_all([ctx.call_activity(square, input=[log_path, i]) for i in range(n)])
     return sum(squares)
 
 

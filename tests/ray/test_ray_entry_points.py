@@ -248,9 +248,7 @@ def test_run_stops_actors_keeps_data_and_resumes(ray_session, tmp_path) -> None:
     assert all((tmp_path / hub / f"p{i}").is_dir() for i in range(2))
 
     with resume_app.run(data_dir=str(tmp_path)) as client:
-        statuses = {
-            i: client.get_orchestration_state(i).runtime_status for i in (done, waiting)
-        }
+        statuses = {i: client.get_orchestration_state(i).runtime_status for i in (done, waiting)}
         expected_statuses = {
             done: dr.OrchestrationStatus.COMPLETED,
             waiting: dr.OrchestrationStatus.RUNNING,
@@ -309,7 +307,9 @@ def test_partition_count_of_a_data_dir_is_fixed(hubs_to_stop, tmp_path) -> None:
         client.wait_for_orchestration_completion(instance_id, timeout=TIMEOUT)
 
     with (
-        pytest.raises(dr.HubConfigurationError, match=r"created with 4 partitions\b.*\b2\b") as info,
+        pytest.raises(
+            dr.HubConfigurationError, match=r"created with 4 partitions\b.*\b2\b"
+        ) as info,
         mismatch_app.run(data_dir=str(tmp_path), partitions=2),
     ):
         pass

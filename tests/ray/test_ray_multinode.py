@@ -26,7 +26,7 @@ pytestmark = pytest.mark.ray
 RESULT = "DURARAY-RESULT "
 
 SCRIPT = textwrap.dedent(
-    '''
+    """
     import json
     import sys
 
@@ -80,7 +80,7 @@ SCRIPT = textwrap.dedent(
 
 
     main(sys.argv[1], int(sys.argv[2]))
-    '''
+    """
 ) % {"marker": RESULT}
 
 
@@ -126,7 +126,7 @@ def test_fan_out_spreads_over_every_node(tmp_path: Path) -> None:
 
 
 SPREAD_SCRIPT = textwrap.dedent(
-    '''
+    """
     import json
     import os
     import shutil
@@ -215,7 +215,7 @@ SPREAD_SCRIPT = textwrap.dedent(
 
 
     main(sys.argv[1])
-    '''
+    """
 ) % {"marker": RESULT}
 
 

@@ -10,16 +10,26 @@ from duraray.entities.scheduler import LockRequest, OperationMessage, UnlockMess
 from duraray.runtime.engine.entity_host import pack_message, unpack_message
 
 REQUEST = LockRequest(
-    owner="cs-1", instance_id="orch-1", execution_id="exec-1", task_id=4,
-    lock_set=["@acct@a", "@acct@b"], position=1,
+    owner="cs-1",
+    instance_id="orch-1",
+    execution_id="exec-1",
+    task_id=4,
+    lock_set=["@acct@a", "@acct@b"],
+    position=1,
 )
 
 
 @pytest.mark.parametrize(
     "message",
     [
-        OperationMessage("add", b"\x01", caller_instance="o", caller_execution="e",
-                         caller_task=2, lock_owner="cs"),
+        OperationMessage(
+            "add",
+            b"\x01",
+            caller_instance="o",
+            caller_execution="e",
+            caller_task=2,
+            lock_owner="cs",
+        ),
         OperationMessage("get"),
         UnlockMessage("cs-1"),
         REQUEST,

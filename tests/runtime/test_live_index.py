@@ -24,13 +24,19 @@ def done(ctx, _):
 
 def _core(store: MemoryStore) -> PartitionCore:
     return PartitionCore(
-        hub="live-index", index=0, store=store, registry=app.registry, config=HubConfig(partitions=1)
+        hub="live-index",
+        index=0,
+        store=store,
+        registry=app.registry,
+        config=HubConfig(partitions=1),
     )
 
 
 def _start(core: PartitionCore, instance_id: str, name: str) -> None:
     core.submit_request(
-        ClientRequest("start", {"instance_id": instance_id, "name": name, "input": codec.encode(None)})
+        ClientRequest(
+            "start", {"instance_id": instance_id, "name": name, "input": codec.encode(None)}
+        )
     )
     while core.has_work():
         core.run_batch()
@@ -53,7 +59,9 @@ def test_recovery_finds_unfinished_instances_through_the_index():
     core = _core(store)
     assert ["waiting"] == list(core._live)
     core.submit_request(
-        ClientRequest("raise_event", {"instance_id": "waiting", "name": "go", "data": codec.encode(1)})
+        ClientRequest(
+            "raise_event", {"instance_id": "waiting", "name": "go", "data": codec.encode(1)}
+        )
     )
     while core.has_work():
         core.run_batch()

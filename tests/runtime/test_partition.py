@@ -437,8 +437,7 @@ def test_pruning_is_bounded_per_batch(cluster_factory, monkeypatch):
     c.start("collect", "i", 100)
     c.run()
     for n in range(7):
-        c.submit("raise_event", instance_id="i", name="e", data=codec.encode(n),
-                 request_id=f"r{n}")
+        c.submit("raise_event", instance_id="i", name="e", data=codec.encode(n), request_id=f"r{n}")
         c.run()
         c.now += timedelta(milliseconds=1)
     c.now += timedelta(seconds=60)  # past the retention and the pause between looks

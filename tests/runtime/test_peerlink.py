@@ -782,6 +782,7 @@ def test_a_connection_that_keeps_dying_right_away_backs_off(
 ) -> None:
     """A peer that completes the handshake and then drops every connection at once does
     not get a tight reconnect-and-resend loop: each quick death counts as a failure."""
+
     class Clock:
         now = 1000.0
 

@@ -41,8 +41,12 @@ class FakeCluster:
 
     def add(self, node: str, ip: str, cpus: float = 2.0) -> None:
         self.nodes.append(
-            {"NodeID": node, "Alive": True, "Resources": {"CPU": cpus} if cpus else {},
-             "NodeManagerAddress": ip}
+            {
+                "NodeID": node,
+                "Alive": True,
+                "Resources": {"CPU": cpus} if cpus else {},
+                "NodeManagerAddress": ip,
+            }
         )
         self.disk(node).mkdir(parents=True, exist_ok=True)
 
@@ -59,7 +63,9 @@ class FakeCluster:
         self.probed.append(list(nodes))
         relative = os.path.relpath(hub_dir, self.disk(self.here))
         ips = {n["NodeID"]: n["NodeManagerAddress"] for n in self.nodes}
-        return {n: (ips[n], placement_module._hub_data(str(self.disk(n) / relative))) for n in nodes}
+        return {
+            n: (ips[n], placement_module._hub_data(str(self.disk(n) / relative))) for n in nodes
+        }
 
     def place(self, placement: str, partitions: int = 4) -> tuple[list[str], bool]:
         config = HubConfig(
@@ -217,7 +223,11 @@ def test_a_malformed_placement_file_is_a_clear_error(cluster: FakeCluster) -> No
     """A placement.json that is not what duraray wrote: HubConfigurationError, not KeyError."""
     path = cluster.disk("A") / HUB / PLACEMENT_FILE
     path.parent.mkdir(parents=True)
-    for text in ("{", json.dumps({"created": True}), json.dumps({"created": True, "partitions": [{}]})):
+    for text in (
+        "{",
+        json.dumps({"created": True}),
+        json.dumps({"created": True, "partitions": [{}]}),
+    ):
         path.write_text(text)
         with pytest.raises(HubConfigurationError, match="cannot read the placement"):
             cluster.place("spread")

@@ -136,9 +136,7 @@ def test_each_request_of_a_shared_call_gets_its_own_error(
     assert "c" == futures[4].result(TIMEOUT)
 
 
-def test_a_request_ray_cannot_send_fails_alone(
-    actor: FakeActor, transport: RayTransport
-) -> None:
+def test_a_request_ray_cannot_send_fails_alone(actor: FakeActor, transport: RayTransport) -> None:
     """When a shared call cannot be submitted (one argument Ray cannot serialize), its
     requests are retried one by one: only the bad one fails, and no slot is lost."""
     futures = [transport.submit(0, "ok", {}) for _ in range(2)]

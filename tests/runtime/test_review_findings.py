@@ -127,9 +127,7 @@ def test_rewind_of_an_instance_failed_by_its_own_code_runs_it_again():
 def test_a_malformed_request_is_answered_and_does_not_fail_the_batch():
     """A request whose arguments make its handler raise gets an error reply; the partition keeps going."""
     with Cluster(REGISTRY) as cluster:
-        token = cluster.submit(
-            "purge_by", partition=0, created_from="yesterday", request_id="bad"
-        )
+        token = cluster.submit("purge_by", partition=0, created_from="yesterday", request_id="bad")
         cluster.start("fails_in_code", "f", 1000)  # same batch: must not be lost with it
         cluster.run()
         expected = (True, Status.COMPLETED)

@@ -66,19 +66,31 @@ def _hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Accept --hub, --app, --address and --json after the command name too."""
     options = [
         click.option(
-            "--hub", metavar="NAME", expose_value=False, callback=_remember,
+            "--hub",
+            metavar="NAME",
+            expose_value=False,
+            callback=_remember,
             help="The hub to act on (running on the Ray cluster).",
         ),
         click.option(
-            "--app", metavar="MODULE:APP", expose_value=False, callback=_remember,
+            "--app",
+            metavar="MODULE:APP",
+            expose_value=False,
+            callback=_remember,
             help="Import this duraray.App and attach to its hub (launching it if needed).",
         ),
         click.option(
-            "--address", metavar="ADDRESS", expose_value=False, callback=_remember,
+            "--address",
+            metavar="ADDRESS",
+            expose_value=False,
+            callback=_remember,
             help='Ray address (default "auto": the running cluster).',
         ),
         click.option(
-            "--json", is_flag=True, expose_value=False, callback=_remember,
+            "--json",
+            is_flag=True,
+            expose_value=False,
+            callback=_remember,
             help="Print machine-readable JSON.",
         ),
     ]
@@ -116,20 +128,6 @@ def main(ctx: click.Context) -> None:
 def _say(message: str) -> None:
     click.echo(message)
     sys.stdout.flush()
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 _ERROR_KINDS = {
@@ -214,8 +212,6 @@ class _Command(click.Command):
             error.__cause__ = exc
         error.as_json = _json_mode(ctx)
         raise error
-
-
 
 
 def _client(ctx: click.Context) -> Client:
@@ -478,7 +474,9 @@ def stop(ctx: click.Context) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
-    "--token", envvar="DURARAY_HTTP_TOKEN", default=None,
+    "--token",
+    envvar="DURARAY_HTTP_TOKEN",
+    default=None,
     help="Bearer token clients must send ($DURARAY_HTTP_TOKEN); required off loopback.",
 )
 @_hub_options
@@ -509,7 +507,9 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
 @click.argument("instance_id", type=INSTANCE_ID)
 @click.option("--wait", is_flag=True, help="Wait until it completes, fails or is terminated.")
 @click.option(
-    "--timeout", type=click.FloatRange(min=0), default=None,
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
     help="With --wait: give up after this many seconds (exit 124). Default: no limit.",
 )
 @_hub_options
@@ -551,7 +551,9 @@ def history(ctx: click.Context, instance_id: str) -> None:
 @click.option("--prefix", default=None, help="Only instance ids starting with this.")
 @_created_options
 @click.option(
-    "--top", type=click.IntRange(min=1), default=None,
+    "--top",
+    type=click.IntRange(min=1),
+    default=None,
     help=f"At most N, oldest first (default {_DEFAULT_TOP}).",
 )
 @click.option("--all", "fetch_all", is_flag=True, help="Every matching instance.")
@@ -698,7 +700,10 @@ def restart(ctx: click.Context, instance_id: str, new_id: bool) -> None:
 @main.command(cls=_Command)
 @click.argument("instance_id", type=INSTANCE_ID, required=False)
 @click.option(
-    "--status", "statuses", multiple=True, type=TERMINAL_STATUS,
+    "--status",
+    "statuses",
+    multiple=True,
+    type=TERMINAL_STATUS,
     help="Only this status (repeatable).",
 )
 @_created_options
@@ -754,7 +759,9 @@ def purge(
 )
 @click.option("--wait", is_flag=True, help="Wait until it completes, fails or is terminated.")
 @click.option(
-    "--timeout", type=click.FloatRange(min=0), default=None,
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
     help="With --wait: give up after this many seconds (exit 124). Default: no limit.",
 )
 @_hub_options
@@ -852,8 +859,13 @@ def entity(
         click.echo("no entities match")
         return
     rows = [
-        [str(m.id), _htime(m.last_modified), m.locked_by or "-", str(m.backlog_queue_size),
-         _compact(m.state, 60)]
+        [
+            str(m.id),
+            _htime(m.last_modified),
+            m.locked_by or "-",
+            str(m.backlog_queue_size),
+            _compact(m.state, 60),
+        ]
         for m in entities
     ]
     click.echo(_table(["ENTITY ID", "LAST MODIFIED", "LOCKED BY", "BACKLOG", "STATE"], rows))

@@ -11,7 +11,9 @@ from duraray.runtime.cli._app import _say, main
 
 
 @main.command()
-@click.option("--data-dir", default="./.duraray", show_default=True, help="Where the hub keeps its data.")
+@click.option(
+    "--data-dir", default="./.duraray", show_default=True, help="Where the hub keeps its data."
+)
 @click.option("--address", default=None, help="Ray address (default: start a local Ray).")
 def demo(data_dir: str, address: str | None) -> None:
     """Run the sample app on the embedded default and tell what happens."""
@@ -40,12 +42,16 @@ def demo(data_dir: str, address: str | None) -> None:
         waiting = client.get_orchestration_state(PENDING_APPROVAL_ID)
         if waiting is not None and waiting.runtime_status is S.RUNNING:
             _say("  the approval left waiting by the last run is still there: approving it now")
-            client.raise_orchestration_event(PENDING_APPROVAL_ID, "approve", data="demo (second run)")
+            client.raise_orchestration_event(
+                PENDING_APPROVAL_ID, "approve", data="demo (second run)"
+            )
             state = client.wait_for_orchestration_completion(PENDING_APPROVAL_ID, timeout=60)
             _say(f"    -> {state.runtime_status.value}: {state.output}")
 
         _say("1. hello_cities: a chain of three activities")
-        iid = client.schedule_new_orchestration("hello_cities", input=["Tokyo", "Seattle", "London"])
+        iid = client.schedule_new_orchestration(
+            "hello_cities", input=["Tokyo", "Seattle", "London"]
+        )
         state = client.wait_for_orchestration_completion(iid, timeout=60)
         _say(f"   -> {state.runtime_status.value}: {state.output}")
 
@@ -55,7 +61,9 @@ def demo(data_dir: str, address: str | None) -> None:
         iid = client.schedule_new_orchestration("sum_of_squares", input=n)
         state = client.wait_for_orchestration_completion(iid, timeout=120)
         elapsed = time.perf_counter() - t0
-        _say(f"   -> {state.runtime_status.value}: {state.output} ({n / elapsed:,.0f} activities/s)")
+        _say(
+            f"   -> {state.runtime_status.value}: {state.output} ({n / elapsed:,.0f} activities/s)"
+        )
 
         _say("3. approval: an orchestration waiting for a human")
         iid = client.schedule_new_orchestration("approval", input={"item": "laptop"})
@@ -84,7 +92,8 @@ def demo(data_dir: str, address: str | None) -> None:
         existing = client.get_orchestration_state(PENDING_APPROVAL_ID)
         if existing is None or existing.runtime_status.is_terminal:
             client.schedule_new_orchestration(
-                "approval", input={"item": "left for the next run"},
+                "approval",
+                input={"item": "left for the next run"},
                 instance_id=PENDING_APPROVAL_ID,
             )
             client.wait_for_orchestration_start(PENDING_APPROVAL_ID, timeout=60)

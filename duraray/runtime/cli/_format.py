@@ -387,7 +387,6 @@ class _Spinner:
             click.echo("\r" + text + padding, err=True, nl=False)
 
 
-
 _SPIN_REFRESH = 1.0  # with a spinner: refresh the shown status this often (seconds)
 
 
@@ -410,8 +409,15 @@ _TASK_ID_FIELDS = ("event_id", "task_scheduled_id", "timer_id")
 
 
 _NOT_IN_DETAIL = frozenset(
-    {"timestamp", "name", "operation", "execution_id", "parent_execution_id",
-     "critical_section_id", *_TASK_ID_FIELDS}
+    {
+        "timestamp",
+        "name",
+        "operation",
+        "execution_id",
+        "parent_execution_id",
+        "critical_section_id",
+        *_TASK_ID_FIELDS,
+    }
 )
 
 

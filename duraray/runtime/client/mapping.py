@@ -38,7 +38,9 @@ class MapFailure:
     failure: FailureDetails | None
 
 
-def instance_ids_for(instance_id: str | Callable[[int, Any], str] | None) -> Callable[[int, Any], str | None]:
+def instance_ids_for(
+    instance_id: str | Callable[[int, Any], str] | None,
+) -> Callable[[int, Any], str | None]:
     """Turn ``map``'s ``instance_id`` argument into a function of (index, input)."""
     if instance_id is None:
         return lambda index, value: None
@@ -106,7 +108,10 @@ def map_orchestrations(
 
 
 def _start_chunk(
-    client: Client, name: str, chunk: list[tuple[int, Any]], make_id: Callable[[int, Any], str | None]
+    client: Client,
+    name: str,
+    chunk: list[tuple[int, Any]],
+    make_id: Callable[[int, Any], str | None],
 ) -> list[tuple[int, str]]:
     """Start what the chunk needs; re-use instances that completed or still run."""
     import uuid
@@ -124,8 +129,7 @@ def _start_chunk(
         for iid, (_, value), record in zip(ids, chunk, existing, strict=True)
         # Completed or still running: awaited as they are. Anything else runs (again).
         if record is None
-        or (record.status not in (OrchestrationStatus.COMPLETED,)
-        and not record.status.is_running)
+        or (record.status not in (OrchestrationStatus.COMPLETED,) and not record.status.is_running)
     ]
     if to_start:
         client.schedule_new_orchestrations(
@@ -175,7 +179,9 @@ def _read_records(client: Client, ids: list[str]) -> list[Any]:
     return records
 
 
-def _failure_error(index: int, instance_id: str, state: OrchestrationState) -> OrchestrationFailedError:
+def _failure_error(
+    index: int, instance_id: str, state: OrchestrationState
+) -> OrchestrationFailedError:
     details = state.failure_details
     reason = details.message if details else state.runtime_status.value
     err = OrchestrationFailedError(

@@ -274,8 +274,13 @@ class Client:
         if reuse_id_policy is not None and reuse_id_policy not in ReuseIdPolicy.ALL:
             raise ValueError(f"unknown reuse_id_policy {reuse_id_policy!r}")
         return self._start(
-            instance_id, name, encoded, version=version, tags=tags,
-            start_at=start_at, reuse_policy=reuse_id_policy,
+            instance_id,
+            name,
+            encoded,
+            version=version,
+            tags=tags,
+            start_at=start_at,
+            reuse_policy=reuse_id_policy,
         )
 
     def _start(self, instance_id: str, name: str, encoded: bytes | None, **args: Any) -> str:
@@ -315,8 +320,13 @@ class Client:
                 iid,
                 "start",
                 {
-                    "instance_id": iid, "name": name, "input": payload, "version": version,
-                    "tags": tags, "start_at": None, "reuse_policy": reuse_id_policy,
+                    "instance_id": iid,
+                    "name": name,
+                    "input": payload,
+                    "version": version,
+                    "tags": tags,
+                    "start_at": None,
+                    "reuse_policy": reuse_id_policy,
                 },
             )
             for iid, payload in zip(ids, payloads, strict=True)
@@ -496,8 +506,13 @@ class Client:
             )
         new_id = uuid.uuid4().hex if restart_with_new_instance_id else instance_id
         return self._start(
-            new_id, record.name, record.input, version=record.version, tags=record.tags,
-            start_at=None, reuse_policy=ReuseIdPolicy.ERROR_IF_RUNNING,
+            new_id,
+            record.name,
+            record.input,
+            version=record.version,
+            tags=record.tags,
+            start_at=None,
+            reuse_policy=ReuseIdPolicy.ERROR_IF_RUNNING,
         )
 
     def purge_orchestration(self, instance_id: str, *, recursive: bool = True) -> PurgeResult:
@@ -557,9 +572,7 @@ class Client:
                 "fetch_payloads": fetch_payloads,
             },
         )
-        merged = sorted(
-            (rec for part in results for rec in part), key=lambda rec: _record_key(rec)
-        )
+        merged = sorted((rec for part in results for rec in part), key=lambda rec: _record_key(rec))
         page = merged[:page_size]
         more = len(merged) > page_size or any(len(part) >= page_size for part in results)
         token = _encode_token(_record_key(page[-1])) if page and more else None
@@ -668,7 +681,9 @@ class Client:
         page = merged[:page_size]
         more = len(merged) > page_size or any(len(part) >= page_size for part in results)
         token = (
-            base64.urlsafe_b64encode(page[-1].entity_id.encode()).decode() if page and more else None
+            base64.urlsafe_b64encode(page[-1].entity_id.encode()).decode()
+            if page and more
+            else None
         )
         return Page([_entity_metadata(rec) for rec in page], token)
 

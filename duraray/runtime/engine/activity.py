@@ -52,12 +52,17 @@ def execute_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
         encoded = codec.encode(outcome)
     except Exception as exc:
         return ActivityResult(
-            task.instance_id, task.execution_id, task.task_id,
+            task.instance_id,
+            task.execution_id,
+            task.task_id,
             failure=FailureDetails.from_exception(exc),
             duration=time.perf_counter() - started,
         )
     return ActivityResult(
-        task.instance_id, task.execution_id, task.task_id, result=encoded,
+        task.instance_id,
+        task.execution_id,
+        task.task_id,
+        result=encoded,
         duration=time.perf_counter() - started,
     )
 

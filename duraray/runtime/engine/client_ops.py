@@ -44,8 +44,18 @@ PRUNE_EVERY_MICROS = 10_000_000
 #: Client operations that change state: their replies are stored for request-id dedup.
 MUTATING_OPS = frozenset(
     {
-        "start", "raise_event", "terminate", "suspend", "resume", "rewind", "purge", "purge_by",
-        "batch", "signal_entity", "clean_entities", "release_entity_lock",
+        "start",
+        "raise_event",
+        "terminate",
+        "suspend",
+        "resume",
+        "rewind",
+        "purge",
+        "purge_by",
+        "batch",
+        "signal_entity",
+        "clean_entities",
+        "release_entity_lock",
     }
 )
 
@@ -213,9 +223,9 @@ class ClientOps:
         for key, _ in expired:
             self._wb.delete("dedup", key)
             self._wb.delete("dedup", r.dedup_request_key(key[9:].decode()))
-        self.counters["request_replies_pruned"] = (
-            self.counters.get("request_replies_pruned", 0) + len(expired)
-        )
+        self.counters["request_replies_pruned"] = self.counters.get(
+            "request_replies_pruned", 0
+        ) + len(expired)
         # Straight on while a backlog remains, else look again a while later.
         self._next_prune = now + (0 if len(expired) == PRUNE_BATCH else PRUNE_EVERY_MICROS)
 
@@ -283,7 +293,9 @@ class ClientOps:
         existing = self._get_record(instance_id)
         if existing is not None:
             running = existing.status.is_running
-            if policy == ReuseIdPolicy.ERROR or (running and policy == ReuseIdPolicy.ERROR_IF_RUNNING):
+            if policy == ReuseIdPolicy.ERROR or (
+                running and policy == ReuseIdPolicy.ERROR_IF_RUNNING
+            ):
                 raise InstanceAlreadyExistsError(
                     f"an orchestration instance with id {instance_id!r} already exists "
                     f"({existing.status.value})"
@@ -292,9 +304,7 @@ class ClientOps:
                 return instance_id
             if running:  # TERMINATE_IF_RUNNING
                 self._terminate(self._live[instance_id], None, recursive=True)
-        self._create(
-            instance_id, name, input, version=version, tags=tags, start_at=start_at
-        )
+        self._create(instance_id, name, input, version=version, tags=tags, start_at=start_at)
         return instance_id
 
     def _op_batch(self, req: ClientRequest, *, ops: list[tuple[str, dict[str, Any]]]) -> list[Any]:
@@ -345,9 +355,7 @@ class ClientOps:
             raise InstanceNotFoundError(f"no orchestration instance with id {instance_id!r}")
         return self._load_history(instance_id)
 
-    def _op_wait(
-        self, req: ClientRequest, *, instance_id: str, kind: str, timeout: float
-    ) -> Any:
+    def _op_wait(self, req: ClientRequest, *, instance_id: str, kind: str, timeout: float) -> Any:
         record = self._get_record(instance_id)
         if record is not None and _wait_satisfied(kind, record):
             return replace(record)
@@ -377,7 +385,9 @@ class ClientOps:
         self._terminate(live, output, recursive)
         return True
 
-    def _op_suspend(self, req: ClientRequest, *, instance_id: str, reason: str | None = None) -> bool:
+    def _op_suspend(
+        self, req: ClientRequest, *, instance_id: str, reason: str | None = None
+    ) -> bool:
         live = self._require_live(instance_id, "suspend")
         record = live.record
         if record.status is Status.SUSPENDED:
@@ -394,7 +404,9 @@ class ClientOps:
         self._touch(live)
         return True
 
-    def _op_resume(self, req: ClientRequest, *, instance_id: str, reason: str | None = None) -> bool:
+    def _op_resume(
+        self, req: ClientRequest, *, instance_id: str, reason: str | None = None
+    ) -> bool:
         live = self._require_live(instance_id, "resume")
         record = live.record
         if record.status is not Status.SUSPENDED:
@@ -412,7 +424,9 @@ class ClientOps:
         self._touch(live)
         return True
 
-    def _op_rewind(self, req: ClientRequest, *, instance_id: str, reason: str | None = None) -> None:
+    def _op_rewind(
+        self, req: ClientRequest, *, instance_id: str, reason: str | None = None
+    ) -> None:
         record = self._get_record(instance_id)
         if record is None:
             raise InstanceNotFoundError(f"no orchestration instance with id {instance_id!r}")

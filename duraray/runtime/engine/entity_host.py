@@ -145,7 +145,11 @@ class EntityHost:
     ) -> None:
         # Random ids keep (due time, entity, id) keys unique without a persisted counter.
         row = TimerRow(
-            "signal", entity_id, "", random.getrandbits(31), when,
+            "signal",
+            entity_id,
+            "",
+            random.getrandbits(31),
+            when,
             body=codec.encode(pack_message(message)),
         )
         self._put_timer(row)
@@ -237,7 +241,9 @@ class EntityHost:
         for entity_id in lock_set:
             self._send_entity(entity_id, UnlockMessage(section_id))
 
-    def _entity_action(self: PartitionCore, instance_id: str, execution_id: str, event: h.HistoryEvent) -> bool:
+    def _entity_action(
+        self: PartitionCore, instance_id: str, execution_id: str, event: h.HistoryEvent
+    ) -> bool:
         """Carry out an orchestration's entity action; False if it is not one."""
         if isinstance(event, h.EntityOperationCalled):
             self._send_entity(
@@ -362,9 +368,7 @@ class EntityHost:
 
 
 def _snapshot(record: EntityRecord, include_state: bool) -> EntityRecord:
-    return replace(
-        record, state=record.state if include_state else None, queue=list(record.queue)
-    )
+    return replace(record, state=record.state if include_state else None, queue=list(record.queue))
 
 
 def _encode_entity(record: EntityRecord) -> bytes:
@@ -375,4 +379,3 @@ def _decode_entity(data: bytes) -> EntityRecord:
     record = codec.decode_record(EntityRecord, data)
     record.queue = [unpack_message(m) for m in record.queue]
     return record
-

@@ -28,6 +28,7 @@ Status = h.OrchestrationStatus
 if TYPE_CHECKING:
     from duraray.orchestrations.executor import OrchestrationExecutor
 
+
 @dataclass(slots=True)
 class LiveInstance:
     """In-memory state of a non-terminal instance."""
@@ -207,9 +208,13 @@ class InstanceLifecycle:
         record.output = output
         history = self._history_with_batch(record.instance_id)
         children = (
-            list(dict.fromkeys(
-                e.instance_id for e in history if isinstance(e, h.SubOrchestrationInstanceCreated)
-            ))
+            list(
+                dict.fromkeys(
+                    e.instance_id
+                    for e in history
+                    if isinstance(e, h.SubOrchestrationInstanceCreated)
+                )
+            )
             if recursive
             else []
         )
@@ -244,11 +249,13 @@ class InstanceLifecycle:
 
     def _children_of(self, instance_id: str) -> list[str]:
         """Every sub-orchestration the instance's current execution started."""
-        return list(dict.fromkeys(
-            e.instance_id
-            for e in self._history_with_batch(instance_id)
-            if isinstance(e, h.SubOrchestrationInstanceCreated)
-        ))
+        return list(
+            dict.fromkeys(
+                e.instance_id
+                for e in self._history_with_batch(instance_id)
+                if isinstance(e, h.SubOrchestrationInstanceCreated)
+            )
+        )
 
     def _rewind(self, instance_id: str, reason: str | None) -> None:
         record = self._get_record(instance_id)
@@ -282,7 +289,9 @@ class InstanceLifecycle:
         # dispatched again, timers re-armed, failed children rewound in turn.
         scheduled: dict[int, h.HistoryEvent] = {}
         for event in kept:
-            if isinstance(event, h.TaskScheduled | h.TimerCreated | h.SubOrchestrationInstanceCreated):
+            if isinstance(
+                event, h.TaskScheduled | h.TimerCreated | h.SubOrchestrationInstanceCreated
+            ):
                 scheduled[event.event_id] = event
             elif isinstance(event, h.TaskCompleted | h.SubOrchestrationInstanceCompleted):
                 scheduled.pop(event.task_scheduled_id, None)

@@ -76,7 +76,6 @@ LOCAL_ROUNDS = 16
 log = structlog.get_logger("duraray.partition")
 
 
-
 def version_mismatch(config: HubConfig, version: str | None) -> str | None:
     """Why an instance of ``version`` must not run on this hub, or None if it may."""
     match = config.version_match
@@ -93,19 +92,14 @@ def version_mismatch(config: HubConfig, version: str | None) -> str | None:
 def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     """Order versions part by part, numbers numerically: 1.10 > 1.9."""
     return tuple(
-        (0, int(part)) if part.isdigit() else (1, part) for part in version.replace("-", ".").split(".")
+        (0, int(part)) if part.isdigit() else (1, part)
+        for part in version.replace("-", ".").split(".")
     )
 
 
 def utc_now() -> datetime:
     """The wall clock, in UTC: the default clock of a partition."""
     return datetime.now(UTC)
-
-
-
-
-
-
 
 
 class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
@@ -155,9 +149,15 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         # not run another batch; a new core recovers from the store instead.
         self._broken = False
         self.counters: dict[str, float] = {
-            "batches": 0, "items": 0, "episodes": 0, "commit_seconds": 0.0,
-            "replays": 0, "activities_dispatched": 0, "messages_sent": 0,
-            "activities_completed": 0, "activity_seconds": 0.0,
+            "batches": 0,
+            "items": 0,
+            "episodes": 0,
+            "commit_seconds": 0.0,
+            "replays": 0,
+            "activities_dispatched": 0,
+            "messages_sent": 0,
+            "activities_completed": 0,
+            "activity_seconds": 0.0,
         }
 
         # Per-batch state, reset by run_batch.
@@ -440,7 +440,9 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         self._fx.messages.setdefault(destination, []).append(msg)
         self.counters["messages_sent"] += 1
 
-    def _send_event(self, instance_id: str, event: h.HistoryEvent, execution_id: str | None) -> None:
+    def _send_event(
+        self, instance_id: str, event: h.HistoryEvent, execution_id: str | None
+    ) -> None:
         self._send(
             partition_for(instance_id, self.partition_count),
             "event",
@@ -528,25 +530,6 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
             self._log.warning("unknown message kind dropped", kind=msg.kind)
 
     # == client requests ==================================================================
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
     # == instances: creation, delivery, episodes ==========================================
 
@@ -742,9 +725,7 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         if executor.completion is not None:
             self._complete(live, executor.completion)
 
-    def _on_version_mismatch(
-        self, live: _Live, events: list[h.HistoryEvent], message: str
-    ) -> None:
+    def _on_version_mismatch(self, live: _Live, events: list[h.HistoryEvent], message: str) -> None:
         """This hub's code must not run the instance: fail it, or leave it for another."""
         if self.config.version_failure == "reject":
             # Kept, unapplied, in the inbox: a hub whose version matches (after a
@@ -835,7 +816,9 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
                 if live.record.status is Status.PENDING:
                     self._ready.add(row.instance_id)
             else:
-                fired = h.TimerFired(timestamp=self._now, timer_id=row.timer_id, fire_at=row.fire_at)
+                fired = h.TimerFired(
+                    timestamp=self._now, timer_id=row.timer_id, fire_at=row.fire_at
+                )
                 self._deliver(row.instance_id, fired, row.execution_id)
 
     def _on_activity_result(self, result: ActivityResult) -> None:
@@ -877,17 +860,6 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
 
     # == endings ==========================================================================
 
-
-
-
-
-
-
-
-
-
-
-
     # == bookkeeping ======================================================================
 
     def _touch(self, live: _Live) -> None:
@@ -914,9 +886,6 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
                 live.executor = None
             excess -= 1
 
-
-
-
     def close(self) -> None:
         """Drop live generators and close the store."""
         for live in self._live.values():
@@ -925,9 +894,3 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
                 live.executor = None
         self._cached.clear()
         self.store.close()
-
-
-
-
-
-

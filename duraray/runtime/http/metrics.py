@@ -61,14 +61,16 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "Frames (messages and acks for one peer) sent on direct partition links.",
     ),
     "link_frames_received": (
-        "duraray_link_frames_received", "Frames received on direct partition links."
+        "duraray_link_frames_received",
+        "Frames received on direct partition links.",
     ),
     "link_declined": (
         "duraray_link_declined",
         "Frames sent as Ray actor calls because the peer's link was down or backed up.",
     ),
     "link_rejected": (
-        "duraray_link_rejected", "Incoming link connections refused at the handshake."
+        "duraray_link_rejected",
+        "Incoming link connections refused at the handshake.",
     ),
 }
 

@@ -322,7 +322,9 @@ class PartitionManager:
         config = self.config
         placement, hub_exists = Placement(self.hub, config).plan()
         here = ray.get_runtime_context().get_node_id()
-        self._check_data_dir(config, partition_dir, [i for i, n in enumerate(placement) if n == here])
+        self._check_data_dir(
+            config, partition_dir, [i for i, n in enumerate(placement) if n == here]
+        )
         ship_app_code(self.registry)
 
         lifetime = "detached" if detached else None
@@ -362,7 +364,12 @@ class PartitionManager:
                 scheduling_strategy=NodeAffinitySchedulingStrategy(placement[i], soft=False),
                 get_if_exists=True,
             ).remote(
-                self.hub, i, config, self.registry, worker_count, link_secret,
+                self.hub,
+                i,
+                config,
+                self.registry,
+                worker_count,
+                link_secret,
                 expect_data=hub_exists,
             )
             for i in range(config.partitions)

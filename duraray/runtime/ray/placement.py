@@ -35,7 +35,6 @@ def _hub_data(hub_dir: str) -> list[str]:
     return found
 
 
-
 class Placement:
     """The placement of one hub's partitions under one configuration."""
 
@@ -77,7 +76,9 @@ class Placement:
             # (and, with fewer nodes than partitions, every len(nodes)-th one) stays
             # where the launch happens.
             others = sorted(
-                n["NodeID"] for n in alive if n["NodeID"] != here and n.get("Resources", {}).get("CPU")
+                n["NodeID"]
+                for n in alive
+                if n["NodeID"] != here and n.get("Resources", {}).get("CPU")
             )
             ids = [here, *others]
             placement = [ids[i % len(ids)] for i in range(self.config.partitions)]
