@@ -67,7 +67,9 @@ class AsyncClient:
                 yield item
         finally:
             # Leaving early (break, cancellation) closes the job's generator and its bar.
-            await asyncio.to_thread(iterator.close)
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
 
     async def close(self) -> None:
         """Release the client."""

@@ -97,13 +97,13 @@ class Placement:
             )
         # Recorded nodes are looked up among all alive nodes: the launching node (a head
         # started with no CPUs, say) holds partitions without offering CPUs.
-        ids = {n["NodeID"] for n in alive}
+        alive_ids = {n["NodeID"] for n in alive}
         by_ip: dict[str, list[str]] = {}
         for node in alive:
             by_ip.setdefault(node.get("NodeManagerAddress", ""), []).append(node["NodeID"])
         placement = []
         for index, entry in enumerate(entries):
-            if entry["node_id"] in ids:
+            if entry["node_id"] in alive_ids:
                 placement.append(entry["node_id"])
                 continue
             # A node that restarted has a new id: find it again by its address. Several
