@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from duraray._limits import check_name
+
 
 @dataclass(frozen=True, slots=True)
 class ActivitySpec:
@@ -94,5 +96,6 @@ def _check_name(kind: str, name: Any) -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{kind} needs a non-empty name")
     if any(ord(ch) < 32 for ch in name) or ("@" in name and kind == "entity"):
-        raise ValueError(f"invalid {kind} name {name!r}")
-    return name
+        raise ValueError(f"invalid {kind} name {name[:64]!r}")
+    # A name no call could use (calls refuse names over MAX_NAME_BYTES) is refused here.
+    return check_name(name, f"{kind} name")

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from duraray import _limits
 from duraray.entities.ids import EntityId
+from duraray.orchestrations.ids import validate_instance_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,29 +113,30 @@ class EntityContext:
         *,
         signal_time: datetime | timedelta | None = None,
     ) -> None:
-        """Signal an operation on an entity, if and when this operation succeeds."""
+        """Signal an operation on an entity, if and when this operation succeeds.
+
+        Bad values (an operation name over 256 bytes, a time before 1970) raise
+        ValueError here, failing this operation only.
+        """
         target = EntityId.of(entity_id)
-        if not isinstance(operation, str) or not operation:
-            raise ValueError("operation must be a non-empty string")
-        if isinstance(signal_time, timedelta):
-            base = self._now
-            if base is None:
-                raise ValueError("a relative signal_time needs the current time")
-            signal_time = base + signal_time
+        _limits.check_name(operation, "entity operation")
+        when = None
+        if signal_time is not None:
+            when = _limits.resolve_time(signal_time, self._now, "signal_time")
         self.signals.append(
-            SignalAction(str(target), operation, self._converter.encode(input), signal_time)
+            SignalAction(str(target), operation, self._converter.encode(input), when)
         )
 
     def schedule_new_orchestration(
         self, orchestrator: Any, *, input: Any = None, instance_id: str | None = None
     ) -> str:
         """Start an orchestration if and when this operation succeeds; returns its id."""
-        name = self._name_of("orchestration", orchestrator)
+        name = _limits.check_name(
+            self._name_of("orchestration", orchestrator), "orchestration name"
+        )
         if instance_id is None:
             instance_id = self._new_instance_id()
         else:
-            from duraray.orchestrations.ids import validate_instance_id
-
             validate_instance_id(instance_id)
         self.starts.append(StartAction(name, instance_id, self._converter.encode(input)))
         return instance_id

@@ -1,7 +1,8 @@
 """Entity ids: ``EntityId(name, key)``, written ``@name@key``.
 
 The name is case-insensitive (stored lower-case), the key case-sensitive. Neither may be
-empty or contain ``@``, so the string form always parses back to the same id.
+empty or contain ``@``, so the string form always parses back to the same id. The string
+form is a store key, so its length is limited in UTF-8 bytes (``duraray._limits``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-MAX_ENTITY_ID_LENGTH = 256
+from duraray._limits import MAX_ENTITY_ID_BYTES, utf8_size
+
+#: The longest ``@name@key`` string form, in UTF-8 bytes.
+MAX_ENTITY_ID_LENGTH = MAX_ENTITY_ID_BYTES
 
 
 def _check_part(what: str, value: Any) -> str:
@@ -18,9 +22,9 @@ def _check_part(what: str, value: Any) -> str:
     if not value:
         raise ValueError(f"entity {what} must not be empty")
     if "@" in value:
-        raise ValueError(f"entity {what} {value!r} must not contain '@'")
+        raise ValueError(f"entity {what} {value[:64]!r} must not contain '@'")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise ValueError(f"entity {what} {value!r} contains control characters")
+        raise ValueError(f"entity {what} {value[:64]!r} contains control characters")
     return value
 
 
@@ -34,8 +38,12 @@ class EntityId:
     def __init__(self, name: str, key: str) -> None:
         name = _check_part("name", name).lower()
         key = _check_part("key", key)
-        if len(name) + len(key) + 2 > MAX_ENTITY_ID_LENGTH:
-            raise ValueError(f"entity id @{name}@{key} is longer than {MAX_ENTITY_ID_LENGTH}")
+        size = utf8_size(name, "entity name") + utf8_size(key, "entity key") + 2
+        if size > MAX_ENTITY_ID_LENGTH:
+            raise ValueError(
+                f"entity id @{name[:64]}@{key[:64]} is {size} bytes of UTF-8, longer than "
+                f"the limit of {MAX_ENTITY_ID_LENGTH} bytes"
+            )
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "key", key)
 
@@ -51,6 +59,17 @@ class EntityId:
         if not sep:
             raise ValueError(f"entity id {text!r} must look like '@name@key'")
         return cls(name, key)
+
+    @classmethod
+    def from_stored(cls, text: str) -> EntityId:
+        """An id read back from a store, split without checks: an entity stored under an
+        older, looser limit must stay reachable (and must not fail the batch that runs
+        its operations)."""
+        name, _, key = text[1:].partition("@")
+        entity_id = object.__new__(cls)
+        object.__setattr__(entity_id, "name", name)
+        object.__setattr__(entity_id, "key", key)
+        return entity_id
 
     @classmethod
     def of(cls, value: Any) -> EntityId:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextvars
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from duraray import _limits
 from duraray._errors import LockingRuleError
 from duraray.entities.ids import EntityId
 from duraray.entities.scheduler import sorted_lock_set
@@ -54,12 +55,6 @@ class TimerChunk:
     """Marks a timer id as one chunk of a timer longer than the maximum interval."""
 
     task: TimerTask
-
-
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 class OrchestrationContext:
@@ -149,11 +144,10 @@ class OrchestrationContext:
     ) -> CompletableTask[Any]:
         """Schedule an activity (function or registered name); the task yields its result."""
         ex = self._ex
-        name = ex._name_of("activity", activity)
+        name = _limits.check_name(ex._name_of("activity", activity), "activity name")
+        _limits.check_tags(tags)
         encoded = ex.converter.encode(input)
         hint = _result_hint(activity)
-        if tags is not None:
-            _check_tags(tags)
 
         def schedule(task: CompletableTask[Any]) -> None:
             seq = ex.next_sequence()
@@ -183,20 +177,23 @@ class OrchestrationContext:
         """Start a child orchestration and wait for its output.
 
         Without ``instance_id`` the child's id is ``<parent id>:<task id as 4 hex digits>``,
-        the same on every replay.
+        the same on every replay; a parent id too long for that suffix needs an explicit
+        ``instance_id`` (ids are at most 256 bytes of UTF-8).
         """
         ex = self._ex
         if ex.critical_section is not None or ex.lock_pending is not None:
             raise LockingRuleError("cannot call a sub-orchestrator inside a critical section")
-        name = ex._name_of("orchestration", orchestrator)
+        name = _limits.check_name(ex._name_of("orchestration", orchestrator), "orchestration name")
+        _limits.check_text(version, "version")
         encoded = ex.converter.encode(input)
         hint = _result_hint(orchestrator)
         if instance_id is not None:
             validate_instance_id(instance_id)
 
         def schedule(task: CompletableTask[Any]) -> None:
-            seq = ex.next_sequence()
-            child_id = instance_id or f"{self.instance_id}:{seq:04x}"
+            seq = ex._sequence  # taken only once the child id is known to be valid
+            child_id = instance_id or _default_child_id(self.instance_id, seq)
+            ex.next_sequence()
             task.description = f"call_sub_orchestrator({name!r}) #{seq}"
             ex.record_action(
                 h.SubOrchestrationInstanceCreated(
@@ -227,13 +224,14 @@ class OrchestrationContext:
         return task
 
     def create_timer(self, fire_at: datetime | timedelta) -> TimerTask:
-        """A durable timer firing at ``fire_at`` (a UTC datetime or a delay from now)."""
-        if isinstance(fire_at, timedelta):
-            due = self.current_utc_datetime + fire_at
-        elif isinstance(fire_at, datetime):
-            due = _utc(fire_at)
-        else:
+        """A durable timer firing at ``fire_at`` (a UTC datetime or a delay from now).
+
+        The time must lie between 1970 and about year 9899 and a delay be at most a
+        century (``duraray._limits``); ValueError otherwise, raised here.
+        """
+        if not isinstance(fire_at, datetime | timedelta):
             raise TypeError("create_timer takes a datetime or a timedelta")
+        due = _limits.resolve_time(fire_at, self.current_utc_datetime, "timer fire_at")
         task = TimerTask(due, "create_timer")
         task._on_cancel = self._ex.cancel_open
         self._schedule_timer_chunk(task)
@@ -258,8 +256,7 @@ class OrchestrationContext:
         Events that arrived before the wait are buffered and consumed first-in first-out;
         a cancelled wait consumes nothing.
         """
-        if not isinstance(name, str) or not name:
-            raise ValueError("event name must be a non-empty string")
+        _limits.check_name(name, "event name")
         task: CancellableTask[Any] = CancellableTask(f"wait_for_external_event({name!r})")
         self._ex.wait_for_event(name, task)
         return task
@@ -269,8 +266,7 @@ class OrchestrationContext:
 
         Sending to a missing or completed instance, or to itself, does not fail the sender.
         """
-        if not isinstance(event_name, str) or not event_name:
-            raise ValueError("event name must be a non-empty string")
+        _limits.check_name(event_name, "event name")
         validate_instance_id(instance_id)
         ex = self._ex
         encoded = ex.converter.encode(data)
@@ -369,15 +365,9 @@ class OrchestrationContext:
             raise LockingRuleError(
                 f"cannot signal {target}: it is locked by this critical section (call it instead)"
             )
-        when: datetime | None
-        if isinstance(signal_time, timedelta):
-            when = self.current_utc_datetime + signal_time
-        elif isinstance(signal_time, datetime):
-            when = _utc(signal_time)
-        elif signal_time is None:
-            when = None
-        else:
-            raise TypeError("signal_time must be a datetime or a timedelta")
+        when: datetime | None = None
+        if signal_time is not None:
+            when = _limits.resolve_time(signal_time, self.current_utc_datetime, "signal_time")
         encoded = ex.converter.encode(input)
         seq = ex.next_sequence()
         ex.record_action(
@@ -448,21 +438,24 @@ class CriticalSection:
 
 
 def _check_operation(operation: Any) -> None:
-    if not isinstance(operation, str) or not operation:
-        raise ValueError("entity operation must be a non-empty string")
+    _limits.check_name(operation, "entity operation")
+
+
+def _default_child_id(parent_id: str, seq: int) -> str:
+    child_id = f"{parent_id}:{seq:04x}"
+    try:
+        return validate_instance_id(child_id)
+    except ValueError as exc:
+        raise ValueError(
+            f"the sub-orchestration's default instance id (the parent's id plus "
+            f"':{seq:04x}') is too long: {exc}; pass a shorter instance_id"
+        ) from None
 
 
 def _result_hint(target: Any) -> Any:
     if callable(target) and not isinstance(target, str):
         return return_type_hint(target)
     return None
-
-
-def _check_tags(tags: Any) -> None:
-    if not isinstance(tags, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
-    ):
-        raise TypeError("tags must be a dict of str to str")
 
 
 class ReplaySafeLogger:

@@ -472,7 +472,13 @@ class OrchestrationExecutor:
             return
         if isinstance(entry, RetryTimer):
             entry.task.attempt += 1
-            entry.task.reschedule(entry.task)
+            try:
+                entry.task.reschedule(entry.task)
+            except (ValueError, TypeError) as exc:
+                # The next attempt cannot be scheduled (e.g. its default child id grew too
+                # long): the task fails in the orchestration, not the partition's batch.
+                entry.task._fail(exc)
+                self._resume()
             return
         if isinstance(entry, TimerChunk):
             entry = entry.task

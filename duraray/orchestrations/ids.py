@@ -6,24 +6,29 @@ the call site, before anything is stored.
 
 from __future__ import annotations
 
-MAX_INSTANCE_ID_LENGTH = 256
+from duraray._limits import MAX_INSTANCE_ID_BYTES, utf8_size
+
+#: The longest instance id, in UTF-8 bytes (see ``duraray._limits``).
+MAX_INSTANCE_ID_LENGTH = MAX_INSTANCE_ID_BYTES
 
 
 def validate_instance_id(instance_id: object) -> str:
     """Return ``instance_id`` if it is a valid id, else raise ValueError or TypeError.
 
-    A valid id is a non-empty string of at most 256 characters without control
-    characters (NUL separates key parts in the store).
+    A valid id is a non-empty string of at most 256 bytes of UTF-8 without control
+    characters (NUL separates key parts in the store); bytes, not characters, because
+    every store key built from the id must stay within LMDB's key limit.
     """
     if not isinstance(instance_id, str):
         raise TypeError(f"instance id must be a string, got {type(instance_id).__name__}")
     if not instance_id:
         raise ValueError("instance id must not be empty")
-    if len(instance_id) > MAX_INSTANCE_ID_LENGTH:
-        raise ValueError(
-            f"instance id is {len(instance_id)} characters long; the limit is "
-            f"{MAX_INSTANCE_ID_LENGTH}"
-        )
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in instance_id):
-        raise ValueError(f"instance id {instance_id!r} contains control characters")
+        raise ValueError(f"instance id {instance_id[:64]!r} contains control characters")
+    size = utf8_size(instance_id, "instance id")
+    if size > MAX_INSTANCE_ID_BYTES:
+        raise ValueError(
+            f"instance id {instance_id[:64]!r}... is {size} bytes of UTF-8; the limit is "
+            f"{MAX_INSTANCE_ID_BYTES} bytes"
+        )
     return instance_id

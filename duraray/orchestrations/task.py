@@ -7,12 +7,14 @@ only hold a result or an exception and notify the composites that wait on them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from duraray._errors import TaskCancelledError, TaskFailedError
+from duraray._limits import MAX_DURATION, check_seconds
 
 T = TypeVar("T")
 
@@ -242,13 +244,8 @@ def when_any(tasks: Iterable[Task[Any]]) -> WhenAnyTask:
 
 
 def _as_timedelta(value: timedelta | float | int | None, what: str) -> timedelta | None:
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    raise TypeError(f"{what} must be a timedelta or a number of seconds, got {value!r}")
+    # Finite and at most a century (duraray._limits): retry timers are durable times.
+    return None if value is None else check_seconds(value, what)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -256,7 +253,8 @@ class RetryPolicy:
     """How often and how long to retry a failed activity or sub-orchestration.
 
     The delay before attempt n+1 is ``first_retry_interval * backoff_coefficient**(n-1)``,
-    capped by ``max_retry_interval``; each delay is a durable timer in the history.
+    capped by ``max_retry_interval`` (and by a century); each delay is a durable timer in
+    the history. Intervals are finite and at most a century.
     ``retry_timeout`` is measured on the orchestration clock (``current_utc_datetime``)
     from the first attempt: no retry is scheduled whose start would fall after it, so
     replay can never change the number of attempts.
@@ -281,8 +279,14 @@ class RetryPolicy:
             raise ValueError("first_retry_interval must be positive")
         if not isinstance(max_number_of_attempts, int) or max_number_of_attempts < 1:
             raise ValueError("max_number_of_attempts must be an integer >= 1")
-        if backoff_coefficient < 1.0:
-            raise ValueError("backoff_coefficient must be >= 1.0")
+        if (
+            isinstance(backoff_coefficient, bool)
+            or not isinstance(backoff_coefficient, int | float)
+            or not (math.isfinite(backoff_coefficient) and backoff_coefficient >= 1.0)
+        ):
+            raise ValueError(
+                f"backoff_coefficient must be a finite number >= 1.0, got {backoff_coefficient!r}"
+            )
         max_interval = _as_timedelta(max_retry_interval, "max_retry_interval")
         if max_interval is not None and max_interval < first:
             raise ValueError("max_retry_interval must be >= first_retry_interval")
@@ -297,13 +301,18 @@ class RetryPolicy:
 
     def delay_after(self, failed_attempts: int) -> timedelta:
         """The delay before the next attempt once ``failed_attempts`` attempts failed."""
-        seconds = self.first_retry_interval.total_seconds() * (
-            self.backoff_coefficient ** (failed_attempts - 1)
-        )
-        delay = timedelta(seconds=seconds)
-        if self.max_retry_interval is not None and delay > self.max_retry_interval:
-            delay = self.max_retry_interval
-        return delay
+        cap = MAX_DURATION
+        if self.max_retry_interval is not None:
+            cap = min(cap, self.max_retry_interval)
+        try:
+            seconds = self.first_retry_interval.total_seconds() * (
+                self.backoff_coefficient ** (failed_attempts - 1)
+            )
+        except OverflowError:  # many attempts with a backoff: capped, never a crash
+            return cap
+        if seconds >= cap.total_seconds():
+            return cap
+        return timedelta(seconds=seconds)
 
 
 class RetryableTask(CompletableTask[T]):

@@ -181,14 +181,15 @@ def play(base_url: str, token: str) -> list[dict[str, Any]]:
 
 def print_curl(base_url: str, token: str) -> None:
     auth = f"-H 'Authorization: Bearer {token}'"
+    json_body = "-H 'Content-Type: application/json'"
     print(
         f"""HTTP API at {base_url} (Ctrl-C to stop). Try:
 
   curl -s {auth} -X POST {base_url}/api/orchestrations/purchase_approval \\
-       -d '{{"item": "laptop", "requester": "you", "approver": "you"}}'
+       {json_body} -d '{{"item": "laptop", "requester": "you", "approver": "you"}}'
   curl -s {auth} {base_url}/api/instances/<id>
   curl -s {auth} -X POST {base_url}/api/instances/<id>/raiseEvent/approval \\
-       -d '{{"approved": true, "by": "you"}}'
+       {json_body} -d '{{"approved": true, "by": "you"}}'
 """,
         flush=True,
     )

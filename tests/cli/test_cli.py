@@ -1,8 +1,18 @@
-"""The `duraray` command line, against an in-process hub (no Ray)."""
+"""The `duraray` command line, against an in-process hub (no Ray).
+
+Reaching Ray is tested against addresses where nothing, or something mute, listens; the
+cases that leave a Ray connect hanging run the command in a subprocess.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -679,6 +689,179 @@ def test_app_option_attaches_through_app_start(
     assert expected == (parsed(result)["runtime_status"], calls)
 
 
+# -- reaching Ray: bounded, interruptible, with the fix in the message ----------------------
+
+#: The `duraray` command, in a process of its own.
+CLI = [sys.executable, "-c", "from duraray.runtime.cli import main; main()"]
+
+
+def cli_env() -> dict[str, str]:
+    """This environment without RAY_ADDRESS (which would override "auto")."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+@pytest.fixture
+def mute_port() -> Iterator[socket.socket]:
+    """A TCP port that accepts connections and never answers: a GCS that does not respond."""
+    with socket.socket() as listener:
+        listener.bind(("", 0))  # every interface: Ray turns 127.0.0.1 into the node's IP
+        listener.listen(64)
+        yield listener
+
+
+@pytest.fixture
+def no_ray_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process looks as if it had not joined Ray (the test session may have)."""
+    import ray
+
+    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **options: pytest.fail("ray.init was called"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+def test_a_mute_ray_address_exits_5_within_the_timeout(mute_port: socket.socket) -> None:
+    """A Ray address that accepts but never answers: exit 5 after --connect-timeout, with
+    one line on stderr (none of Ray's retry warnings)."""
+    address = f"127.0.0.1:{mute_port.getsockname()[1]}"
+    args = ["status", "x", "--hub", "h", "--address", address, "--connect-timeout", "2"]
+    result = subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=60, env=cli_env()
+    )
+    expected = (5, [f"Error: cannot reach a Ray cluster at {address!r} within 2 s"])
+    assert expected == (result.returncode, result.stderr.splitlines())
+
+
+def test_sigterm_stops_a_hanging_connect(mute_port: socket.socket) -> None:
+    """SIGTERM while Ray tries to connect ends the command at once (128 + SIGTERM)."""
+    address = f"127.0.0.1:{mute_port.getsockname()[1]}"
+    args = ["--connect-timeout", "300", "status", "x", "--hub", "h", "--address", address]
+    process = subprocess.Popen(
+        [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()
+    )
+    try:
+        mute_port.settimeout(60)
+        mute_port.accept()[0].close()  # the command's TCP check: it is connecting now
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    expected = (128 + signal.SIGTERM, True)
+    assert expected == (process.returncode, "SIGTERM: stopped connecting" in stderr)
+
+
+def test_a_dead_ray_address_exits_5_at_once(no_ray_yet: None) -> None:
+    """Nothing listening at --address: exit 5 without trying Ray, and say so."""
+    args = ["status", "x", "--hub", "h", "--address", "127.0.0.1:1", "--connect-timeout", "5"]
+    result = CliRunner().invoke(cli.main, args)
+    expected = 5
+    assert expected == result.exit_code
+    assert "cannot reach a Ray cluster at '127.0.0.1:1': nothing answers at" in result.stderr
+
+
+def test_a_stale_recorded_cluster_exits_5(
+    no_ray_yet: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """ "auto" finding a dead cluster in ray_current_cluster (left by `ray start`) exits 5
+    and names the file."""
+    from ray._private import services
+
+    recorded = tmp_path / "ray" / "ray_current_cluster"
+    recorded.parent.mkdir()
+    recorded.write_text("127.0.0.1:1\n")
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+
+    def no_local_gcs() -> frozenset[str]:  # Ray's fallback: GCS processes on this machine
+        return frozenset()
+
+    no_local_gcs.cache_clear = lambda: None  # type: ignore[attr-defined]
+    monkeypatch.setattr(services, "find_gcs_addresses", no_local_gcs)
+    result = CliRunner().invoke(cli.main, ["status", "x", "--hub", "h"])
+    expected = 5
+    assert expected == result.exit_code
+    assert f"{recorded} names a cluster that is gone" in result.stderr
+
+
+def test_connect_timeout_goes_before_or_after_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--connect-timeout (default 30 s) reaches the connect from the group or the command."""
+    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    seen: list[tuple[str, float]] = []
+
+    def ensure_ray(address: str, **options: Any) -> bool:
+        seen.append((address, options["connect_timeout"]))
+        raise ConnectionError("nothing answers")
+
+    monkeypatch.setattr(manager, "ensure_ray", ensure_ray)
+    runner = CliRunner()
+    codes = [
+        runner.invoke(
+            cli.main, ["--connect-timeout", "2.5", "status", "x", "--hub", "h"]
+        ).exit_code,
+        runner.invoke(cli.main, ["stop", "--hub", "h", "--connect-timeout", "7"]).exit_code,
+        runner.invoke(cli.main, ["start", "--app", f"{__name__}:app"]).exit_code,
+        runner.invoke(cli.main, ["status", "x", "--hub", "h", "--connect-timeout", "0"]).exit_code,
+    ]
+    expected = ([5, 5, 5, 2], [("auto", 2.5), ("auto", 7.0), ("auto", 30.0)])
+    assert expected == (codes, seen)
+
+
+def auth_failure(address: str) -> ConnectionError:
+    """What ray.init raises, after 20 s of InvalidAuthToken warnings, when the cluster has
+    token authentication on and this process sends no token (Ray 2.5x)."""
+    try:
+        raise RuntimeError(
+            "Failed to connect to GCS. Last connection error: Traceback (most recent call "
+            "last):\n  ...\nray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: "
+            "Authentication token is missing or incorrect. Note: RAY_AUTH_MODE is currently "
+            "'disabled' (not 'token')."
+        )
+    except RuntimeError as exc:
+        try:
+            raise ConnectionError(f"Failed to connect to Ray cluster at {address}") from exc
+        except ConnectionError as error:
+            return error
+
+
+def test_a_cluster_that_wants_a_token_exits_5_with_the_fix(
+    no_ray_yet: None, monkeypatch: pytest.MonkeyPatch, mute_port: socket.socket
+) -> None:
+    """Ray's token-authentication failure says how to fix it: RAY_AUTH_MODE=token."""
+    import ray
+
+    def init(**options: Any) -> None:
+        raise auth_failure(options["address"])
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    address = f"127.0.0.1:{mute_port.getsockname()[1]}"
+    result = CliRunner().invoke(cli.main, ["status", "x", "--hub", "h", "--address", address])
+    expected = (5, 1)
+    assert expected == (result.exit_code, len(result.stderr.splitlines()))
+    assert "rejected this process's authentication token" in result.stderr
+    assert "set RAY_AUTH_MODE=token" in result.stderr
+
+
+def test_a_missing_token_in_token_mode_says_whose_token(
+    no_ray_yet: None, monkeypatch: pytest.MonkeyPatch, mute_port: socket.socket
+) -> None:
+    """With RAY_AUTH_MODE=token already set, the fix is the cluster's token."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    def init(**options: Any) -> None:
+        raise AuthenticationError("Token authentication is enabled but no token was found")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    address = f"127.0.0.1:{mute_port.getsockname()[1]}"
+    result = CliRunner().invoke(cli.main, ["status", "x", "--hub", "h", "--address", address])
+    expected = 5
+    assert expected == result.exit_code
+    assert "the head node's ~/.ray/auth_token" in result.stderr
+
+
 @pytest.mark.parametrize(
     "spec", ["no_such_module_for_duraray:app", f"{__name__}:nothing", f"{__name__}:Status"]
 )
@@ -799,6 +982,83 @@ def test_serve_takes_the_token_from_the_environment(
     result = run("serve", "--host", "0.0.0.0")
     expected = (0, [(client, {"host": "0.0.0.0", "port": 8000, "token": "s3cret"})])
     assert expected == (result.exit_code, http_calls)
+
+
+def test_serve_app_without_a_cluster_runs_the_embedded_default(
+    client: dr.Client, monkeypatch: pytest.MonkeyPatch, http_calls: list[Any], tmp_path: Any
+) -> None:
+    """`serve --app` with no Ray cluster given or running runs the hub as App.run() does,
+    with --data-dir; --allowed-host reaches the HTTP server."""
+    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    def no_cluster(address: str, timeout: float) -> str:
+        raise ConnectionError("no Ray cluster is running here")
+
+    runs: list[dict[str, Any]] = []
+
+    @contextlib.contextmanager
+    def run(**kwargs: Any) -> Iterator[dr.Client]:
+        runs.append(kwargs)
+        yield client
+
+    monkeypatch.setattr(manager, "probe_ray_cluster", no_cluster)
+    monkeypatch.setattr(app, "run", run)
+    monkeypatch.setattr(app, "start", lambda **kwargs: pytest.fail("needs a cluster"))
+    args = ["serve", "--app", f"{__name__}:app", "--data-dir", str(tmp_path)]
+    result = CliRunner().invoke(
+        cli.main, [*args, "--allowed-host", "a.test", "--allowed-host", "b"]
+    )
+    served = {"host": "127.0.0.1", "port": 8000, "token": None, "allowed_hosts": ("a.test", "b")}
+    expected = (0, [{"data_dir": str(tmp_path)}], [(client, served)])
+    assert expected == (result.exit_code, runs, http_calls)
+    assert "starting hub 'cli-tests' on a local Ray instance" in result.stderr
+
+
+def test_serve_app_on_a_running_cluster_launches_it_there(
+    client: dr.Client, monkeypatch: pytest.MonkeyPatch, http_calls: list[Any], tmp_path: Any
+) -> None:
+    """With a cluster running, `serve --app --data-dir` launches the hub on it."""
+    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(manager, "probe_ray_cluster", lambda address, timeout: "10.0.0.1:6379")
+    monkeypatch.setattr(manager, "ensure_ray", lambda *args, **kwargs: True)
+    starts: list[dict[str, Any]] = []
+
+    def start(**kwargs: Any) -> dr.Client:
+        starts.append(kwargs)
+        return client
+
+    monkeypatch.setattr(app, "start", start)
+    args = ["serve", "--app", f"{__name__}:app", "--data-dir", str(tmp_path)]
+    result = CliRunner().invoke(cli.main, args)
+    served = {"host": "127.0.0.1", "port": 8000, "token": None}
+    expected = (0, [{"address": "auto", "data_dir": str(tmp_path)}], [(client, served)])
+    assert expected == (result.exit_code, starts, http_calls)
+
+
+def test_serve_on_a_given_address_never_runs_embedded(
+    monkeypatch: pytest.MonkeyPatch, http_calls: list[Any]
+) -> None:
+    """With --address, a cluster that cannot be reached is exit 5, not a local Ray."""
+    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+
+    def unreachable(*args: Any, **kwargs: Any) -> bool:
+        raise ConnectionError("nothing answers at 10.0.0.1:6379 (Connection refused)")
+
+    monkeypatch.setattr(manager, "ensure_ray", unreachable)
+    monkeypatch.setattr(app, "run", lambda **kwargs: pytest.fail("ran embedded"))
+    args = ["serve", "--app", f"{__name__}:app", "--address", "10.0.0.1:6379"]
+    result = CliRunner().invoke(cli.main, args)
+    expected = (5, [])
+    assert expected == (result.exit_code, http_calls)
+    assert "cannot reach a Ray cluster at '10.0.0.1:6379'" in result.stderr
+
+
+def test_serve_data_dir_needs_app(run: Invoke, http_calls: list[Any]) -> None:
+    """--data-dir is for a hub that --app launches: with --hub alone it is a usage error."""
+    expected = (2, [])
+    assert expected == (run("serve", "--hub", "shop", "--data-dir", "d").exit_code, http_calls)
 
 
 def test_serve_rejects_a_bad_port(run: Invoke, http_calls: list[Any]) -> None:

@@ -7,7 +7,8 @@ mix HTTP calls with the Python client's bounded waits.
 
 - ``client``: the test module's ``app`` on a memory store with ``ManualClock(auto_advance=True)``;
 - ``http``: the API of that hub, no token;
-- ``make_http(app)``: a synchronous HTTP client for any ASGI app (e.g. with a token);
+- ``make_http(app, base_url=...)``: a synchronous HTTP client for any ASGI app (e.g. with a
+  token; ``base_url`` sets the ``Host`` it addresses);
 - ``poll(probe, done)``: call ``probe`` until ``done(result)``, failing after a bound.
 """
 
@@ -36,10 +37,12 @@ T = TypeVar("T")
 class SyncHttp:
     """``get``/``post``/``delete``/``request`` over an ASGI app, answered synchronously."""
 
-    def __init__(self, portal: anyio.from_thread.BlockingPortal, app: Any) -> None:
+    def __init__(
+        self, portal: anyio.from_thread.BlockingPortal, app: Any, base_url: str = BASE_URL
+    ) -> None:
         self._portal = portal
         self._client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url=BASE_URL, timeout=TIMEOUT
+            transport=httpx.ASGITransport(app=app), base_url=base_url, timeout=TIMEOUT
         )
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -69,8 +72,8 @@ def make_http() -> Iterator[Callable[[Any], SyncHttp]]:
     with ExitStack() as stack:
         portal = stack.enter_context(anyio.from_thread.start_blocking_portal())
 
-        def make(app: Any) -> SyncHttp:
-            http = SyncHttp(portal, app)
+        def make(app: Any, base_url: str = BASE_URL) -> SyncHttp:
+            http = SyncHttp(portal, app, base_url)
             stack.callback(http.aclose)
             return http
 

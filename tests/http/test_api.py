@@ -29,6 +29,8 @@ from duraray.testing import ManualClock, run_in_process
 
 #: Seconds any single wait may take before it counts as a failure.
 TIMEOUT = 10.0
+#: The header a request with a JSON body declares.
+JSON = {"Content-Type": "application/json"}
 
 app = dr.App("http-api")
 
@@ -189,7 +191,7 @@ def test_start_with_a_running_id_is_409(http):
 
 def test_start_with_malformed_json_is_400(http):
     """A start body that is not JSON answers 400 with an error message."""
-    response = http.post("/api/orchestrations/echo", content=b"{not json")
+    response = http.post("/api/orchestrations/echo", content=b"{not json", headers=JSON)
     expected = 400
     assert expected == response.status_code
     assert "not valid JSON" in response.json()["error"]
@@ -197,7 +199,7 @@ def test_start_with_malformed_json_is_400(http):
 
 def test_start_rejects_non_finite_json_numbers(http):
     """NaN is not JSON, so a body holding it answers 400."""
-    response = http.post("/api/orchestrations/echo", content=b"[NaN]")
+    response = http.post("/api/orchestrations/echo", content=b"[NaN]", headers=JSON)
     expected = 400
     assert expected == response.status_code
 
@@ -395,7 +397,7 @@ def test_raise_event_to_a_completed_instance_is_410(http, client):
 def test_raise_event_with_a_non_json_body_is_400(http):
     """raiseEvent with a body that is not JSON answers 400."""
     _start(http, "wait_go", instance_id="ev-bad")
-    response = http.post("/api/instances/ev-bad/raiseEvent/go", content=b"<xml/>")
+    response = http.post("/api/instances/ev-bad/raiseEvent/go", content=b"<xml/>", headers=JSON)
     expected = 400
     assert expected == response.status_code
 
@@ -690,7 +692,9 @@ def test_signal_entity_validation(http):
     assert expected == (
         http.post("/api/entities/counter/k", json=1).status_code,
         http.post("/api/entities/bad@name/k", params={"op": "add"}, json=1).status_code,
-        http.post("/api/entities/counter/k", params={"op": "add"}, content=b"{").status_code,
+        http.post(
+            "/api/entities/counter/k", params={"op": "add"}, content=b"{", headers=JSON
+        ).status_code,
     )
 
 
@@ -837,7 +841,8 @@ def test_serve_on_loopback_needs_no_token(client, monkeypatch, make_http):
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     server = build_server(client, host="127.0.0.1", port=0)
     expected = 200
-    assert expected == make_http(server.config.app).get("/api/partitions").status_code
+    http = make_http(server.config.app, base_url="http://127.0.0.1:8000")
+    assert expected == http.get("/api/partitions").status_code
 
 
 @pytest.mark.parametrize(

@@ -199,8 +199,11 @@ def _running_hub(token: str | None = None) -> Iterator[Hub]:
     clock = ManualClock(datetime(2026, 3, 2, 9, 30, tzinfo=UTC), auto_advance=True)
     _clock["now"] = clock
     _charges.clear()
-    with run_in_process(app, clock=clock) as client, _serve(create_app(client, token=token)) as url:
-        yield Hub(client, clock, url)
+    with run_in_process(app, clock=clock) as client:
+        # As `duraray serve` builds it on loopback: Origin and Host checked (same-origin page).
+        api = create_app(client, token=token, bind_host="127.0.0.1")
+        with _serve(api) as url:
+            yield Hub(client, clock, url)
 
 
 @pytest.fixture
@@ -435,3 +438,37 @@ def test_refused_action_shows_the_api_error_and_purge_returns_to_the_list(hub: H
     expect(page.locator("h1")).to_have_text("Instances")
     expect(page.locator(".empty")).to_contain_text("No instances match")
     assert hub.client.get_orchestration_state(instance) is None
+
+
+def test_a_page_of_another_site_cannot_drive_the_hub(hub: Hub, page):
+    """A foreign page's fetches to the loopback hub are refused: the instance keeps running.
+
+    The page is served as https://evil.example (Playwright answers for it); its no-cors
+    POSTs (text/plain, no preflight) carry ``Origin: https://evil.example``. Chromium itself
+    asks before a public page reaches loopback (Local Network Access); the permission is
+    granted here, as a user may click it away or another browser not ask at all.
+    """
+    victim = hub.client.schedule_new_orchestration(restock, input="sku-9", instance_id="victim")
+    assert hub.client.hub_runtime.wait_idle(timeout=10)
+    page.context.grant_permissions(["local-network-access"], origin="https://evil.example")
+    page.route(
+        "https://evil.example/**",
+        lambda route: route.fulfill(content_type="text/html", body="<h1>cute cats</h1>"),
+    )
+    page.goto("https://evil.example/")
+    page.evaluate(
+        """async (api) => {
+            const post = (path) => fetch(api + path, {
+                method: "POST", mode: "no-cors",
+                headers: {"Content-Type": "text/plain"}, body: '"pwned"'});
+            await post("/api/instances/victim/terminate");
+            await post("/api/instances/victim/raiseEvent/delivery");
+            await post("/api/orchestrations/restock?instance_id=intruder");
+        }""",
+        hub.url,
+    )
+    page.context.clear_permissions()
+    state = hub.client.get_orchestration_state(victim)
+    assert state is not None
+    expected = (dr.OrchestrationStatus.RUNNING, None)
+    assert expected == (state.runtime_status, hub.client.get_orchestration_state("intruder"))

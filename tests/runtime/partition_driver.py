@@ -2,7 +2,8 @@
 
 ``Cluster`` holds one core per partition over a ``FaultyStore`` (which counts commits and
 can fail one on demand), a manual wall clock and a manual monotonic clock patched into the
-partition module, so resends and timers move only when a test says so. ``run()`` plays the
+partition and client-operation modules, so resends, timers and wait deadlines move only
+when a test says so. ``run()`` plays the
 shell's part: it calls ``run_batch`` on cores with work and releases effects the way the
 in-process runtime does (replies kept by token, messages and acks routed between cores,
 activities executed at once or held).
@@ -25,6 +26,7 @@ import pytest
 from duraray._registry import Registry
 from duraray.config import HubConfig
 from duraray.orchestrations import history as h
+from duraray.runtime.engine import client_ops as client_ops_module
 from duraray.runtime.engine import codec
 from duraray.runtime.engine import partition as partition_module
 from duraray.runtime.engine.activity import execute_activity
@@ -60,7 +62,8 @@ class FaultyStore:
 
 
 class ManualTime:
-    """Stands in for the ``time`` module inside partition.py: a monotonic clock we move."""
+    """Stands in for the ``time`` module inside partition.py and client_ops.py: a monotonic
+    clock we move."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -91,6 +94,8 @@ class Cluster:
         self.mono = current if isinstance(current, ManualTime) else ManualTime()
         self._patch = pytest.MonkeyPatch()
         self._patch.setattr(partition_module, "time", self.mono)
+        # Wait deadlines are set in client_ops and compared in partition: one clock.
+        self._patch.setattr(client_ops_module, "time", self.mono)
         self._memory: dict[int, MemoryStore] = {}
         self._tokens = itertools.count(1)
         self.stores: list[FaultyStore] = []

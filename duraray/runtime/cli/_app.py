@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import signal as signals  # `signal` is a command here
 import sys
+import tempfile
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -54,6 +58,9 @@ from duraray.runtime.cli._format import (
 )
 from duraray.runtime.client.sync import Client, OrchestrationState
 
+#: Seconds a command waits to reach the Ray cluster (--connect-timeout) before exit 5.
+_CONNECT_TIMEOUT = 30.0
+
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """Store a connection or output option in ``ctx.obj`` (group- or command-level)."""
@@ -63,7 +70,7 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 
 
 def _hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Accept --hub, --app, --address and --json after the command name too."""
+    """Accept --hub, --app, --address, --connect-timeout and --json after the command too."""
     options = [
         click.option(
             "--hub",
@@ -87,6 +94,14 @@ def _hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help='Ray address (default "auto": the running cluster).',
         ),
         click.option(
+            "--connect-timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            metavar="SECONDS",
+            expose_value=False,
+            callback=_remember,
+            help=f"Give up reaching Ray after this long (exit 5; default {_CONNECT_TIMEOUT:g}).",
+        ),
+        click.option(
             "--json",
             is_flag=True,
             expose_value=False,
@@ -108,9 +123,11 @@ def main(ctx: click.Context) -> None:
 
     Commands that act on a hub reach it with --hub NAME (a hub running on the Ray
     cluster at --address, "auto" by default) or --app MODULE:APP (the App object: its
-    hub is attached to, or launched detached if it is not running). --hub, --app,
-    --address and --json go before or after the command name. Output is for people by
-    default; --json prints JSON (ISO 8601 times, payloads as JSON values).
+    hub is attached to, or launched detached if it is not running). A command gives up
+    on a Ray cluster it cannot reach within --connect-timeout seconds (30 by default).
+    --hub, --app, --address, --connect-timeout and --json go before or after the command
+    name. Output is for people by default; --json prints JSON (ISO 8601 times, payloads
+    as JSON values).
 
     \b
     Exit codes:
@@ -119,7 +136,7 @@ def main(ctx: click.Context) -> None:
       2    usage error or bad input (malformed JSON, invalid id)
       3    not found (unknown instance or entity)
       4    state conflict (e.g. an event raised on a finished instance, an id in use)
-      5    hub unreachable or not running
+      5    hub unreachable or not running; no Ray cluster within --connect-timeout
       124  timed out waiting
     """
     ctx.ensure_object(dict)
@@ -214,8 +231,11 @@ class _Command(click.Command):
         raise error
 
 
-def _client(ctx: click.Context) -> Client:
-    """The client of the hub given by --hub or --app (or of the injected client factory)."""
+def _client(ctx: click.Context, *, data_dir: str | None = None) -> Client:
+    """The client of the hub given by --hub or --app (or of the injected client factory).
+
+    ``data_dir`` is for a hub that --app launches.
+    """
     obj = ctx.ensure_object(dict)
     factory = obj.get("client_factory")
     if factory is not None:
@@ -227,11 +247,12 @@ def _client(ctx: click.Context) -> Client:
         app = _load_app(spec)
         if hub and hub != app.name:
             raise click.UsageError(f"--hub {hub!r} is not the hub of --app {spec} ({app.name!r})")
-        _connect_ray(address)
-        started: Client = app.start(address=address)
+        _connect_ray(address, _connect_timeout(ctx))
+        options: dict[str, Any] = {} if data_dir is None else {"data_dir": data_dir}
+        started: Client = app.start(address=address, **options)
         return started
     if hub:
-        _connect_ray(address)
+        _connect_ray(address, _connect_timeout(ctx))
         try:
             return Client.attach(hub, address=address)
         except HubConfigurationError as exc:
@@ -268,20 +289,166 @@ def _load_app(spec: str) -> App:
     return target
 
 
-def _connect_ray(address: str) -> None:
-    """Join the Ray cluster (workers' output stays off this terminal); exit 5 if none."""
-    from duraray.runtime.ray.manager import ensure_ray
+def _connect_timeout(ctx: click.Context) -> float:
+    """Seconds to reach the Ray cluster: --connect-timeout, or 30."""
+    return float(ctx.ensure_object(dict).get("connect_timeout") or _CONNECT_TIMEOUT)
+
+
+def _connect_ray(address: str, timeout: float) -> None:
+    """Join the Ray cluster at ``address`` within ``timeout`` seconds; exit 5 if none.
+
+    Ray's own connect retries for minutes, logging every attempt, and does not stop for
+    SIGTERM. So nothing is tried unless something listens at the address (checked with a
+    plain TCP connect), the connect runs on a daemon thread with Ray's output (fd 2) held
+    back, and it is abandoned, the process exiting at once, when the time is up, on
+    SIGINT or SIGTERM, or as soon as Ray reports that the cluster wants an authentication
+    token. Workers' output stays off this terminal.
+    """
+    from duraray.runtime.ray import manager
 
     _setup_logging()
+    outcome: futures.Future[bool] = futures.Future()
+
+    def connect() -> None:
+        try:
+            connected = manager.ensure_ray(address, connect_timeout=timeout, log_to_driver=False)
+            outcome.set_result(connected)
+        except BaseException as exc:
+            outcome.set_exception(exc)
+
+    deadline = time.monotonic() + timeout
+    abandoned: CliError | None = None
     try:
-        ensure_ray(address, log_to_driver=False)
-    except ConnectionError as exc:
-        detail = (str(exc).strip().splitlines() or [""])[0]
+        with _held_stderr() as held, _signals_interrupt():
+            threading.Thread(target=connect, name="duraray-connect", daemon=True).start()
+            while not futures.wait([outcome], timeout=0.1).done:
+                if _AUTH_FAILURE in held():
+                    abandoned = _auth_error(address)
+                elif time.monotonic() >= deadline:
+                    abandoned = CliError(
+                        f"cannot reach a Ray cluster at {address!r} within {timeout:g} s",
+                        EXIT_UNREACHABLE,
+                    )
+                if abandoned is not None:
+                    break
+    except _Interrupted as exc:
+        name = signals.Signals(exc.signum).name
+        abandoned = CliError(
+            f"{name}: stopped connecting to the Ray cluster at {address!r}", 128 + exc.signum
+        )
+    if abandoned is not None:
+        _exit_now(abandoned)
+    error = outcome.exception()
+    if error is None:
+        return
+    if _is_auth_failure(error):
+        raise _auth_error(address) from error
+    if isinstance(error, ConnectionError):
+        detail = (str(error).strip().splitlines() or [""])[0]
         raise CliError(
-            f"cannot reach a Ray cluster at {address!r} ({detail}): start one with "
+            f"cannot reach a Ray cluster at {address!r}: {detail}; start one with "
             "`ray start --head` or pass --address",
             EXIT_UNREACHABLE,
-        ) from exc
+        ) from error
+    raise error
+
+
+#: What Ray logs, and puts in its errors, when the cluster rejects a missing or wrong token.
+_AUTH_FAILURE = "InvalidAuthToken"
+
+
+def _is_auth_failure(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is Ray's token-authentication error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(cls.__name__ == "AuthenticationError" for cls in type(current).__mro__):
+            return True
+        if _AUTH_FAILURE in str(current) or "AuthenticationError" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _auth_error(address: str) -> CliError:
+    """Exit 5, with the fix: Ray's token authentication (on by default in recent Ray)."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        fix = (
+            "this process has no token or not the cluster's: put the head node's "
+            "~/.ray/auth_token in ~/.ray/auth_token or $RAY_AUTH_TOKEN"
+        )
+    else:
+        fix = (
+            "set RAY_AUTH_MODE=token (with the cluster's token in ~/.ray/auth_token or "
+            "$RAY_AUTH_TOKEN), or run the cluster and every driver with RAY_AUTH_MODE=disabled"
+        )
+    return CliError(
+        f"the Ray cluster at {address!r} rejected this process's authentication token: {fix}",
+        EXIT_UNREACHABLE,
+    )
+
+
+class _Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while connecting to Ray."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM raise ``_Interrupted`` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _Interrupted(signum)
+
+    previous = {s: signals.signal(s, interrupt) for s in (signals.SIGINT, signals.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signals.signal(signum, signals.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def _held_stderr() -> Iterator[Callable[[], str]]:
+    """Send what is written to fd 2 (Ray's log lines) to a temporary file while the block
+    runs; yields a function that reads what was held."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all
+        yield lambda: ""
+        return
+    with tempfile.TemporaryFile() as held:
+        fd = held.fileno()
+        sys.stderr.flush()
+        os.dup2(fd, 2)
+        try:
+            yield lambda: os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()  # Ray's Python log lines written so far stay held
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _exit_now(error: CliError) -> NoReturn:
+    """Report ``error`` and end the process at once.
+
+    A Ray connect is still running on its thread, in Ray's C++ client: the interpreter's
+    cleanup (Ray's atexit shutdown among it) is skipped rather than risk waiting on it.
+    """
+    context = click.get_current_context(silent=True)
+    error.as_json = context is not None and _json_mode(context)
+    error.show()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(error.exit_code)
 
 
 def _setup_logging() -> None:
@@ -297,12 +464,17 @@ def _setup_logging() -> None:
 
 
 def _start_hub(
-    app: App, *, address: str, data_dir: str | None, partitions: int | None
+    app: App,
+    *,
+    address: str,
+    data_dir: str | None,
+    partitions: int | None,
+    connect_timeout: float = _CONNECT_TIMEOUT,
 ) -> dict[str, Any]:
     """Launch the app's hub detached (or attach if it is up); what is running."""
     from duraray.runtime.ray.manager import PartitionManager
 
-    _connect_ray(address)
+    _connect_ray(address, connect_timeout)
     already_running = PartitionManager.find(app.name) is not None
     options: dict[str, Any] = {} if partitions is None else {"partitions": partitions}
     app.start(address=address, data_dir=data_dir, **options)
@@ -317,11 +489,11 @@ def _start_hub(
     }
 
 
-def _stop_hub(hub: str, *, address: str) -> bool:
+def _stop_hub(hub: str, *, address: str, connect_timeout: float = _CONNECT_TIMEOUT) -> bool:
     """Stop a hub's actors; False if it was not running."""
     from duraray.runtime.ray.manager import PartitionManager
 
-    _connect_ray(address)
+    _connect_ray(address, connect_timeout)
     return PartitionManager.stop(hub)
 
 
@@ -430,7 +602,11 @@ def start(ctx: click.Context, data_dir: str | None, partitions: int | None) -> N
     if obj.get("hub") and obj["hub"] != app.name:
         raise click.UsageError(f"--hub {obj['hub']!r} is not the hub of --app ({app.name!r})", ctx)
     info = _start_hub(
-        app, address=obj.get("address") or "auto", data_dir=data_dir, partitions=partitions
+        app,
+        address=obj.get("address") or "auto",
+        data_dir=data_dir,
+        partitions=partitions,
+        connect_timeout=_connect_timeout(ctx),
     )
     if _json_mode(ctx):
         _emit_json(info)
@@ -465,7 +641,8 @@ def stop(ctx: click.Context) -> None:
         hub = name
     if not hub:
         raise click.UsageError("stop needs --hub NAME or --app MODULE:APP", ctx)
-    if not _stop_hub(hub, address=obj.get("address") or "auto"):
+    address = obj.get("address") or "auto"
+    if not _stop_hub(hub, address=address, connect_timeout=_connect_timeout(ctx)):
         raise CliError(f"hub {hub!r} is not running", EXIT_UNREACHABLE)
     _done(ctx, f"stopped hub {hub!r} (its data stays on disk)", {"hub": hub, "stopped": True})
 
@@ -479,13 +656,35 @@ def stop(ctx: click.Context) -> None:
     default=None,
     help="Bearer token clients must send ($DURARAY_HTTP_TOKEN); required off loopback.",
 )
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="On loopback, also accept requests whose Host is NAME (or NAME:PORT; '*': any). "
+    "Repeatable.",
+)
+@click.option(
+    "--data-dir",
+    default=None,
+    help="With --app: where a hub it launches keeps its data (default ./.duraray).",
+)
 @_hub_options
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    token: str | None,
+    allowed_hosts: tuple[str, ...],
+    data_dir: str | None,
+) -> None:
     """Serve the HTTP management API of a hub.
 
-    Listening on anything but loopback needs a bearer token (--token or
-    $DURARAY_HTTP_TOKEN).
+    With --app and no Ray cluster given (--address, $RAY_ADDRESS) or running, the hub
+    runs on a local Ray instance while this command runs, as App.run() does (data in
+    --data-dir, ./.duraray by default). Listening on anything but loopback needs a bearer
+    token (--token or $DURARAY_HTTP_TOKEN).
     """
     # Checked before connecting to Ray, with the HTTP server's own rule.
     from duraray.runtime.http.auth import is_loopback
@@ -496,11 +695,50 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None) -> None:
             "DURARAY_HTTP_TOKEN), or listen on 127.0.0.1",
             ctx,
         )
+    obj = ctx.ensure_object(dict)
+    if data_dir is not None and not obj.get("app"):
+        raise click.UsageError("--data-dir needs --app MODULE:APP (the hub's code)", ctx)
     http_serve = _http_server()
-    client = _client(ctx)
+    options: dict[str, Any] = {"host": host, "port": port, "token": token or None}
+    if allowed_hosts:
+        options["allowed_hosts"] = tuple(allowed_hosts)
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"serving hub {client.hub!r} on http://{shown}:{port} (Ctrl-C to stop)", err=True)
-    http_serve(client, host=host, port=port, token=token or None)
+    banner = f"on http://{shown}:{port} (Ctrl-C to stop)"
+    if _no_cluster_for(ctx):
+        app = _load_app(obj["app"])
+        if obj.get("hub") and obj["hub"] != app.name:
+            raise click.UsageError(f"--hub {obj['hub']!r} is not the hub of --app ({app.name!r})")
+        _setup_logging()
+        where = os.path.abspath(data_dir or app.config.data_dir)
+        click.echo(
+            f"no Ray cluster running: starting hub {app.name!r} on a local Ray instance "
+            f"(data dir {where}; it stops with this command)",
+            err=True,
+        )
+        with app.run(data_dir=data_dir) as embedded:
+            click.echo(f"serving hub {embedded.hub!r} {banner}", err=True)
+            http_serve(embedded, **options)
+        return
+    client = _client(ctx, data_dir=data_dir)
+    click.echo(f"serving hub {client.hub!r} {banner}", err=True)
+    http_serve(client, **options)
+
+
+def _no_cluster_for(ctx: click.Context) -> bool:
+    """True when `serve --app` runs its hub embedded: no Ray cluster given nor running."""
+    obj = ctx.ensure_object(dict)
+    if obj.get("client_factory") is not None or not obj.get("app"):
+        return False
+    if obj.get("address") or os.environ.get("RAY_ADDRESS"):
+        return False  # given: reach it or exit 5
+    from duraray.runtime.ray import manager
+
+    try:
+        with _held_stderr():
+            manager.probe_ray_cluster("auto", _connect_timeout(ctx))
+    except ConnectionError:
+        return True
+    return False
 
 
 @main.command(cls=_Command)

@@ -22,6 +22,7 @@ from duraray.entities.ids import EntityId
 from duraray.orchestrations.history import OrchestrationStatus
 from duraray.orchestrations.ids import validate_instance_id
 from duraray.runtime.client.sync import EntityMetadata, OrchestrationState
+from duraray.runtime.engine.codec import MAX_DEPTH
 
 EXIT_OK = 0
 
@@ -33,6 +34,8 @@ EXIT_NOT_FOUND = 3
 
 EXIT_CONFLICT = 4
 
+#: The hub is not running, or no Ray cluster could be reached within --connect-timeout
+#: (nothing answers, or it refused this process's authentication token).
 EXIT_UNREACHABLE = 5
 
 EXIT_TIMEOUT = 124
@@ -110,14 +113,27 @@ class _DateTime(click.ParamType):
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _jsonable(value: Any) -> Any:
-    """A JSON-ready copy of a payload or record: ISO datetimes, base64 bytes, plain lists."""
-    if value is None or isinstance(value, bool | int | str):
+#: Payloads nest at most the codec's MAX_DEPTH levels, but records stored before that limit
+#: may nest deeper or hold ints too wide for Python to print (over 4,300 digits): such a part
+#: prints as ``<unrenderable: ...>`` (as in the HTTP API) instead of failing the command.
+_RENDER_DEPTH = 2 * MAX_DEPTH
+_RENDER_INT_BITS = 14_000
+
+
+def _jsonable(value: Any, depth: int = _RENDER_DEPTH) -> Any:
+    """A JSON-ready copy of a payload or record: ISO datetimes, base64 bytes, plain lists.
+
+    An undecodable payload (``UndecodablePayload``) prints as its ``<undecodable ...>`` text.
+    """
+    if value is None or isinstance(value, bool | str):
         return value
+    if isinstance(value, int):
+        bits = value.bit_length()
+        return value if bits <= _RENDER_INT_BITS else f"<unrenderable: an int of {bits} bits>"
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, enum.Enum):
-        return _jsonable(value.value)
+        return _jsonable(value.value, depth)
     if isinstance(value, datetime | date | dtime):
         return value.isoformat()
     if isinstance(value, timedelta):
@@ -126,14 +142,20 @@ def _jsonable(value: Any) -> Any:
         return base64.b64encode(bytes(value)).decode()
     if isinstance(value, EntityId):
         return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    is_record = dataclasses.is_dataclass(value) and not isinstance(value, type)
+    if is_record or isinstance(value, dict | list | tuple | set | frozenset):
+        if depth <= 0:
+            return f"<unrenderable: nests deeper than {_RENDER_DEPTH} levels>"
+        depth -= 1
+    if is_record:
+        return {f.name: _jsonable(getattr(value, f.name), depth) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {
-            k if isinstance(k, str) else str(_jsonable(k)): _jsonable(v) for k, v in value.items()
+            k if isinstance(k, str) else str(_jsonable(k, depth)): _jsonable(v, depth)
+            for k, v in value.items()
         }
     if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, depth) for v in value]
     return str(value)  # UUID, Decimal and anything else: their text
 
 

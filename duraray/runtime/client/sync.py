@@ -13,12 +13,14 @@ import dataclasses
 import json
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
+from duraray import _limits
 from duraray._errors import (
     FailureDetails,
     InstanceNotFoundError,
@@ -53,7 +55,12 @@ class Transport(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class OrchestrationState:
-    """A snapshot of an orchestration instance, with decoded payloads."""
+    """A snapshot of an orchestration instance, with decoded payloads.
+
+    A stored payload that cannot be decoded (written before ``encode`` refused such values,
+    or damaged) reads as an ``UndecodablePayload`` marker, named in ``payload_errors``: one
+    bad record never fails a status call or a listing.
+    """
 
     instance_id: str
     name: str
@@ -85,6 +92,13 @@ class OrchestrationState:
         """The custom status as JSON text."""
         return _to_json(self.custom_status)
 
+    @property
+    def payload_errors(self) -> dict[str, str]:
+        """Why a payload could not be decoded, by field name (empty when all decoded)."""
+        return _payload_errors(
+            input=self.input, output=self.output, custom_status=self.custom_status
+        )
+
     def raise_if_failed(self) -> None:
         """Raise ``OrchestrationFailedError`` if the instance FAILED."""
         if self.runtime_status is OrchestrationStatus.FAILED:
@@ -109,6 +123,11 @@ class EntityMetadata:
     def includes_state(self) -> bool:
         """True when the state was fetched (and the entity has some)."""
         return self.state is not None
+
+    @property
+    def payload_errors(self) -> dict[str, str]:
+        """``{"state": reason}`` when the stored state could not be decoded, else empty."""
+        return _payload_errors(state=self.state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +159,27 @@ def _to_json(value: Any) -> str | None:
     return json.dumps(value, default=str)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        raise TypeError(f"expected a datetime, got {type(value).__name__}")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+def _payload_errors(**payloads: Any) -> dict[str, str]:
+    return {
+        name: value.error
+        for name, value in payloads.items()
+        if isinstance(value, codec.UndecodablePayload)
+    }
+
+
+def _utc(value: datetime | None, what: str) -> datetime | None:
+    """A time argument checked against the store's range (naive: UTC), or None."""
+    return None if value is None else _limits.check_time(value, what)
+
+
+def _when(value: datetime | timedelta | None, what: str) -> datetime | timedelta | None:
+    """A point in time or a delay: a delay is resolved by the partition on the hub's
+    clock (a test's ManualClock, a Ray node whose clock differs from this process's)."""
+    if value is None or isinstance(value, timedelta):
+        return None if value is None else _limits.check_duration(value, what)
+    if isinstance(value, datetime):
+        return _limits.check_time(value, what)
+    raise TypeError(f"{what} must be a datetime or a timedelta, got {type(value).__name__}")
 
 
 def _statuses(value: Any) -> list[str] | None:
@@ -209,13 +243,13 @@ class Client:
 
     def _name(self, kind: str, target: Any) -> str:
         if self._registry is not None:
-            return self._registry.name_of(kind, target)
+            return _limits.check_name(self._registry.name_of(kind, target), f"{kind} name")
         if isinstance(target, str) and target:
-            return target
+            return _limits.check_name(target, f"{kind} name")
         name = getattr(target, "__name__", None)
         if not name:
             raise TypeError(f"expected an {kind} function or name, got {target!r}")
-        return str(name)
+        return _limits.check_name(str(name), f"{kind} name")
 
     def _state(self, record: InstanceRecord | None) -> OrchestrationState | None:
         if record is None:
@@ -226,9 +260,9 @@ class Client:
             runtime_status=record.status,
             created_at=record.created_at,
             last_updated_at=record.last_updated_at,
-            input=codec.decode(record.input),
-            output=codec.decode(record.output),
-            custom_status=codec.decode(record.custom_status),
+            input=codec.decode_or_mark(record.input),
+            output=codec.decode_or_mark(record.output),
+            custom_status=codec.decode_or_mark(record.custom_status),
             failure_details=record.failure,
             tags=record.tags,
             version=record.version,
@@ -252,9 +286,13 @@ class Client:
     ) -> str:
         """Start an orchestration instance; returns its id once the start is durable.
 
-        ``start_at`` delays the start (the instance stays PENDING until then).
+        ``start_at`` delays the start (the instance stays PENDING until then): a datetime
+        from 1970 to about year 9899 (naive: UTC) or a delay of at most a century.
         ``reuse_id_policy`` (see ``ReuseIdPolicy``) says what happens when the id exists:
         by default a terminal instance is replaced and a running one is an error.
+        Limits (ValueError or TypeError here, nothing stored): the instance id at most
+        256 bytes of UTF-8, the name at most 256, tags (keys and values together) and
+        version at most 64 KiB.
         """
         name = self._name("orchestration", orchestrator)
         # `is not None`, not truthiness: an empty id is malformed, not "pick one for me".
@@ -262,15 +300,9 @@ class Client:
             validate_instance_id(instance_id) if instance_id is not None else uuid.uuid4().hex
         )
         encoded = self._encode(input, "orchestration input")
-        # A delay is resolved by the partition on the hub's clock (a test's ManualClock, or
-        # a Ray node whose clock differs from this process's), not on this wall clock.
-        if start_at is not None and not isinstance(start_at, timedelta):
-            start_at = _utc(start_at)
-        if tags is not None and not (
-            isinstance(tags, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
-        ):
-            raise TypeError("tags must be a dict of str to str")
+        start_at = _when(start_at, "start_at")
+        _limits.check_tags(tags)
+        _limits.check_text(version, "version")
         if reuse_id_policy is not None and reuse_id_policy not in ReuseIdPolicy.ALL:
             raise ValueError(f"unknown reuse_id_policy {reuse_id_policy!r}")
         return self._start(
@@ -303,9 +335,11 @@ class Client:
 
         Returns the ids in input order once every start is durable. If some starts fail
         (e.g. an id already running), the others still happen and the first error is
-        raised afterwards.
+        raised afterwards. Limits as for ``schedule_new_orchestration``.
         """
         name = self._name("orchestration", orchestrator)
+        _limits.check_tags(tags)
+        _limits.check_text(version, "version")
         payloads = [self._encode(value, "orchestration input") for value in inputs]
         if instance_ids is None:
             ids = [uuid.uuid4().hex for _ in payloads]
@@ -362,7 +396,11 @@ class Client:
     def wait_for_orchestrations(
         self, instance_ids: Iterable[str], *, timeout: float = 60
     ) -> list[OrchestrationState]:
-        """Wait until every instance has finished; states in the given order."""
+        """Wait until every instance has finished; states in the given order.
+
+        ``timeout``: finite seconds from 0 to a century (ValueError otherwise).
+        """
+        timeout = _limits.check_timeout(timeout)
         ids = [validate_instance_id(i) for i in instance_ids]
         by_partition: dict[int, list[str]] = {}
         for iid in dict.fromkeys(ids):
@@ -371,7 +409,7 @@ class Client:
             self._transport.submit(
                 partition,
                 "wait_many",
-                {"instance_ids": group, "kind": "completion", "timeout": float(timeout)},
+                {"instance_ids": group, "kind": "completion", "timeout": timeout},
             )
             for partition, group in by_partition.items()
         ]
@@ -411,6 +449,8 @@ class Client:
         """
         from duraray.runtime.client.mapping import map_orchestrations
 
+        if timeout is not None:
+            _limits.check_timeout(timeout)
         return map_orchestrations(
             self,
             orchestrator,
@@ -437,19 +477,28 @@ class Client:
     def wait_for_orchestration_start(
         self, instance_id: str, *, timeout: float = 60
     ) -> OrchestrationState:
-        """Wait until the instance has left PENDING; ``TimeoutError`` after ``timeout`` s."""
+        """Wait until the instance has left PENDING; ``TimeoutError`` after ``timeout`` s.
+
+        ``timeout``: finite seconds from 0 to a century; NaN, infinity or a negative
+        value is a ValueError.
+        """
         return self._wait(instance_id, "start", timeout)
 
     def wait_for_orchestration_completion(
         self, instance_id: str, *, timeout: float = 60
     ) -> OrchestrationState:
-        """Wait until the instance is COMPLETED, FAILED or TERMINATED."""
+        """Wait until the instance is COMPLETED, FAILED or TERMINATED.
+
+        ``TimeoutError`` after ``timeout`` s (finite, from 0 to a century: ValueError
+        otherwise).
+        """
         return self._wait(instance_id, "completion", timeout)
 
     def _wait(self, instance_id: str, kind: str, timeout: float) -> OrchestrationState:
+        timeout = _limits.check_timeout(timeout)
         try:
             record = self._call(
-                instance_id, "wait", {"kind": kind, "timeout": float(timeout)}, timeout=timeout
+                instance_id, "wait", {"kind": kind, "timeout": timeout}, timeout=timeout
             )
         except TimeoutError:
             raise TimeoutError(
@@ -463,9 +512,11 @@ class Client:
     def raise_orchestration_event(
         self, instance_id: str, event_name: str, *, data: Any = None
     ) -> None:
-        """Deliver an external event; unknown id: InstanceNotFoundError, finished: InstanceStateError."""
-        if not isinstance(event_name, str) or not event_name:
-            raise ValueError("event name must be a non-empty string")
+        """Deliver an external event; unknown id: InstanceNotFoundError, finished: InstanceStateError.
+
+        The event name is at most 256 bytes of UTF-8.
+        """
+        _limits.check_name(event_name, "event name")
         encoded = self._encode(data, "event data")
         self._call(instance_id, "raise_event", {"name": event_name, "data": encoded}, mutating=True)
 
@@ -482,15 +533,21 @@ class Client:
         )
 
     def suspend_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
-        """Suspend: events are kept, not applied, until ``resume_orchestration``."""
+        """Suspend: events are kept, not applied, until ``resume_orchestration``.
+
+        ``reason`` (as for resume and rewind): at most 64 KiB of UTF-8.
+        """
+        _limits.check_text(reason, "reason")
         self._call(instance_id, "suspend", {"reason": reason}, mutating=True)
 
     def resume_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
         """Resume a suspended instance; events received meanwhile are applied in order."""
+        _limits.check_text(reason, "reason")
         self._call(instance_id, "resume", {"reason": reason}, mutating=True)
 
     def rewind_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
         """Re-run a FAILED instance from its failures: only the failed work runs again."""
+        _limits.check_text(reason, "reason")
         self._call(instance_id, "rewind", {"reason": reason}, mutating=True)
 
     def restart_orchestration(
@@ -533,12 +590,17 @@ class Client:
         created_time_to: datetime | None = None,
         runtime_status: Any = None,
     ) -> PurgeResult:
-        """Delete finished instances created in the range, optionally only some statuses."""
+        """Delete finished instances created in the range, optionally only some statuses.
+
+        Times lie from 1970 to about year 9899 (naive: UTC); ValueError otherwise.
+        """
+        created_from = _utc(created_time_from, "created_time_from")
+        created_to = _utc(created_time_to, "created_time_to")
         counts = self._call_all(
             "purge_by",
             {
-                "created_from": _utc(created_time_from),
-                "created_to": _utc(created_time_to),
+                "created_from": created_from,
+                "created_to": created_to,
                 "statuses": _statuses(runtime_status),
             },
             mutating=True,
@@ -556,16 +618,22 @@ class Client:
         continuation_token: str | None = None,
         fetch_payloads: bool = True,
     ) -> Page[OrchestrationState]:
-        """One page of instances matching the filters, oldest first."""
-        if not isinstance(page_size, int) or page_size < 1:
-            raise ValueError("page_size must be a positive integer")
-        after = _decode_token(continuation_token)
+        """One page of instances matching the filters, oldest first.
+
+        ``page_size`` is 1 to 10,000; times lie from 1970 to about year 9899 (naive: UTC);
+        ValueError otherwise.
+        """
+        _limits.check_page_size(page_size)
+        _limits.check_text(instance_id_prefix, "instance_id_prefix")
+        created_from = _utc(created_time_from, "created_time_from")
+        created_to = _utc(created_time_to, "created_time_to")
+        after = _decode_token(continuation_token, _INSTANCE_TOKEN)
         results = self._call_all(
             "query",
             {
                 "statuses": _statuses(runtime_status),
-                "created_from": _utc(created_time_from),
-                "created_to": _utc(created_time_to),
+                "created_from": created_from,
+                "created_to": created_to,
                 "prefix": instance_id_prefix,
                 "after": after,
                 "limit": page_size,
@@ -575,7 +643,7 @@ class Client:
         merged = sorted((rec for part in results for rec in part), key=lambda rec: _record_key(rec))
         page = merged[:page_size]
         more = len(merged) > page_size or any(len(part) >= page_size for part in results)
-        token = _encode_token(_record_key(page[-1])) if page and more else None
+        token = _encode_token(_record_key(page[-1]), _INSTANCE_TOKEN) if page and more else None
         return Page([self._state(rec) for rec in page], token)  # type: ignore[misc]
 
     def get_all_instances(self, **filters: Any) -> list[OrchestrationState]:
@@ -605,15 +673,14 @@ class Client:
     ) -> None:
         """Send a one-way operation to an entity; returns once the signal is durable.
 
-        ``signal_time`` (a datetime, or a delay) defers the operation until then.
+        ``signal_time`` (a datetime, or a delay) defers the operation until then: a time
+        from 1970 to about year 9899, a delay of at most a century. The operation name is
+        at most 256 bytes of UTF-8, the entity id (``@name@key``) at most 256.
         Signals from one client are applied in the order they were sent.
         """
-        if not isinstance(operation, str) or not operation:
-            raise ValueError("entity operation must be a non-empty string")
+        _limits.check_name(operation, "entity operation")
         encoded = self._encode(input, "entity operation input")
-        when: Any = signal_time
-        if signal_time is not None and not isinstance(signal_time, timedelta):
-            when = _utc(signal_time)
+        when = _when(signal_time, "signal_time")
         self._entity_call(
             entity_id,
             "signal_entity",
@@ -629,8 +696,7 @@ class Client:
         """
         ops = []
         for entity, operation, value in signals:
-            if not isinstance(operation, str) or not operation:
-                raise ValueError("entity operation must be a non-empty string")
+            _limits.check_name(operation, "entity operation")
             entity_id = str(EntityId.of(entity))
             ops.append(
                 (
@@ -661,18 +727,19 @@ class Client:
         page_size: int = 100,
         continuation_token: str | None = None,
     ) -> Page[EntityMetadata]:
-        """One page of entities, by id; filter by entity name and key prefix."""
-        if not isinstance(page_size, int) or page_size < 1:
-            raise ValueError("page_size must be a positive integer")
+        """One page of entities, by id; filter by entity name and key prefix.
+
+        ``page_size`` is 1 to 10,000 (ValueError otherwise).
+        """
+        _limits.check_page_size(page_size)
+        if name is not None:
+            _limits.check_name(name, "entity name")
+        _limits.check_text(key_prefix, "key_prefix")
         if key_prefix and not name:
             raise ValueError("key_prefix needs name")
         prefix = "@" if not name else f"@{name.lower()}@{key_prefix or ''}"
-        after = None
-        if continuation_token is not None:
-            try:
-                after = base64.urlsafe_b64decode(continuation_token.encode()).decode()
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ValueError(f"malformed continuation token {continuation_token!r}") from exc
+        key = _decode_token(continuation_token, _ENTITY_TOKEN)
+        after = None if key is None else key.decode()
         results = self._call_all(
             "query_entities",
             {"prefix": prefix, "after": after, "limit": page_size, "include_state": include_state},
@@ -680,11 +747,7 @@ class Client:
         merged = sorted((rec for part in results for rec in part), key=lambda rec: rec.entity_id)
         page = merged[:page_size]
         more = len(merged) > page_size or any(len(part) >= page_size for part in results)
-        token = (
-            base64.urlsafe_b64encode(page[-1].entity_id.encode()).decode()
-            if page and more
-            else None
-        )
+        token = _encode_token(page[-1].entity_id.encode(), _ENTITY_TOKEN) if page and more else None
         return Page([_entity_metadata(rec) for rec in page], token)
 
     def get_all_entities(self, **filters: Any) -> list[EntityMetadata]:
@@ -778,9 +841,9 @@ def _all_pages(query: Callable[..., Page[T]], filters: dict[str, Any]) -> list[T
 
 def _entity_metadata(record: EntityRecord) -> EntityMetadata:
     return EntityMetadata(
-        id=EntityId.parse(record.entity_id),
+        id=EntityId.from_stored(record.entity_id),
         last_modified=record.last_modified,
-        state=codec.decode(record.state),
+        state=codec.decode_or_mark(record.state),
         locked_by=record.locked_by,
         backlog_queue_size=len(record.queue),
     )
@@ -790,25 +853,48 @@ def _record_key(record: InstanceRecord) -> bytes:
     return r.created_key(codec.utc_micros(record.created_at), record.instance_id)
 
 
-def _encode_token(key: bytes) -> str:
-    return base64.urlsafe_b64encode(key).decode()
+# A continuation token: base64url of kind (1 byte), the last key of the page, CRC-32 of both.
+# The kind and checksum make a token of the other query, or garbage, a ValueError rather
+# than a silently wrong page.
+_INSTANCE_TOKEN = b"I"
+_ENTITY_TOKEN = b"E"
 
 
-def _decode_token(token: str | None) -> bytes | None:
+def _encode_token(key: bytes, kind: bytes) -> str:
+    body = kind + key
+    return base64.urlsafe_b64encode(body + zlib.crc32(body).to_bytes(4, "big")).decode()
+
+
+def _decode_token(token: str | None, kind: bytes) -> bytes | None:
     if token is None:
         return None
+    if not isinstance(token, str):
+        raise TypeError(f"a continuation token is a str, not {type(token).__name__}")
+    malformed = ValueError(
+        f"malformed continuation token {token[:64]!r}: pass back the token of the previous "
+        f"page of the same query"
+    )
     try:
-        key = base64.urlsafe_b64decode(token.encode())
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"malformed continuation token {token!r}") from exc
-    if len(key) < 9:
-        raise ValueError(f"malformed continuation token {token!r}")
+        raw = base64.b64decode(token.encode(), altchars=b"-_", validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise malformed from None
+    body, crc = raw[:-4], raw[-4:]
+    if len(raw) < 5 or body[:1] != kind or zlib.crc32(body).to_bytes(4, "big") != crc:
+        raise malformed
+    key = body[1:]
+    if kind == _INSTANCE_TOKEN and not 9 <= len(key) <= _limits.MAX_STORE_KEY_BYTES:
+        raise malformed
+    if kind == _ENTITY_TOKEN:
+        try:
+            key.decode()
+        except UnicodeDecodeError:
+            raise malformed from None
     return key
 
 
 def _decode_payloads(event: h.HistoryEvent) -> h.HistoryEvent:
     changes = {
-        f: codec.decode(getattr(event, f))
+        f: codec.decode_or_mark(getattr(event, f))
         for f in h.PAYLOAD_FIELDS
         if hasattr(event, f) and getattr(event, f) is not None
     }

@@ -2,9 +2,23 @@
 
 Payloads (``encode``/``decode``/``convert``) are the values users hand to orchestrations,
 activities, events and entities. They are encoded once, at the call site, and travel as
-bytes; the supported types round-trip exactly (tuples stay tuples, huge ints, datetimes
-with their offset, ...). Dataclass instances encode as plain dicts of their fields and come
-back as dataclasses only when the reader names the type (``convert``).
+bytes; the supported types round-trip exactly (tuples stay tuples, ints beyond 64 bits,
+datetimes with their offset, ...). Dataclass instances encode as plain dicts of their
+fields and come back as dataclasses only when the reader names the type (``convert``).
+
+``encode`` only writes what ``decode`` reads back and what the HTTP API and the CLI can
+show as JSON; anything else raises SerializationError at the call site, naming the path
+of the offending part (``value['a'][3]``):
+
+- containers (lists, tuples, dicts, dataclasses) nest at most ``MAX_DEPTH`` (100) levels;
+- ints have at most ``MAX_INT_BITS`` (4096) bits, i.e. at most 1,234 decimal digits, well
+  under Python's 4,300-digit int-to-text limit;
+- dict keys are None, bool, int, float, str, bytes, datetime, date, timedelta, UUID,
+  Decimal, or tuples of these: a dataclass (a dict once encoded) cannot be a key.
+
+Payloads stored before these rules (or damaged) still load: ``decode_or_mark`` returns an
+``UndecodablePayload`` marker in place of a value ``decode`` refuses, so listings and status
+calls show the record with the marker instead of failing.
 
 Records (``pack_record``/``unpack_record``, ``encode_record``/``decode_record``,
 ``encode_event``/``decode_event``) are the engine's frozen dataclasses, history events
@@ -43,6 +57,20 @@ T = TypeVar("T")
 _Conv = Callable[[Any], Any]
 
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+
+#: The deepest nesting of containers (list, tuple, dict, dataclass) a payload may have:
+#: ``[[1]]`` is 2 levels deep. Deeper values are refused by ``encode``.
+#: The advice every too-large payload error ends with: big data travels by reference.
+BY_REFERENCE = (
+    "pass large data by reference instead: write it to shared storage and pass its path or "
+    "URI (or a Ray object-store key), as the README's 'Large payloads' section shows"
+)
+
+MAX_DEPTH = 100
+
+#: The widest int a payload may hold, in bits (sign apart): ``abs(n) < 2**4096``, at most
+#: 1,234 decimal digits, so every stored int can be rendered as JSON text.
+MAX_INT_BITS = 4096
 
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 _EPOCH_UTC = _EPOCH_NAIVE.replace(tzinfo=UTC)
@@ -105,10 +133,18 @@ class _Unsupported(Exception):
     """Raised inside the packer's ``default`` hook; ``encode`` turns it into a message."""
 
 
+class _TooWide(Exception):
+    """Raised inside the packer's ``default`` hook for an int over ``MAX_INT_BITS``."""
+
+
 def _enc_int(n: int) -> Any:
+    # Exact ints reach here only beyond 64 bits; int subclasses (but bool) at any size.
     if -(1 << 63) <= n < (1 << 64):
-        return n
-    return _ExtType(_EXT_BIGINT, n.to_bytes((n.bit_length() + 8) // 8, "big", signed=True))
+        return int(n)
+    bits = n.bit_length()
+    if bits > MAX_INT_BITS:
+        raise _TooWide(n)
+    return _ExtType(_EXT_BIGINT, n.to_bytes((bits + 8) // 8, "big", signed=True))
 
 
 def _enc_tuple(t: tuple[Any, ...]) -> list[Any]:
@@ -137,9 +173,38 @@ _ENCODERS: dict[type, _Conv] = {
     Decimal: lambda d: _ExtType(_EXT_DECIMAL, str(d).encode("ascii")),
 }
 
+
+class _PayloadState:
+    """A thread's payload packer, and its count of parts that may be bad dict keys."""
+
+    __slots__ = ("packer", "suspects")
+
+    def __init__(self) -> None:
+        self.packer: Any = None
+        self.suspects = 0
+
+
+# One attribute lookup on a threading.local costs several on a plain object: ``encode``
+# takes the thread's state once, then reads and writes its slots.
+_PAYLOAD_LOCAL = threading.local()
+
+
+def _suspect(cls: type, make: _Conv) -> _Conv:
+    """``make``, counted in ``suspects`` when ``cls`` is hashable: its dict or list result
+    may then be a dict key, which would not decode (an unhashable class can be no key)."""
+    if cls.__hash__ is None:
+        return make
+
+    def encoder(obj: Any) -> Any:
+        _PAYLOAD_LOCAL.state.suspects += 1
+        return make(obj)
+
+    return encoder
+
+
 # Subclasses (namedtuple, OrderedDict, ...) encode as their base type; datetime before date.
 _BASE_ENCODERS: tuple[tuple[type, _Conv], ...] = (
-    (int, lambda o: _enc_int(int(o))),
+    (int, _enc_int),
     (float, float),
     (str, str.__str__),
     (bytes, bytes),
@@ -166,10 +231,13 @@ def _find_encoder(cls: type) -> _Conv | None:
     if dataclasses.is_dataclass(cls):
         names = tuple(f.name for f in dataclasses.fields(cls))
         if len(names) == 1:
-            return lambda o: {names[0]: getattr(o, names[0])}
+            return _suspect(cls, lambda o: {names[0]: getattr(o, names[0])})
         getter = attrgetter(*names)
-        return lambda o: dict(zip(names, getter(o), strict=False))
-    return next((enc for base, enc in _BASE_ENCODERS if issubclass(cls, base)), None)
+        return _suspect(cls, lambda o: dict(zip(names, getter(o), strict=False)))
+    for base, encoder in _BASE_ENCODERS:
+        if issubclass(cls, base):
+            return _suspect(cls, encoder) if base is dict or base is list else encoder
+    return None
 
 
 def _locate(root: Any, target: Any) -> str:
@@ -197,13 +265,185 @@ def _locate(root: Any, target: Any) -> str:
     return "value"
 
 
-_PAYLOAD_PACKERS = _PackerPool(default=_default, use_bin_type=True, strict_types=True)
+def _payload_packer() -> Any:
+    return msgpack.Packer(default=_default, use_bin_type=True, strict_types=True)
+
+
+# -- What encode accepts: nesting depth and dict keys ---------------------------------------
+#
+# msgpack's C packer walks the value, so ``default`` sees only the types msgpack lacks (ints
+# over 64 bits are checked there, at no cost to other values). Depth and dict keys need a
+# walk in Python, which ``encode`` skips when it can tell there is nothing to find:
+# - depth: every list, tuple, dict or dataclass writes one container header byte (0x80 to
+#   0x9f, 0xdc to 0xdf), so a payload with at most MAX_DEPTH bytes of those values cannot
+#   nest deeper. Counting them is one C-speed pass (``bytes.translate``), and none is
+#   needed for a payload of at most MAX_DEPTH bytes;
+# - keys: only a hashable dataclass, dict subclass or list subclass encodes to something
+#   that is no key once decoded (a dict, a list); encoding one counts in ``suspects``.
+#   Without one, keys are scalars, ext types or tuples of them: hashable once decoded.
+
+_NOT_HEADER_BYTES = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
+_COUNT_UP_TO = 64 * 1024  # larger payloads are walked: a few large parts are quick to walk
+
+# Types whose values hold no container: the walk does not descend (exact types only).
+_LEAVES = frozenset(
+    {str, int, float, bool, type(None), bytes, bytearray, datetime, date, timedelta}
+    | {uuid.UUID, Decimal}
+)
+_KEY_TYPES = (str, int, float, bytes, type(None), datetime, date, timedelta, uuid.UUID, Decimal)
+_KEY_RULE = (
+    "dict keys must be None, bool, int, float, str, bytes, datetime, date, timedelta, "
+    "uuid.UUID, decimal.Decimal or tuples of these (a dataclass key would decode as a dict, "
+    "which is no key)"
+)
+_TOO_DEEP = (
+    f"it nests too deeply: more than {MAX_DEPTH} levels of lists, tuples, dicts and "
+    "dataclasses (does it contain itself?)"
+)
+
+
+class _Refused(Exception):
+    """A part the walk refuses; ``path`` fills in, innermost step first, as it unwinds."""
+
+    def __init__(self, what: str, why: str, *, at_key: bool = False) -> None:
+        super().__init__(what, why)
+        self.what = what
+        self.why = why
+        self.path: list[str] = []
+        self.skip = at_key  # the dict holding a bad key adds no step for it
+
+
+def _walk(obj: Any, budget: int) -> None:
+    """Raise _Refused if ``obj`` nests more than ``budget`` levels or has a bad dict key."""
+    cls = type(obj)
+    if cls is list or cls is tuple:
+        _walk_items(obj, budget)
+    elif cls is dict:
+        _walk_pairs(obj, budget, "[{!r}]")
+    elif cls in _LEAVES:
+        return
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        _walk_pairs(_default(obj), budget, ".{}")  # its fields, as encode wrote them
+    elif isinstance(obj, list | tuple):
+        _walk_items(obj, budget)
+    elif isinstance(obj, dict):
+        _walk_pairs(obj, budget, "[{!r}]")
+
+
+# Below this many items a container is walked item by item; from it on, a C-speed look at
+# the set of its item types first skips the (common) container of scalars only.
+_SCAN_FROM = 8
+
+
+def _walk_items(seq: Any, budget: int) -> None:
+    if not budget:
+        raise _Refused("the part", _TOO_DEEP)
+    if len(seq) >= _SCAN_FROM and _LEAVES.issuperset(map(type, seq)):
+        return
+    budget -= 1
+    item = None
+    try:
+        for item in seq:
+            cls = type(item)
+            if cls in _LEAVES:
+                continue
+            if cls is dict:
+                _walk_pairs(item, budget, "[{!r}]")
+            elif cls is list or cls is tuple:
+                _walk_items(item, budget)
+            else:
+                _walk(item, budget)
+    except _Refused as exc:
+        exc.path.append(f"[{next(i for i, x in enumerate(seq) if x is item)}]")
+        raise
+
+
+def _walk_pairs(pairs: dict[Any, Any], budget: int, step: str) -> None:
+    if not budget:
+        raise _Refused("the part", _TOO_DEEP)
+    if (
+        len(pairs) >= _SCAN_FROM
+        and _LEAVES.issuperset(map(type, pairs.values()))
+        and _LEAVES.issuperset(map(type, pairs))
+    ):
+        return
+    budget -= 1
+    key = None
+    try:
+        for key, item in pairs.items():
+            if type(key) is not str:
+                _check_key(key, key, budget)
+            cls = type(item)
+            if cls in _LEAVES:
+                continue
+            if cls is dict:
+                _walk_pairs(item, budget, "[{!r}]")
+            elif cls is list or cls is tuple:
+                _walk_items(item, budget)
+            else:
+                _walk(item, budget)
+    except _Refused as exc:
+        if exc.skip:
+            exc.skip = False
+        else:
+            exc.path.append(step.format(key))
+        raise
+
+
+def _check_key(key: Any, part: Any, budget: int) -> None:
+    cls = type(part)
+    if cls in _LEAVES:
+        return
+    if cls is tuple or (isinstance(part, tuple) and not dataclasses.is_dataclass(part)):
+        if not budget:
+            raise _Refused("a dict key", _TOO_DEEP, at_key=True)
+        for item in part:
+            _check_key(key, item, budget - 1)
+    elif dataclasses.is_dataclass(part) or not isinstance(part, _KEY_TYPES):
+        holding = "" if part is key else f" holding a {cls.__qualname__!r}"
+        what = f"a dict key of type {type(key).__qualname__!r}{holding}"
+        raise _Refused(what, _KEY_RULE, at_key=True)
+
+
+def _path(steps: list[str]) -> str:
+    steps = steps[::-1]
+    if len(steps) > 12:  # a cycle or a deep value: its ends say where
+        steps = [*steps[:6], f"...({len(steps) - 10} more)...", *steps[-4:]]
+    return "value" + "".join(steps)
+
+
+def _check(value: Any) -> None:
+    """SerializationError if ``value`` nests too deeply or has a dict key that won't decode."""
+    try:
+        _walk(value, MAX_DEPTH)
+    except _Refused as exc:
+        where = "in" if exc.what.startswith("a dict key") else "at"
+        raise SerializationError(
+            f"cannot encode {exc.what} {where} {_path(exc.path)}: {exc.why}"
+        ) from None
+    except RecursionError:  # encode called with little stack left
+        raise SerializationError(f"cannot encode value: {_TOO_DEEP}") from None
 
 
 def encode(value: Any, *, max_size: int | None = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
-    """Encode a user payload; SerializationError if a part of it is unsupported or too big."""
+    """Encode a user payload; SerializationError if a part of it is unsupported or too big.
+
+    Refused as well: containers nested more than ``MAX_DEPTH`` levels, ints over
+    ``MAX_INT_BITS`` bits and dict keys that would not decode (dataclasses): whatever
+    ``encode`` returns, ``decode`` reads back and the HTTP API can render.
+    """
     try:
-        data = _pack(_PAYLOAD_PACKERS, value)
+        state = _PAYLOAD_LOCAL.state
+    except AttributeError:
+        state = _PAYLOAD_LOCAL.state = _PayloadState()
+    suspects = state.suspects
+    # The packer is taken out while in use, so a re-entrant call (user code run from inside
+    # a pack, e.g. a property) gets a fresh one instead of corrupting the buffer. One that
+    # raised, or grew its buffer past 1 MiB, is not put back.
+    packer = state.packer or _payload_packer()
+    state.packer = None
+    try:
+        data: bytes = packer.pack(value)
     except _Unsupported as exc:
         bad = exc.args[0]
         hint = _HINTS.get(type(bad)) or ("encode its .value" if isinstance(bad, enum.Enum) else "")
@@ -211,15 +451,31 @@ def encode(value: Any, *, max_size: int | None = DEFAULT_MAX_PAYLOAD_BYTES) -> b
             f"cannot encode a value of type {type(bad).__qualname__!r} at {_locate(value, bad)}: "
             f"supported types are {_SUPPORTED}" + (f" ({hint})" if hint else "")
         ) from None
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        # msgpack refuses more than 511 nesting levels with ValueError: a cycle lands here.
-        deep = isinstance(exc, RecursionError) or "recursion" in str(exc)
-        reason = "it nests too deeply (does it contain itself?)" if deep else str(exc)
-        raise SerializationError(f"cannot encode value: {reason}") from None
-    if max_size is not None and len(data) > max_size:
+    except _TooWide as exc:
+        bad = exc.args[0]
         raise SerializationError(
-            f"payload of {len(data)} bytes exceeds the limit of {max_size} bytes"
+            f"cannot encode an int of {bad.bit_length()} bits at {_locate(value, bad)}: ints "
+            f"are limited to {MAX_INT_BITS} bits (encode a wider one as a str or bytes)"
+        ) from None
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        # msgpack refuses more than 1024 nesting levels with ValueError: a cycle lands here.
+        if isinstance(exc, RecursionError) or "recursion" in str(exc):
+            _check(value)  # names the path: the walk stops at MAX_DEPTH, cycle or not
+            raise SerializationError(f"cannot encode value: {_TOO_DEEP}") from None
+        raise SerializationError(f"cannot encode value: {exc}") from None
+    size = len(data)
+    if size < 1 << 20:
+        state.packer = packer
+    if max_size is not None and size > max_size:
+        raise SerializationError(
+            f"payload of {size} bytes exceeds the limit of {max_size} bytes; {BY_REFERENCE}"
         )
+    if state.suspects != suspects or (
+        size > MAX_DEPTH
+        and type(value) not in _LEAVES
+        and (size > _COUNT_UP_TO or len(data.translate(None, _NOT_HEADER_BYTES)) > MAX_DEPTH)
+    ):
+        _check(value)
     return data
 
 
@@ -274,6 +530,48 @@ def decode(data: bytes | None, type_hint: Any = None) -> Any:
             f"cannot decode a payload of {len(data)} bytes: {_why(exc)}"
         ) from None
     return value if type_hint is None else convert(value, type_hint)
+
+
+class UndecodablePayload:
+    """Stands in for a stored payload that ``decode`` refuses, so the record still shows.
+
+    Payloads stored before ``encode`` enforced its limits (a dataclass as a dict key) or
+    damaged on disk load as this marker: ``str()`` is ``<undecodable payload: reason>``,
+    which is how the HTTP API and the CLI show it; ``data`` holds the stored bytes and
+    ``error`` the reason.
+    """
+
+    __slots__ = ("data", "error")
+
+    def __init__(self, data: bytes, error: str) -> None:
+        self.data = data
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"<undecodable payload: {self.error}>"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, UndecodablePayload):
+            return NotImplemented
+        return (self.data, self.error) == (other.data, other.error)
+
+    def __hash__(self) -> int:
+        return hash((self.data, self.error))
+
+
+def decode_or_mark(data: bytes | None) -> Any:
+    """``decode``, or an ``UndecodablePayload`` marker where ``decode`` would raise.
+
+    For reads that show stored records (status, listings, history): one bad payload marks
+    its record instead of failing the whole answer.
+    """
+    try:
+        return decode(data)
+    except SerializationError as exc:
+        assert data is not None  # decode(None) is None
+        return UndecodablePayload(bytes(data), str(exc))
 
 
 # -- Type-hint conversion (payloads back to dataclasses) ------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from duraray import _limits
 from duraray.entities.executor import Operation, execute_batch
 from duraray.entities.ids import EntityId
 from duraray.entities.scheduler import (
@@ -179,7 +180,7 @@ class EntityHost:
     def _run_operations(
         self: PartitionCore, record: EntityRecord, ready: list[OperationMessage]
     ) -> bool:
-        entity_id = EntityId.parse(record.entity_id)
+        entity_id = EntityId.from_stored(record.entity_id)
         impl = self.registry.entities.get(entity_id.name)
         result = execute_batch(
             impl,
@@ -299,8 +300,8 @@ class EntityHost:
         signal_time: datetime | timedelta | None = None,
     ) -> None:
         message = OperationMessage(operation, input)
-        if isinstance(signal_time, timedelta):  # a delay, on this partition's clock
-            signal_time = self._now + signal_time
+        if signal_time is not None:  # a delay is from now, on this partition's clock
+            signal_time = _limits.resolve_time(signal_time, self._now, "signal_time")
         if signal_time is not None and signal_time > self._now:
             self._schedule_signal(entity_id, message, signal_time)
         else:

@@ -8,6 +8,7 @@ a status code, as small functions that raise ``ApiError`` (answered as
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -98,15 +99,57 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: valid JSON, but no float holds it
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """``application/json`` or ``application/<anything>+json``, in UTF-8 if a charset is given."""
+    if content_type is None:
+        return False
+    media, *params = content_type.split(";")
+    kind, slash, subtype = media.strip().lower().partition("/")
+    if kind != "application" or not slash or not (subtype == "json" or subtype.endswith("+json")):
+        return False
+    for param in params:
+        key, _, value = param.strip().partition("=")
+        if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            return False  # JSON is UTF-8 (RFC 8259)
+    return True
+
+
 async def read_json(request: Request, limit: int, what: str) -> Any:
-    """The body as JSON (NaN and Infinity refused), or ``NO_BODY`` when it is empty."""
+    """The body as JSON (NaN, Infinity and numbers past float range refused), or ``NO_BODY``.
+
+    A body (any byte) must be declared JSON (``is_json_media_type``): 415 otherwise; an
+    empty body needs no ``Content-Type``. A declared-JSON body that does not parse is 400.
+    """
     body = await read_body(request, limit)
+    if not body:
+        return NO_BODY
+    content_type = request.headers.get("content-type")
+    if not is_json_media_type(content_type):
+        shown = (
+            "no Content-Type" if content_type is None else f"Content-Type {content_type[:100]!r}"
+        )
+        raise ApiError(
+            415,
+            f"{what} must be JSON: send 'Content-Type: application/json' (got {shown})",
+        )
     if not body.strip():
         return NO_BODY
     try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits alike
         raise ApiError(400, f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, f"{what} is nested too deeply") from None
 
 
 async def read_reason(request: Request, limit: int) -> str | None:
@@ -151,7 +194,7 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
 
 
 def query_time(request: Request, name: str) -> datetime | None:
-    """An ISO 8601 date-time query parameter; without an offset it is UTC."""
+    """An ISO 8601 date-time query parameter, in UTC; without an offset it is UTC."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
@@ -161,7 +204,12 @@ def query_time(request: Request, name: str) -> datetime | None:
         raise ApiError(
             400, f"query parameter {name}={raw!r} must be an ISO 8601 date-time"
         ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise ApiError(400, f"query parameter {name}={raw!r} is out of range") from None
 
 
 def query_statuses(request: Request) -> list[OrchestrationStatus] | None:

@@ -1,11 +1,17 @@
 """Running the HTTP API on uvicorn: ``serve(client, host=..., port=..., token=...)``.
 
-Owns the one security rule of binding: a server reachable from other machines (any host
+Owns the security rules of binding: a server reachable from other machines (any host
 that is not a loopback address) must have a bearer token, from the caller or from
-``$DURARAY_HTTP_TOKEN``; without one ``serve`` refuses to start.
+``$DURARAY_HTTP_TOKEN``; without one ``serve`` refuses to start. A server on a loopback
+address needs no token, so it answers only requests addressed to a loopback name (or one
+of ``allowed_hosts``: ``duraray serve --allowed-host``), which keeps DNS-rebinding pages
+out; on every address, requests a browser sends from another origin are refused (the
+rules are in ``auth.py``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import uvicorn
 
@@ -24,11 +30,14 @@ def build_server(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     base_url: str | None = None,
     log_level: str = "info",
+    allowed_hosts: Iterable[str] = (),
 ) -> uvicorn.Server:
     """A uvicorn server for the API, not yet started (``serve`` runs it).
 
     Raises ValueError when ``host`` is not a loopback address and no token is given
-    (nor set in ``$DURARAY_HTTP_TOKEN``).
+    (nor set in ``$DURARAY_HTTP_TOKEN``). On a loopback ``host`` only requests whose
+    ``Host`` is a loopback name, ``host`` itself, the host of ``base_url`` or one of
+    ``allowed_hosts`` are answered (403 otherwise); see ``create_app``.
     """
     token = resolve_token(token)
     loopback = is_loopback(host)
@@ -44,6 +53,8 @@ def build_server(
         require_token=not loopback,
         max_body_bytes=max_body_bytes,
         base_url=base_url,
+        bind_host=host,
+        allowed_hosts=allowed_hosts,
     )
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
     return uvicorn.Server(config)
@@ -58,6 +69,7 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     base_url: str | None = None,
     log_level: str = "info",
+    allowed_hosts: Iterable[str] = (),
 ) -> None:
     """Serve the HTTP API until interrupted (Ctrl-C); see ``build_server`` for the rules."""
     build_server(
@@ -68,4 +80,5 @@ def serve(
         max_body_bytes=max_body_bytes,
         base_url=base_url,
         log_level=log_level,
+        allowed_hosts=allowed_hosts,
     ).run()
