@@ -135,11 +135,59 @@ class Account(dr.DurableEntity):
         self.set_state(balance - amount)
 
 
+def burn_cpu(ms: float) -> tuple[int, float, float]:
+    """Spend ``ms`` milliseconds of this thread's CPU time (not wall time: a busy machine
+    stretches the wall clock, never the work); (pid, start, end) as Unix times."""
+    start = time.time()
+    end = time.thread_time() + ms / 1000.0
+    while time.thread_time() < end:
+        pass
+    return os.getpid(), start, time.time()
+
+
+def burn(ctx: dr.ActivityContext, ms: float) -> tuple[int, float, float]:
+    """``burn_cpu`` as an activity (the shared pool: the dispatch plan decides)."""
+    return burn_cpu(ms)
+
+
+def burn_cpu1(ctx: dr.ActivityContext, ms: float) -> tuple[int, float, float]:
+    """``burn_cpu`` as an activity registered with ``num_cpus=1``."""
+    return burn_cpu(ms)
+
+
+def hold_gpu(seconds: float) -> tuple[int, float, float]:
+    """Hold a CUDA tensor for ``seconds`` (the process's first call also pays for CUDA's
+    start-up); (pid, start, end) as Unix times."""
+    import torch
+
+    start = time.time()
+    tensor = torch.ones((1024, 1024), device="cuda")
+    torch.cuda.synchronize()
+    time.sleep(seconds)
+    float(tensor.sum())  # touch it at the end: held the whole time
+    return os.getpid(), start, time.time()
+
+
+def gpu_hold(ctx: dr.ActivityContext, seconds: float) -> tuple[int, float, float]:
+    """``hold_gpu`` as an activity registered with ``num_gpus=0.25``."""
+    return hold_gpu(seconds)
+
+
+def spread(ctx: dr.OrchestrationContext, job: dict[str, Any]) -> Any:
+    """``job["n"]`` activities ``job["activity"]`` with input ``job["input"]``, all at once."""
+    tasks = [ctx.call_activity(job["activity"], input=job["input"]) for _ in range(job["n"])]
+    return (yield dr.when_all(tasks))
+
+
 def make_app(hub: str, *, partitions: int = 4, fsync: bool = True, **options: Any) -> dr.App:
     """A hub named ``hub`` with every benchmark's code registered."""
     app = dr.App(hub, partitions=partitions, fsync=fsync, **options)
     app.add_activity(say_hello)
     app.add_activity(square)
+    app.add_activity(burn)
+    app.add_activity(burn_cpu1, num_cpus=1)
+    app.add_activity(gpu_hold, num_gpus=0.25)
+    app.add_orchestration(spread)
     app.add_orchestration(hello5)
     app.add_orchestration(fan_out)
     app.add_orchestration(transfer)

@@ -30,8 +30,10 @@ if __package__ in (None, ""):
 from benchmarks import (
     bank,
     common,
+    cpu_fan_out,
     entity_signals,
     fan_out,
+    gpu_fan_out,
     hello5,
     hello5_latency,
     raw_ray,
@@ -50,6 +52,8 @@ WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "timers": timers.run,
     "recovery": recovery.run,
     "raw_ray": raw_ray.run,
+    "cpu_fan_out": cpu_fan_out.run,
+    "gpu_fan_out": gpu_fan_out.run,
     "scale_out": scale_out.run,
 }
 

@@ -19,6 +19,7 @@ from duraray._errors import (
     OrchestrationFailedError,
     OrchestratorNotRegisteredError,
     SerializationError,
+    StorageFullError,
     TaskCancelledError,
     TaskFailedError,
 )
@@ -68,6 +69,7 @@ from duraray.runtime.client.sync import (
     PurgeResult,
 )
 from duraray.runtime.engine.activity import ActivityContext
+from duraray.runtime.engine.codec import UndecodablePayload
 from duraray.runtime.engine.records import ReuseIdPolicy
 
 __version__ = "0.1.0"
@@ -125,6 +127,7 @@ __all__ = [
     "RetryPolicy",
     "ReuseIdPolicy",
     "SerializationError",
+    "StorageFullError",
     "SubOrchestrationInstanceCompleted",
     "SubOrchestrationInstanceCreated",
     "SubOrchestrationInstanceFailed",
@@ -136,6 +139,7 @@ __all__ = [
     "TaskScheduled",
     "TimerCreated",
     "TimerFired",
+    "UndecodablePayload",
     "__version__",
     "when_all",
     "when_any",

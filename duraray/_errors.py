@@ -15,6 +15,8 @@ Every error duraray raises to user code derives from one root::
     ├── OrchestratorNotRegisteredError  recorded as an instance's failure type
     ├── ActivityNotRegisteredError      recorded as an activity's failure type
     ├── HubConfigurationError           a data dir or hub setting conflicts with the store
+    ├── StorageFullError                a partition could not commit: its disk or its
+    │                                   max_map_size is full (HTTP 507); nothing was written
     └── SerializationError              (also a TypeError) a payload msgpack cannot carry
 
 Control flow that user code must never swallow (eviction of a live generator, the end of
@@ -166,6 +168,18 @@ class ActivityNotRegisteredError(DurableError):
 
 class HubConfigurationError(DurableError):
     """The hub's configuration conflicts with what its data dir records."""
+
+    __module__ = "duraray"
+
+
+class StorageFullError(DurableError):
+    """A partition could not commit for lack of space: its disk is full (ENOSPC, or the
+    I/O error LMDB reports for a short write) or its store reached ``max_map_size``.
+
+    Nothing of the failed batch was written: the request was not applied and may be
+    retried once space is freed (or ``max_map_size`` raised). The partition keeps
+    serving reads meanwhile, and resumes writing by itself when a commit fits again.
+    """
 
     __module__ = "duraray"
 

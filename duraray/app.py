@@ -65,7 +65,22 @@ class App:
     ) -> Callable[[F], F]: ...
 
     def activity(self, fn: Any = None, *, name: str | None = None, **options: Any) -> Any:
-        """Register an activity: ``@app.activity`` or ``@app.activity(num_cpus=1, ...)``."""
+        """Register an activity: ``@app.activity`` or ``@app.activity(num_cpus=1, ...)``.
+
+        How an activity runs is decided per call by the partition's dispatch plan, from
+        the wall and CPU time it has learned the activity takes: cheap ones run inline in
+        the partition or travel in small batches to the shared worker pool; heavy
+        CPU-bound ones (and ones of unknown cost) each run alone as a Ray task holding one
+        CPU, so a fan-out uses every core of the cluster; ones that mostly wait share pool
+        processes on threads. Each result is recorded as soon as its activity finishes.
+
+        Options: ``num_cpus``, ``num_gpus``, ``resources``, ``memory``,
+        ``accelerator_type`` (run alone as a Ray task with those resources);
+        ``timeout`` (seconds; fails the attempt after that long); ``cpu_bound`` (True:
+        always alone on a CPU; False: it mostly waits, may share a process on threads;
+        default: learned); ``inline`` (True/False: force or forbid running inside the
+        partition's process).
+        """
         if fn is None:
             return lambda f: self._register_activity(f, name, options)
         return self._register_activity(fn, name, options)

@@ -18,6 +18,8 @@ DEFAULT_DATA_DIR = "./.duraray"
 CONFIG_ENV = "DURARAY_CONFIG"
 #: Prefix of environment variables that set single options (``DURARAY_PARTITIONS=8``).
 ENV_PREFIX = "DURARAY_"
+#: The smallest ``max_map_size`` accepted (1 MiB): LMDB needs a few pages to open a store.
+MIN_MAP_SIZE = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,11 @@ class HubConfig:
     - ``partitions``: number of partitions; fixed when the hub's data dir is created.
     - ``data_dir``: where each partition keeps its LMDB environment (``<data_dir>/<hub>/p<i>``).
     - ``fsync``: fsync every batch commit (durable). Off trades crash safety for speed.
+    - ``max_map_size``: the most bytes one partition's LMDB store may grow to (its map
+      starts at 64 MiB and doubles as needed; default 1 TiB). A commit that would need
+      more, or that the disk has no room for, fails with ``StorageFullError`` (HTTP 507)
+      and writes nothing; the partition keeps serving reads and resumes writing once a
+      commit fits again (purge data, free disk space or raise this option).
     - ``max_batch_items``: most work items a partition takes into one batch.
     - ``max_cached_orchestrations``: live generators kept per partition; older ones are
       evicted and rebuilt by replay when their next event arrives.
@@ -57,6 +64,9 @@ class HubConfig:
       Ray calls (e.g. where nodes may not open ports to each other). The links are plain
       TCP: with Ray's TLS on (``RAY_USE_TLS=1``) they stay off.
     - ``worker_concurrency``: activity batches one worker actor runs at once (threads).
+    - ``activity_pool_idle_s``: seconds a warm worker of a resource-shaped pool (activities
+      with ``num_gpus``, ``resources``, ...) may stay idle before it stops and its
+      resources go back to the cluster.
     - ``version``: the version of the orchestration code this hub runs (None: unversioned).
     - ``version_match``: which instance versions this hub runs: "none" (all), "strict"
       (only its own version), "current_or_older" (its own and older ones).
@@ -71,6 +81,7 @@ class HubConfig:
     partitions: int = 4
     data_dir: str = DEFAULT_DATA_DIR
     fsync: bool = True
+    max_map_size: int = 1 << 40
     max_batch_items: int = 5000
     max_cached_orchestrations: int = 20000
     max_cached_entities: int = 100000
@@ -81,6 +92,7 @@ class HubConfig:
     activity_threads: int = 8
     activity_workers: int | None = None
     worker_concurrency: int = 4
+    activity_pool_idle_s: float = 30.0
     inline_activities: bool = True
     inline_activity_max_ms: float = 0.5
     peer_links: bool = True
@@ -102,6 +114,12 @@ class HubConfig:
             or not 1 <= self.partitions <= 1024
         ):
             raise ValueError("partitions must be an integer between 1 and 1024")
+        if (
+            isinstance(self.max_map_size, bool)
+            or not isinstance(self.max_map_size, int)
+            or self.max_map_size < MIN_MAP_SIZE
+        ):
+            raise ValueError(f"max_map_size must be an integer of at least {MIN_MAP_SIZE} bytes")
         if self.max_batch_items < 1:
             raise ValueError("max_batch_items must be >= 1")
         if self.max_cached_entities < 0:
@@ -124,6 +142,8 @@ class HubConfig:
             raise ValueError("inline_activity_max_ms must be >= 0")
         if self.worker_concurrency < 1:
             raise ValueError("worker_concurrency must be >= 1")
+        if not 0 < self.activity_pool_idle_s < 1e9:  # also rejects NaN and infinity
+            raise ValueError("activity_pool_idle_s must be a positive number of seconds")
         if self.version_match not in ("none", "strict", "current_or_older"):
             raise ValueError("version_match must be 'none', 'strict' or 'current_or_older'")
         if self.placement not in ("local", "spread"):

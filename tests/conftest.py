@@ -32,6 +32,8 @@ def ray_session():
             # /tmp/ray/ray_current_cluster (e.g. a multi-node test's Cluster).
             address="local",
             num_cpus=2,
+            # Stands in for a GPU in the shaped-pool tests: four 0.25 shares fit on it.
+            resources={"gpu_slot": 1.0},
             include_dashboard=False,
             logging_level="ERROR",
             log_to_driver=False,

@@ -39,7 +39,17 @@ def _verdicts(lines: list[dict]) -> list[tuple[str, bool]]:
 
 
 @pytest.mark.parametrize(
-    "workload", ["hello5", "fan_out", "entity_signals", "bank", "timers", "scale_out"]
+    "workload",
+    [
+        "hello5",
+        "fan_out",
+        "entity_signals",
+        "bank",
+        "timers",
+        "cpu_fan_out",
+        "gpu_fan_out",
+        "scale_out",
+    ],
 )
 def test_quick_workload_results_are_correct(ray_session, tmp_path, workload):
     """Every JSON line of a workload's quick run has the required fields and is correct."""

@@ -40,6 +40,7 @@ def test_defaults():
         "partitions": 4,
         "data_dir": "./.duraray",
         "fsync": True,
+        "max_map_size": 1 << 40,
         "max_batch_items": 5000,
         "max_cached_orchestrations": 20000,
         "max_cached_entities": 100000,
@@ -54,6 +55,7 @@ def test_defaults():
         "activity_threads": 8,
         "activity_workers": None,
         "worker_concurrency": 4,
+        "activity_pool_idle_s": 30.0,
         "inline_activities": True,
         "inline_activity_max_ms": 0.5,
         "peer_links": True,
@@ -113,12 +115,19 @@ def test_config_is_frozen():
         ({"activity_threads": 0}, "activity_threads must be >= 1"),
         ({"activity_workers": 0}, "activity_workers must be >= 1"),
         ({"worker_concurrency": 0}, "worker_concurrency must be >= 1"),
+        ({"activity_pool_idle_s": 0}, "activity_pool_idle_s must be a positive"),
+        ({"activity_pool_idle_s": float("nan")}, "activity_pool_idle_s must be a positive"),
         ({"log_format": "xml"}, "log_format must be 'auto', 'console' or 'json'"),
         ({"placement": "everywhere"}, "placement must be 'local' or 'spread'"),
         ({"request_dedup_seconds": 0}, "request_dedup_seconds must be positive"),
         ({"request_dedup_seconds": math.inf}, "request_dedup_seconds must be positive"),
         ({"request_dedup_seconds": math.nan}, "request_dedup_seconds must be positive"),
         ({"request_dedup_seconds": 1e10}, "request_dedup_seconds must be positive"),
+        ({"max_map_size": (1 << 20) - 1}, "max_map_size must be an integer of at least"),
+        ({"max_map_size": 0}, "max_map_size must be an integer of at least"),
+        ({"max_map_size": 2.0**30}, "max_map_size must be an integer of at least"),
+        ({"max_map_size": True}, "max_map_size must be an integer of at least"),
+        ({"max_map_size": "1GiB"}, "max_map_size must be an integer of at least"),
     ],
 )
 def test_invalid_value_raises(options, message):
@@ -156,6 +165,7 @@ def test_with_options_validates(options, message):
         {"worker_concurrency": 1},
         {"log_format": "json"},
         {"fsync": False},
+        {"max_map_size": 1 << 20},
     ],
 )
 def test_boundary_values_are_accepted(options):
@@ -534,4 +544,11 @@ def test_app_accepts_timer_interval_in_seconds():
     """App(name, maximum_timer_interval=seconds) stores a timedelta."""
     expected = timedelta(hours=1)
     actual = dr.App("timer-hub", maximum_timer_interval=3600).config.maximum_timer_interval
+    assert expected == actual
+
+
+def test_max_map_size_from_the_environment():
+    """DURARAY_MAX_MAP_SIZE sets the cap of each partition's store, in bytes."""
+    expected = 3 << 30
+    actual = HubConfig.load(environ={"DURARAY_MAX_MAP_SIZE": str(3 << 30)}).max_map_size
     assert expected == actual

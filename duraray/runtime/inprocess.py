@@ -10,13 +10,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from duraray._errors import StorageFullError
 from duraray._registry import Registry
 from duraray.config import HubConfig
 from duraray.runtime.engine.activity import execute_activity
@@ -132,7 +133,7 @@ class InProcessHub:
         if self.config.data_dir == MEMORY:
             return MemoryStore()
         path = Path(self.config.data_dir) / self.name / f"p{index}"
-        return LmdbStore(path, sync=self.config.fsync)
+        return LmdbStore(path, sync=self.config.fsync, max_map_size=self.config.max_map_size)
 
     # -- the client's transport ----------------------------------------------------------
 
@@ -148,13 +149,31 @@ class InProcessHub:
         if self._stopping:
             raise RuntimeError(f"hub {self.name!r} is stopped")
         if self._failure is not None:
-            raise RuntimeError(f"hub {self.name!r} engine failed: {self._failure!r}")
+            raise self._engine_error()
         future: Future[Any] = Future()
         self.cores[partition].submit_request(
             ClientRequest(op=op, args=args, reply_to=future, request_id=request_id)
         )
         self._wake.set()
+        if self._failure is not None:  # the engine died while we queued: nobody answers
+            self._fail(future)
         return future
+
+    def _engine_error(self) -> RuntimeError:
+        error = RuntimeError(
+            f"hub {self.name!r} cannot answer: its engine thread failed with "
+            f"{self._failure!r}; its data is kept up to its last commit (close the hub and "
+            "open it again)"
+        )
+        error.__cause__ = self._failure
+        return error
+
+    def _fail(self, caller: Any) -> None:
+        if isinstance(caller, Future) and not caller.done():
+            try:
+                caller.set_exception(self._engine_error())
+            except InvalidStateError:
+                pass  # answered or cancelled meanwhile
 
     # -- the engine ----------------------------------------------------------------------
 
@@ -164,9 +183,16 @@ class InProcessHub:
                 self._wake.clear()
                 busy = False
                 with self._engine_lock:
-                    for core in self.cores:
+                    for index, core in enumerate(self.cores):
                         if core.has_work() or core.resend_due():
-                            self._release(core, core.run_batch())
+                            try:
+                                fx = core.run_batch()
+                            except StorageFullError as exc:
+                                # Not committed: answer its callers, go on with a core
+                                # rebuilt from the store (engine/storage_full.py).
+                                core, fx = core.recover_from_storage_full(exc)
+                                self.cores[index] = core
+                            self._release(core, fx)
                             busy = True
                 if busy:
                     continue
@@ -174,6 +200,15 @@ class InProcessHub:
         except BaseException as exc:  # the engine must not die silently
             self._failure = exc
             log.exception("engine thread failed", hub=self.name)
+            # Nobody will answer the calls in flight: fail them rather than leave them
+            # hanging; later calls fail in submit().
+            try:
+                with self._engine_lock:
+                    for core in self.cores:
+                        for caller in core.abandon_callers():
+                            self._fail(caller)
+            except Exception:
+                log.exception("failing the calls in flight failed", hub=self.name)
 
     def _wait_idle(self) -> None:
         with self._engine_lock:

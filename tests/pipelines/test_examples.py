@@ -144,3 +144,28 @@ def test_approval_flow_is_driven_over_http(tmp_path):
     } == rejected["output"]
     assert "status 202: Running" in done.stdout
     assert "status 200: Completed" in done.stdout
+
+
+@pytest.mark.timeout(2 * TIMEOUT)
+def test_model_pipeline_loads_the_model_once_per_worker_and_passes_paths(tmp_path):
+    """The scoring example builds its model class once per worker process (at most two
+    workers) and returns references (paths) whose files hold every document's score."""
+    data = tmp_path / "data"
+    report_path = tmp_path / "report.json"
+    run = run_example(
+        "model_pipeline/pipeline.py",
+        "--data-dir",
+        str(data),
+        "--docs",
+        "12",
+        "--report",
+        str(report_path),
+        cwd=tmp_path,
+    )
+    assert 0 == run.returncode, run.stdout + run.stderr
+    report = json.loads(report_path.read_text())
+    assert 12 == report["docs"]
+    assert 1 <= len(report["pids"]) <= 2
+    assert sorted(str(p) for p in report["pids"]) == sorted(report["loads"])
+    # 12 reviews cycling through five phrases scoring +1.5, -2.5, +5, -1, +0.5.
+    assert 6.0 == report["total"]

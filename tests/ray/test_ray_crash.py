@@ -159,3 +159,6 @@ def test_activity_worker_killed_mid_fan_out(ray_session, tmp_path: Path) -> None
     executions = _executions(log_path)
     assert {(instance_id, t) for t in completed} == set(executions)
     assert sum(executions.values()) >= n
+    # Results stream back one by one, so the kill repeats at most the activities that were
+    # running on the worker: one per batch it ran at once (worker_concurrency).
+    assert sum(executions.values()) - n <= app.config.worker_concurrency

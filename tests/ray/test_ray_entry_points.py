@@ -7,6 +7,7 @@ work; the lifecycle tests start and stop hubs of their own.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 import time
@@ -43,7 +44,7 @@ async def async_triple(ctx: dr.ActivityContext, x: int) -> int:
 
 @app.activity(num_cpus=1)
 def where_am_i(ctx: dr.ActivityContext) -> dict[str, str | None]:
-    """The Ray actor this activity ran in (None for a plain Ray task)."""
+    """The Ray actor this activity ran in (None for a plain Ray task) and the task."""
     context = ray.get_runtime_context()
     return {"actor_id": context.get_actor_id(), "task_id": context.get_task_id()}
 
@@ -174,14 +175,24 @@ def test_async_activity(client: dr.Client) -> None:
     assert expected == (state.runtime_status, state.output)
 
 
-def test_resource_activity_runs_as_ray_task(client: dr.Client) -> None:
-    """An activity asking for ``num_cpus=1`` runs as a Ray task, outside the worker pool."""
-    instance_id = client.schedule_new_orchestration(call_where_am_i)
-    state = client.wait_for_orchestration_completion(instance_id, timeout=TIMEOUT)
-    expected = dr.OrchestrationStatus.COMPLETED
-    assert expected == state.runtime_status
-    assert state.output["actor_id"] is None
-    assert state.output["task_id"] is not None
+def test_resource_activity_runs_in_a_warm_pool_of_its_shape(client: dr.Client) -> None:
+    """An activity asking for ``num_cpus=1`` runs in a worker of that shape, outside the
+    shared worker pool, and the same warm worker serves the next call."""
+    first = client.schedule_new_orchestration(call_where_am_i)
+    state = client.wait_for_orchestration_completion(first, timeout=TIMEOUT)
+    assert dr.OrchestrationStatus.COMPLETED == state.runtime_status
+    shared = set()
+    for i in itertools.count():
+        try:
+            worker = ray.get_actor(worker_actor_name(app.name, i), namespace=NAMESPACE)
+        except ValueError:
+            break
+        shared.add(worker._actor_id.hex())
+    assert state.output["actor_id"] is not None
+    assert state.output["actor_id"] not in shared
+    again = client.schedule_new_orchestration(call_where_am_i)
+    second = client.wait_for_orchestration_completion(again, timeout=TIMEOUT)
+    assert state.output["actor_id"] == second.output["actor_id"]
 
 
 def test_activity_timeout_fails_the_task(client: dr.Client) -> None:

@@ -36,7 +36,7 @@ def _import_bench_runner() -> object:
     "--workloads",
     default=None,
     help="Comma-separated workloads (hello5, hello5_latency, fan_out, entity_signals, bank, "
-    "timers, recovery, raw_ray, scale_out); default: all.",
+    "timers, recovery, raw_ray, cpu_fan_out, gpu_fan_out, scale_out); default: all.",
 )
 @click.option(
     "--partitions", default="4", show_default=True, help="Partition count, or several: 1,4."

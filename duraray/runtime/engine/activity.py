@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from duraray._errors import ActivityNotRegisteredError, FailureDetails
-from duraray._registry import Registry
+from duraray._registry import ActivitySpec, Registry
 from duraray.orchestrations.executor import accepts_input, input_type_hint
 from duraray.runtime.engine import codec
 from duraray.runtime.engine.records import ActivityResult, ActivityTask
@@ -38,12 +40,13 @@ def execute_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
     """Run ``task`` and return its result or failure (and how long it ran); never raises."""
     spec = registry.activities.get(task.name)
     started = time.perf_counter()
+    cpu_started = time.thread_time()
     try:
         if spec is None:
             raise ActivityNotRegisteredError(
                 f"activity {task.name!r} is not registered with this hub"
             )
-        fn = spec.fn
+        fn = _callable(spec)
         value = codec.decode(task.input, input_type_hint(fn))
         ctx = ActivityContext(task.instance_id, task.task_id, task.name, task.tags)
         outcome: Any = fn(ctx, value) if accepts_input(fn) else fn(ctx)
@@ -57,6 +60,8 @@ def execute_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
             task.task_id,
             failure=FailureDetails.from_exception(exc),
             duration=time.perf_counter() - started,
+            cpu=time.thread_time() - cpu_started,
+            name=task.name,
         )
     return ActivityResult(
         task.instance_id,
@@ -64,43 +69,35 @@ def execute_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
         task.task_id,
         result=encoded,
         duration=time.perf_counter() - started,
+        cpu=time.thread_time() - cpu_started,
+        name=task.name,
     )
+
+
+#: Instances of activity classes, one per class per process: ``(name, module, qualname)``
+#: -> instance. Keyed by names, not by the class object, since a class shipped by value
+#: arrives as a new object with every task.
+_instances: dict[tuple[str, str, str], Any] = {}
+_instances_lock = threading.Lock()
+
+
+def _callable(spec: ActivitySpec) -> Callable[..., Any]:
+    """The function to call: the activity itself, or for an activity class its instance in
+    this process (constructed on first use, so a model loads once per worker process)."""
+    fn: Any = spec.fn
+    if not inspect.isclass(fn):
+        return fn
+    key = (spec.name, fn.__module__, fn.__qualname__)
+    instance: Any = _instances.get(key)
+    if instance is None:
+        with _instances_lock:  # two threads of a pool worker must not build it twice
+            instance = _instances.get(key)
+            if instance is None:
+                instance = fn()  # a failure fails this attempt; the next one tries again
+                _instances[key] = instance
+    bound: Callable[..., Any] = instance.__call__
+    return bound
 
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
-
-
-class ActivityCostModel:
-    """Learns which activities are cheap enough to run inside the partition's process.
-
-    A Ray round trip to a worker costs about a millisecond; for an activity that runs for
-    microseconds that is most of a step's latency. Each activity's run time is followed
-    as an exponential moving average; after ``warmup`` runs, one whose average stays below
-    ``threshold`` seconds is cheap. A cheap activity that turns slow is noticed on its
-    next runs and goes back to the workers, so CPU-heavy work never starves a partition.
-    """
-
-    def __init__(self, threshold: float = 0.0005, warmup: int = 8, alpha: float = 0.2) -> None:
-        self.threshold = threshold
-        self.warmup = warmup
-        self.alpha = alpha
-        self._average: dict[str, float] = {}
-        self._count: dict[str, int] = {}
-
-    def observe(self, name: str, duration: float) -> None:
-        """Record one run of ``name`` that took ``duration`` seconds."""
-        count = self._count.get(name, 0) + 1
-        self._count[name] = count
-        previous = self._average.get(name)
-        self._average[name] = (
-            duration if previous is None else previous + self.alpha * (duration - previous)
-        )
-
-    def is_cheap(self, name: str) -> bool:
-        """True once ``name`` has run ``warmup`` times and its average is below threshold."""
-        return self._count.get(name, 0) >= self.warmup and self._average[name] < self.threshold
-
-    def average(self, name: str) -> float | None:
-        """The moving average run time of ``name`` in seconds (None before its first run)."""
-        return self._average.get(name)

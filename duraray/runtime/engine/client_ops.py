@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from duraray import _limits
 from duraray._errors import (
     DurableError,
     InstanceAlreadyExistsError,
@@ -25,7 +26,9 @@ from duraray._errors import (
     InstanceStateError,
     SerializationError,
 )
+from duraray.entities.ids import EntityId
 from duraray.orchestrations import history as h
+from duraray.orchestrations.ids import validate_instance_id
 from duraray.runtime.engine import codec
 from duraray.runtime.engine import records as r
 from duraray.runtime.engine.records import ClientRequest, InstanceRecord, Reply, ReuseIdPolicy
@@ -95,6 +98,39 @@ _ARG_TYPES: dict[str, tuple[type, ...]] = {
     "instance_ids": (list, tuple),
     "ops": (list, tuple),
 }
+
+#: The value checks of ``duraray._limits`` per argument: a value of the right type can
+#: still fail a batch (a time before 1970 has no key; an id too long for one).
+_ARG_CHECKS: dict[str, Any] = {
+    "instance_id": validate_instance_id,
+    "entity_id": EntityId.parse,
+    "name": lambda v: _limits.check_name(v, "name"),
+    "operation": lambda v: _limits.check_name(v, "entity operation"),
+    "reason": lambda v: _limits.check_text(v, "reason"),
+    "version": lambda v: _limits.check_text(v, "version"),
+    "prefix": lambda v: _limits.check_text(v, "prefix"),
+    "tags": _limits.check_tags,
+    "created_from": lambda v: _limits.check_time(v, "created_from"),
+    "created_to": lambda v: _limits.check_time(v, "created_to"),
+    "start_at": lambda v: _check_when(v, "start_at"),
+    "signal_time": lambda v: _check_when(v, "signal_time"),
+    "timeout": _limits.check_timeout,
+    "limit": lambda v: _limits.check_page_size(v, "limit"),
+    "after": lambda v: _check_after(v),
+    "instance_ids": lambda v: [validate_instance_id(i) for i in v],
+}
+
+
+def _check_when(value: Any, what: str) -> Any:
+    if isinstance(value, timedelta):
+        return _limits.check_duration(value, what)
+    return _limits.check_time(value, what)
+
+
+def _check_after(value: bytes | str) -> None:
+    size = len(value) if isinstance(value, bytes) else _limits.utf8_size(value, "token")
+    if size >= _limits.MAX_STORE_KEY_BYTES:
+        raise ValueError("malformed continuation token: longer than any key")
 
 
 class _WaitGroup:
@@ -243,6 +279,10 @@ class ClientOps:
         statuses = args.get("statuses")
         if statuses is not None and not all(isinstance(item, str) for item in statuses):
             raise TypeError("argument 'statuses' must be a list of status names")
+        for name, value in args.items():
+            check = _ARG_CHECKS.get(name)
+            if check is not None and value is not None:
+                check(value)
         self._check_owner(args)
 
     def _check_owner(self, args: dict[str, Any]) -> None:
@@ -285,8 +325,8 @@ class ClientOps:
         start_at: datetime | timedelta | None = None,
         reuse_policy: str | None = None,
     ) -> str:
-        if isinstance(start_at, timedelta):  # a delay from now, on this partition's clock
-            start_at = self._now + start_at
+        if start_at is not None:  # a delay is from now, on this partition's clock
+            start_at = _limits.resolve_time(start_at, self._now, "start_at")
         policy = reuse_policy or ReuseIdPolicy.ERROR_IF_RUNNING
         if policy not in ReuseIdPolicy.ALL:
             raise ValueError(f"unknown reuse_id_policy {policy!r}")
@@ -498,6 +538,8 @@ class ClientOps:
             "cached_executors": len(self._cached),
             "timers": len(self._timers),
             "activities_in_flight": sum(len(v.activities) for v in self._live.values()),
+            # Activities of unknown cost waiting for a probe of their kind (dispatch.py).
+            "activities_held": self.dispatch.held,
             "outbox": sum(len(b) for b in self._outbox.values()),
             "queue_depth": len(self._intake),
         }
@@ -523,6 +565,9 @@ class ClientOps:
 
     def _notify_watchers(self) -> None:
         if not self._watchers:
+            # No wait left: no deadline either, or an idle partition would keep running
+            # (empty) batches from the last wait's deadline on.
+            self._watch_deadline = None
             return
         now = time.monotonic()
         sweep = self._watch_deadline is not None and self._watch_deadline <= now
@@ -555,7 +600,7 @@ class ClientOps:
                 self._watchers[iid] = keep
             else:
                 del self._watchers[iid]
-        if sweep:
+        if sweep or not self._watchers:
             self._watch_deadline = min(
                 (w.deadline for ws in self._watchers.values() for w in ws), default=None
             )

@@ -21,6 +21,9 @@ Guarantees built here (DESIGN.md §5-6):
 - a client request carrying a request id is applied once; a retry gets the stored reply;
 - construction recovers everything: timers re-armed, pending activities re-dispatched,
   the outbox resent, and instances with buffered events made runnable.
+- a batch whose commit does not fit (full disk, or ``max_map_size``) raises
+  ``StorageFullError``; ``recover_from_storage_full`` (storage_full.py) answers its
+  callers and rebuilds the core from the store, so the partition goes on instead of dying.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from duraray._errors import (
     FailureDetails,
     HubConfigurationError,
     SerializationError,
+    StorageFullError,
     error_type_name,
 )
 from duraray._registry import Registry
@@ -54,6 +58,8 @@ from duraray.runtime.engine.client_ops import (  # MUTATING_OPS, ReuseIdPolicy: 
     ReuseIdPolicy,  # noqa: F401
     _Watcher,
 )
+from duraray.runtime.engine.codec import BY_REFERENCE
+from duraray.runtime.engine.dispatch import DispatchPlan
 from duraray.runtime.engine.entity_host import EntityHost
 from duraray.runtime.engine.lifecycle import InstanceLifecycle
 from duraray.runtime.engine.lifecycle import LiveInstance as _Live
@@ -67,12 +73,20 @@ from duraray.runtime.engine.records import (
     TimerRow,
 )
 from duraray.runtime.engine.routing import partition_for
+from duraray.runtime.engine.storage_full import (
+    StorageFullRecovery,
+    copy_effects,
+    storage_full_error,
+)
 from duraray.runtime.engine.store import PartitionStore, WriteBatch
 
 Status = h.OrchestrationStatus
 
 #: Rounds of same-batch delivery of a partition's messages to itself (see run_batch).
 LOCAL_ROUNDS = 16
+#: Where the dispatch plan's learned activity costs are kept, and how often they are saved.
+COSTS_KEY = b"activity_costs"
+COSTS_SAVE_INTERVAL = 5.0
 log = structlog.get_logger("duraray.partition")
 
 
@@ -102,7 +116,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
+class PartitionCore(ClientOps, InstanceLifecycle, EntityHost, StorageFullRecovery):
     """The logic of one partition over one store; see the module docstring."""
 
     def __init__(
@@ -148,6 +162,14 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         # ahead of the store (live generators advanced, sequences taken), so the core must
         # not run another batch; a new core recovers from the store instead.
         self._broken = False
+        # For a batch whose commit does not fit (storage_full.py): what it took from the
+        # intake, the recovery effects it carried, and the back-off of held work.
+        self._taken: list[tuple[str, Any]] = []
+        self._carried: Effects | None = None
+        self._counters_before: dict[str, float] = {}
+        self._full_failures = 0  # commits that did not fit, in a row
+        self._hold_until = 0.0  # monotonic time until which only client requests run
+        self._held_back: list[tuple[str, Any]] = []  # intake items waiting for that time
         self.counters: dict[str, float] = {
             "batches": 0,
             "items": 0,
@@ -170,8 +192,20 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         self._replied: dict[str, Any] = {}  # request id -> reply, not yet committed
         self._next_prune = 0  # when to look for expired request replies (UTC micros)
 
+        # Which activities run inline, in batches or alone (see dispatch.py); its learned
+        # costs are kept in ``meta`` so a restart does not start from nothing.
+        self.dispatch = DispatchPlan(
+            registry,
+            inline=self.config.inline_activities,
+            inline_max_s=self.config.inline_activity_max_ms / 1000,
+        )
+        self._costs_saved = 0.0
+
         self._init_entities()
         self._check_meta()
+        stored_costs = self.store.get("meta", COSTS_KEY)
+        if stored_costs is not None:
+            self.dispatch.restore(codec.decode(stored_costs))
         self._recover()
 
     # == intake (thread-safe: deque appends) ==============================================
@@ -201,6 +235,10 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
 
     def has_work(self) -> bool:
         """True if ``run_batch`` would do something now."""
+        if self._hold_until and self.holding_back():
+            return self.requests_queued()  # backing off after a commit that did not fit
+        if self._held_back:
+            return True
         if self._intake or self._ready or self._pending_effects:
             return True
         if self._watch_deadline is not None and self._watch_deadline <= time.monotonic():
@@ -209,7 +247,10 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         return due is not None and due <= self.clock()
 
     def next_due(self) -> datetime | None:
-        """When the earliest timer is due (None if there is none)."""
+        """When the earliest timer is due (None if there is none, or while held work
+        backs off after a commit that did not fit: the shell then polls ``has_work``)."""
+        if self._hold_until and self.holding_back():
+            return None
         heap = self._timer_heap
         while heap and heap[0][1] not in self._timers:
             heapq.heappop(heap)
@@ -217,6 +258,8 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
 
     def resend_due(self) -> bool:
         """True if some message has waited longer than the resend interval for its ack."""
+        if self._hold_until and self.holding_back():
+            return False
         now = time.monotonic()
         if not self._outbox or now < self._next_resend_check:
             return False
@@ -239,6 +282,13 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         self._now = self.clock()
         self._wb = WriteBatch()
         self._fx, self._pending_effects = self._pending_effects, Effects()
+        # Kept until the commit: a batch that does not fit gives these back (storage_full.py).
+        self._carried = copy_effects(self._fx) if self._fx else None
+        self._counters_before = dict(self.counters)
+        self._taken = []
+        if self._held_back and not self.holding_back():
+            self._intake.extendleft(reversed(self._held_back))  # retried now, in order
+            self._held_back = []
         self._work = {}
         self._dirty = set()
         self._changed = set()
@@ -252,6 +302,7 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         limit = self.config.max_batch_items
         while self._intake and taken < limit:
             kind, item = self._intake.popleft()
+            self._taken.append((kind, item))
             taken += 1
             if kind == "request":
                 self._on_request(item)
@@ -290,12 +341,21 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
             live = self._live.get(iid)
             if live is not None:
                 self._put_record(live.record)
+        self._save_costs()
 
         if self._wb:
             started = time.perf_counter()
-            self.store.commit(self._wb)
+            try:
+                self.store.commit(self._wb)
+            except StorageFullError as exc:
+                # Nothing was written; the shell answers the callers and rebuilds the core
+                # from the store (recover_from_storage_full) instead of dying.
+                raise storage_full_error(self, exc) from exc
+            self._full_failures = 0
+            self._hold_until = 0.0
             self.counters["commit_seconds"] += time.perf_counter() - started
         self._broken = False
+        self._taken, self._carried = [], None
         self.counters["batches"] += 1
         self.counters["items"] += taken
 
@@ -305,7 +365,19 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
         fx = self._fx
         self._fx = Effects()
         self.counters["activities_dispatched"] += len(fx.activities)
+        fx.dispatches = self.dispatch.plan(fx.activities)
         return fx
+
+    def _save_costs(self) -> None:
+        """Store the dispatch plan's learned costs, riding on a batch that commits anyway,
+        at most every few seconds."""
+        if not self.dispatch.dirty or not self._wb:
+            return
+        now = time.monotonic()
+        if now - self._costs_saved < COSTS_SAVE_INTERVAL:
+            return
+        self._costs_saved = now
+        self._wb.put("meta", COSTS_KEY, codec.encode(self.dispatch.snapshot()))
 
     def _run_episodes(self) -> None:
         work, self._work = self._work, {}
@@ -822,6 +894,11 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
                 self._deliver(row.instance_id, fired, row.execution_id)
 
     def _on_activity_result(self, result: ActivityResult) -> None:
+        if result.name:
+            if result.failure is None or result.duration:
+                self.dispatch.observe(result.name, result.duration, result.cpu)
+            else:
+                self.dispatch.forget(result.name)  # lost before it ran: no cost learned
         live = self._live.get(result.instance_id)
         if (
             live is None
@@ -843,7 +920,7 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost):
                 result=None,
                 failure=FailureDetails(
                     message=f"activity result of {len(result.result)} bytes exceeds the "
-                    f"limit of {limit} bytes",
+                    f"limit of {limit} bytes (max_payload_bytes); {BY_REFERENCE}",
                     error_type=error_type_name(SerializationError),
                     non_retriable=True,
                 ),

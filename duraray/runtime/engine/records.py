@@ -189,6 +189,10 @@ class ActivityResult:
     failure: FailureDetails | None = None
     #: seconds the activity ran (lets a partition learn which activities are cheap)
     duration: float = 0.0
+    #: CPU seconds its thread used: far below ``duration`` for an activity that waits
+    cpu: float = 0.0
+    #: the activity's name (lets the dispatch plan learn its cost); "" from older workers
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,9 +234,14 @@ class Effects:
     messages: dict[int, list[Message]] = field(default_factory=dict)
     acks: dict[int, int] = field(default_factory=dict)
     activities: list[ActivityTask] = field(default_factory=list)
+    #: how the activities go out, as the dispatch plan decided (``dispatch.Dispatch``);
+    #: a host that runs every activity alike (the in-process runtime) may use ``activities``
+    dispatches: list[Any] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.replies or self.messages or self.acks or self.activities)
+        return bool(
+            self.replies or self.messages or self.acks or self.activities or self.dispatches
+        )
 
 
 @dataclass(frozen=True, slots=True)

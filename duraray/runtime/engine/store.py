@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import bisect
 import contextlib
+import errno
 import fcntl
 import os
 import threading
@@ -25,7 +26,7 @@ from typing import Any, Self
 
 import lmdb
 
-from duraray._errors import HubConfigurationError
+from duraray._errors import HubConfigurationError, StorageFullError
 
 __all__ = [
     "DATABASES",
@@ -33,6 +34,7 @@ __all__ = [
     "LmdbStore",
     "MemoryStore",
     "PartitionStore",
+    "StorageFullError",
     "StoreClosedError",
     "StoreFullError",
     "WriteBatch",
@@ -48,6 +50,20 @@ DATABASES: tuple[str, ...] = (
 MAX_KEY_SIZE = 511
 
 _LOCK_FILE = "duraray.lock"
+#: Written and deleted again in one transaction by ``LmdbStore._nudge`` (never stored).
+_NUDGE_KEY = b"\x00duraray.nudge"
+
+#: The map an LmdbStore starts with (it doubles as needed, up to ``max_map_size``).
+DEFAULT_MAP_SIZE = 64 * 1024 * 1024
+#: The default cap of the map (``HubConfig.max_map_size``).
+DEFAULT_MAX_MAP_SIZE = 1 << 40
+
+#: errno values of a commit that failed for lack of space. LMDB reports a short write()
+#: of its dirty pages, which is how a full filesystem usually shows, as EIO ("short write,
+#: filesystem full?" in mdb_page_flush); EDQUOT is a full quota.
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG})
+#: Free bytes above which an EIO at commit is reported as a possibly failing disk.
+_PLENTY_FREE = 1 << 30
 
 # ("put", db, key, value) | ("delete", db, key) | ("delete_prefix", db, prefix)
 Op = tuple[Any, ...]
@@ -57,8 +73,20 @@ class StoreClosedError(RuntimeError):
     """The store was used after ``close()``."""
 
 
-class StoreFullError(RuntimeError):
-    """A commit needs more space than ``max_map_size`` allows; nothing of it was written."""
+#: The old name of the error a commit raises when it does not fit (``StorageFullError``).
+StoreFullError = StorageFullError
+
+
+def _out_of_space(exc: lmdb.Error) -> bool:
+    """True if LMDB failed for lack of disk space (not a bug, not a corrupt file)."""
+    if isinstance(exc, lmdb.DiskError):  # ENOSPC
+        return True
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and code > 0:
+        return code in _NO_SPACE_ERRNOS
+    # Without a code (a wrapper that kept only the message): go by LMDB's strerror text.
+    text = str(exc)
+    return any(os.strerror(e) in text for e in _NO_SPACE_ERRNOS)
 
 
 def _check_db(db: str) -> None:
@@ -369,8 +397,11 @@ class LmdbStore(PartitionStore):
     keeps write order, the database stays consistent, but an OS crash or power loss may
     undo the last commits. Use it for tests and throwaway data.
 
-    The map starts at ``map_size`` bytes and doubles (up to ``max_map_size``) whenever a
-    commit does not fit; the failed transaction is aborted and the whole batch retried.
+    The map starts at ``map_size`` bytes (default: 64 MiB, or ``max_map_size`` if that is
+    smaller) and doubles (up to ``max_map_size``) whenever a commit does not fit; the
+    failed transaction is aborted and the whole batch retried. A commit that cannot fit
+    (the map is at ``max_map_size``, or the disk is full) raises ``StorageFullError``
+    and writes nothing; the store stays usable, so a later commit that fits succeeds.
     """
 
     def __init__(
@@ -378,10 +409,12 @@ class LmdbStore(PartitionStore):
         path: str | os.PathLike[str],
         *,
         sync: bool = True,
-        map_size: int = 64 * 1024 * 1024,
-        max_map_size: int = 1 << 40,
+        map_size: int | None = None,
+        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
     ) -> None:
         super().__init__()
+        if map_size is None:
+            map_size = min(DEFAULT_MAP_SIZE, max_map_size)
         if map_size <= 0 or max_map_size < map_size:
             raise ValueError(f"need 0 < map_size <= max_map_size, got {map_size}, {max_map_size}")
         self._path = os.path.abspath(os.fspath(path))
@@ -494,16 +527,33 @@ class LmdbStore(PartitionStore):
             return n
 
     def _commit(self, ops: list[Op]) -> None:
+        nudged = False
         while True:
             try:
                 # The context manager commits on success and aborts on any exception, so
-                # a failing op (or MapFullError) leaves nothing behind.
+                # a failing op (or MapFullError) leaves nothing behind. A commit whose
+                # write of dirty pages fails (ENOSPC, EIO) is aborted by LMDB itself: the
+                # meta page still names the last good transaction, and pages written past
+                # it are free pages, so the environment stays usable.
                 with self._env.begin(write=True) as txn:
                     for op in ops:
                         self._apply(txn, op)
                 return
             except lmdb.MapFullError:
-                self._grow_map()
+                if self._grow_map():
+                    continue
+                if not nudged and self._nudge():
+                    nudged = True
+                    continue
+                current = self._env.info()["map_size"]
+                raise StorageFullError(
+                    f"the store at {self._path} is full: its map has reached max_map_size "
+                    f"({current} bytes); raise max_map_size or purge data"
+                ) from None
+            except lmdb.Error as exc:
+                if not _out_of_space(exc):
+                    raise
+                raise StorageFullError(self._no_space_message(exc)) from exc
 
     def _apply(self, txn: lmdb.Transaction[bytes], op: Op) -> None:
         kind, dbi = op[0], self._dbs[op[1]]
@@ -524,15 +574,53 @@ class LmdbStore(PartitionStore):
         else:
             raise ValueError(f"unknown write op {kind!r}")
 
-    def _grow_map(self) -> None:
+    def _grow_map(self) -> bool:
+        """Double the map (up to max_map_size); False if it is at max_map_size already."""
         current = self._env.info()["map_size"]
         if current >= self._max_map_size:
-            raise StoreFullError(
-                f"partition store {self._path} is full: map size {current} bytes "
-                f"has reached max_map_size"
-            )
+            return False
         # Safe here: we hold the store lock, so no transaction of ours is open.
         self._env.set_mapsize(min(current * 2, self._max_map_size))
+        return True
+
+    def _nudge(self) -> bool:
+        """Commit a transaction that changes nothing visible; True if it fit.
+
+        LMDB reuses the pages a transaction freed only from the transaction after next
+        (the newest snapshot stays readable), so space freed by the last commit (a purge)
+        cannot serve the very next one. At max_map_size, one such commit in between makes
+        it available before the batch is given up as not fitting.
+        """
+        meta = self._dbs["meta"]
+        try:
+            with self._env.begin(write=True) as txn:
+                txn.put(_NUDGE_KEY, b"", db=meta)
+                txn.delete(_NUDGE_KEY, db=meta)
+        except lmdb.MapFullError:
+            return False
+        return True
+
+    def _no_space_message(self, exc: lmdb.Error) -> str:
+        try:
+            fs = os.statvfs(self._path)
+            free: int | None = fs.f_bavail * fs.f_frsize
+        except OSError:
+            free = None
+        eio = not isinstance(exc, lmdb.DiskError) and getattr(exc, "code", None) in (
+            errno.EIO,
+            None,
+        )
+        if eio and free is not None and free >= _PLENTY_FREE:
+            # A short write on a disk with room to spare: not a full disk.
+            return (
+                f"I/O error writing the store at {self._path} although {free} bytes are "
+                f"free there: the disk may be failing; check it (LMDB said: {exc})"
+            )
+        shown = "free space unknown" if free is None else f"{free} bytes free there"
+        return (
+            f"no space left on device for the store at {self._path} ({shown}; LMDB said: "
+            f"{exc}); free space on its disk"
+        )
 
     def _stats(self) -> dict[str, Any]:
         info = self._env.info()

@@ -55,12 +55,17 @@ addressed by URL and are refused at start):
 List routes page: the response header ``x-ms-continuation-token`` (absent on the last
 page) goes back in the same request header for the next page.
 
-Status codes: 202 accepted or still running, 200 done, 400 malformed body, query or id
-(also unserializable or oversized payloads), 401 missing or wrong bearer token, 404
-unknown instance or entity, 409 start with a running id (or a purge that raced the
-instance finishing: retry), 410 the instance's state forbids
-the operation (raiseEvent, terminate, suspend or resume of a finished instance, rewind of
-one that did not fail, restart or purge of a running one), 413 body over the size limit.
+Status codes: 202 accepted or still running, 200 done, 400 malformed body, query, id or
+continuation token (also unserializable or oversized payloads), 401 missing or wrong
+bearer token, 403 a cross-site request (foreign ``Origin``, or on a loopback bind a
+``Host`` that is not allowed; see ``auth.py``), 404 unknown instance or entity, 409 start
+with a running id (or a purge that raced the instance finishing: retry), 410 the
+instance's state forbids the operation (raiseEvent, terminate, suspend or resume of a
+finished instance, rewind of one that did not fail, restart or purge of a running one),
+413 body over the size limit, 415 a body not declared JSON (``Content-Type:
+application/json`` or ``application/*+json``; a POST without a body needs none), 500 an
+unexpected error (the server keeps serving), 507 a partition had no space to store the
+change (``StorageFullError``: disk or ``max_map_size`` full; nothing was applied).
 Every error body is ``{"error": "<message>"}``. 202 responses of start, restart and
 status carry ``Location`` (the status URL) and ``Retry-After: 1``.
 
@@ -75,13 +80,18 @@ base64, see ``payloads.to_json``):
   customStatus, output (a Failed instance's error message when it has no output),
   createdTime, lastUpdatedTime, failureDetails (null, or {errorType, errorMessage,
   stackTrace, isNonRetriable, innerFailure?}), version, tags, parentInstanceId,
-  historyEvents?}``;
+  payloadErrors?, historyEvents?}``;
 - history event: ``{"EventType": "<class name>", <field>: <value>, ...}`` with the event's
   own (snake_case) field names, e.g. ``{"EventType": "TaskCompleted", "timestamp": ...,
   "task_scheduled_id": 2, "result": 42}``; failures are ``{message, error_type,
-  stack_trace, inner, non_retriable}``;
+  stack_trace, inner, non_retriable}``, plus ``payloadErrors?``;
 - entity payload: ``{entityId: {name, key}, state, lastModified, lockedBy,
-  backlogQueueSize}``;
+  backlogQueueSize, payloadErrors?}``;
+- ``payloadErrors`` (only present then): ``{<payload key>: "<reason>"}`` for a stored
+  payload that cannot be decoded (it reads ``"<undecodable payload: ...>"``; an input not
+  shown is named all the same) or has a part JSON cannot carry (nested over 200 levels, an
+  int over 14,000 bits: that part reads ``"<unrenderable: ...>"``). Only records stored
+  before the codec's limits can hold such payloads; one never fails a listing or a status;
 - ``/api/partitions``: a list, one object per partition: ``{partition, counters: {batches,
   items, episodes, commit_seconds, replays, activities_dispatched, messages_sent,
   entity_operations?, link_frames_sent?, link_frames_received?, link_declined?,
@@ -92,6 +102,7 @@ base64, see ``payloads.to_json``):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -102,13 +113,20 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from duraray._errors import StorageFullError
 from duraray.orchestrations.history import OrchestrationStatus
 from duraray.runtime.client.aio import AsyncClient
 from duraray.runtime.client.sync import Client, OrchestrationState
 from duraray.runtime.http import parsing as q
 from duraray.runtime.http import payloads as p
-from duraray.runtime.http.auth import BearerTokenMiddleware
+from duraray.runtime.http.auth import (
+    BearerTokenMiddleware,
+    SameOriginMiddleware,
+    is_loopback,
+    normalize_allowed_hosts,
+)
 from duraray.runtime.http.metrics import hub_registry
 from duraray.runtime.http.parsing import CONTINUATION_HEADER, NO_BODY, ApiError, call
 
@@ -477,9 +495,63 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+async def _storage_full(request: Request, exc: Exception) -> Response:
+    # 507 Insufficient Storage: the write was not applied; retry once space is freed.
+    return q.error_response(507, str(exc))
+
+
+def _internal_error(exc: BaseException) -> JSONResponse:
+    text = str(exc)
+    if len(text) > 500:
+        text = text[:500] + "..."
+    return q.error_response(500, f"internal error: {type(exc).__name__}: {text}")
+
+
 async def _server_error(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error in HTTP API", path=request.url.path, error=repr(exc))
-    return q.error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+    # Only reached if CatchAllMiddleware itself fails: Starlette answers this, then re-raises
+    # for uvicorn to log (which closes the connection).
+    log.error("unhandled error in HTTP API", path=request.url.path, error=repr(exc)[:1000])
+    return _internal_error(exc)
+
+
+class CatchAllMiddleware:
+    """An exception a route or middleware lets escape: a 500 JSON answer, logged here.
+
+    A bug, not a bad request: the answer is ``{"error": "internal error: <type>: <text>"}``,
+    the log line carries the traceback, and the exception goes no further (Starlette's own
+    handler would re-raise it and uvicorn would then drop the connection), so the server
+    and the client's connection go on. After the response has started nothing can be
+    answered any more: the exception is re-raised.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.error(
+                "unhandled error in HTTP API",
+                method=scope.get("method"),
+                path=scope.get("path"),
+                error=repr(exc)[:1000],
+                exc_info=exc,
+            )
+            if started:
+                raise
+            await _internal_error(exc)(scope, receive, send)
 
 
 def _dashboard_routes() -> list[BaseRoute]:
@@ -500,25 +572,49 @@ def create_app(
     require_token: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     base_url: str | None = None,
+    bind_host: str | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> Starlette:
     """The HTTP API (and dashboard, if installed) of the hub ``client`` talks to.
 
     ``token``: when given, every request but ``/healthz`` and the dashboard's static page
     must send ``Authorization: Bearer <token>``; ``require_token=True`` makes a missing
     token an error here (``serve`` sets it for non-loopback addresses). ``base_url``
-    overrides the request's base URL in the management URLs (behind a proxy).
-    ``max_body_bytes``: larger request bodies are refused with 413.
+    overrides the request's base URL in the management URLs (behind a proxy); its origin
+    is accepted as the server's own. ``max_body_bytes``: larger request bodies are refused
+    with 413.
+
+    Cross-site requests are refused with 403 (rules: ``auth.py``): a request whose
+    ``Origin`` is present and not this server's own origin, always; a request whose
+    ``Host`` is not a loopback name, ``bind_host``, the host of ``base_url`` or one of
+    ``allowed_hosts`` (names, optionally ``name:port``; ``"*"``: any), only when
+    ``bind_host`` (the address the server listens on, which ``build_server`` passes) is a
+    loopback address. Without ``bind_host`` (an app mounted elsewhere, or in process)
+    ``Host`` is not checked.
     """
     if require_token and not token:
         raise ValueError("require_token=True needs a token (or set DURARAY_HTTP_TOKEN for serve)")
+    allowed = normalize_allowed_hosts(allowed_hosts)  # checked now, not at the first request
     api = HttpApi(client, max_body_bytes=max_body_bytes, base_url=base_url)
-    middleware = [Middleware(BearerTokenMiddleware, token=token)] if token else []
+    middleware = [
+        Middleware(CatchAllMiddleware),
+        Middleware(
+            SameOriginMiddleware,
+            check_host=bind_host is not None and is_loopback(bind_host),
+            allowed_hosts=allowed,
+            bind_host=bind_host,
+            base_url=base_url,
+        ),
+    ]
+    if token:
+        middleware.append(Middleware(BearerTokenMiddleware, token=token))
     app = Starlette(
         routes=[*api.routes(), *_dashboard_routes()],
         middleware=middleware,
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
+            StorageFullError: _storage_full,
             Exception: _server_error,
         },
     )

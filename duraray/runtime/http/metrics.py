@@ -56,6 +56,11 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "duraray_request_replies_pruned",
         "Stored client-request replies deleted after request_dedup_seconds.",
     ),
+    "storage_full": (
+        "duraray_storage_full",
+        "Batches not committed for lack of space (full disk or max_map_size): their writes "
+        "were refused with StorageFullError (HTTP 507).",
+    ),
     "link_frames_sent": (
         "duraray_link_frames_sent",
         "Frames (messages and acks for one peer) sent on direct partition links.",

@@ -12,12 +12,12 @@ actor; ``PartitionCore.__init__`` recovers it.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
+import math
 import os
 import random
 import time
-from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -25,10 +25,11 @@ from typing import Any
 import ray
 import structlog
 
-from duraray._errors import FailureDetails, HubConfigurationError
+from duraray._errors import FailureDetails, HubConfigurationError, StorageFullError
 from duraray._registry import Registry
 from duraray.config import HubConfig
-from duraray.runtime.engine.activity import ActivityCostModel, execute_activity
+from duraray.runtime.engine.activity import execute_activity
+from duraray.runtime.engine.dispatch import INLINE, SHAPED, TASK, Dispatch
 from duraray.runtime.engine.partition import PartitionCore
 from duraray.runtime.engine.records import (
     ActivityResult,
@@ -39,18 +40,15 @@ from duraray.runtime.engine.records import (
 )
 from duraray.runtime.engine.store import LmdbStore
 from duraray.runtime.ray.peerlink import PeerLinks
+from duraray.runtime.ray.pools import pools_actor_name
 
 log = structlog.get_logger("duraray.actors")
 
 NAMESPACE = "duraray"
-#: Tasks per activity batch sent to one worker: large enough to amortize the Ray call,
-#: small enough that a fan-out spreads over every worker.
-ACTIVITY_BATCH = 32
+#: Seconds between looks at the cluster's CPU count (see ``_refresh_capacity``).
+CAPACITY_REFRESH_S = 10.0
 #: Times a batch is re-dispatched after its worker died before its tasks fail.
 MAX_REDISPATCH = 5
-
-# Options that place an activity on specific Ray resources rather than the shared pool.
-RESOURCE_OPTIONS = ("num_cpus", "num_gpus", "resources", "memory", "accelerator_type")
 
 
 def partition_actor_name(hub: str, index: int) -> str:
@@ -78,6 +76,12 @@ class ActivityWorkerImpl:
         """Execute ``tasks`` one after the other and return their results."""
         return [execute_activity(self.registry, task) for task in tasks]
 
+    def run_stream(self, tasks: list[ActivityTask]) -> Iterator[ActivityResult]:
+        """Execute ``tasks`` one after the other, yielding each result as it is ready
+        (called with ``num_returns="streaming"``)."""
+        for task in tasks:
+            yield execute_activity(self.registry, task)
+
     def node_id(self) -> str:
         """The Ray node this worker runs on."""
         return ray.get_runtime_context().get_node_id()
@@ -87,9 +91,9 @@ class ActivityWorkerImpl:
         return True
 
 
-def _run_activity_batch(registry: Registry, tasks: list[ActivityTask]) -> list[ActivityResult]:
-    """A Ray task running activities that asked for specific resources."""
-    return [execute_activity(registry, task) for task in tasks]
+def _run_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
+    """A Ray task running one activity that travels alone (heavy, or asking for resources)."""
+    return execute_activity(registry, task)
 
 
 class PartitionActorImpl:
@@ -127,7 +131,7 @@ class PartitionActorImpl:
                 f"partition {index} of hub {hub!r} has no data at {path} on node "
                 f"{ray.util.get_node_ip_address()}, where the hub's placement puts it"
             )
-        store = LmdbStore(path, sync=config.fsync)
+        store = LmdbStore(path, sync=config.fsync, max_map_size=config.max_map_size)
         try:
             self.core = PartitionCore(
                 hub=hub, index=index, store=store, registry=registry, config=config
@@ -138,13 +142,15 @@ class PartitionActorImpl:
             store.close()
             raise
         self._registry_ref = ray.put(registry)
-        self._remote_batch = ray.remote(_run_activity_batch)
+        # max_retries=0: a lost activity is re-dispatched here, where it is counted.
+        self._remote_one = ray.remote(max_retries=0)(_run_activity)
+        self._capacity_checked = -math.inf
+        self._pools: Any = None  # the hub's ActivityPools actor, looked up on first use
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
-        # Cheap activities run here, beside the batch loop (see ActivityCostModel).
+        # Cheap activities run here, beside the batch loop (see engine/dispatch.py).
         self._inline_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inline")
-        self._costs = ActivityCostModel(threshold=config.inline_activity_max_ms / 1000)
         self._round_robin = itertools.count(random.randrange(max(1, worker_count)))
         self._in_flight: set[asyncio.Task[None]] = set()
         self._started = time.time()
@@ -191,7 +197,16 @@ class PartitionActorImpl:
         while True:
             try:
                 if core.has_work() or core.resend_due():
-                    fx = await loop.run_in_executor(self._committer, core.run_batch)
+                    try:
+                        fx = await loop.run_in_executor(self._committer, core.run_batch)
+                    except StorageFullError as exc:
+                        # Not committed, for lack of space: a restart would fail the same
+                        # way. Answer its callers and go on with a core rebuilt from the
+                        # store, in the commit thread (engine/storage_full.py).
+                        core, fx = await loop.run_in_executor(
+                            self._committer, core.recover_from_storage_full, exc
+                        )
+                        self.core = core
                     self._release(fx)
                     await asyncio.sleep(0)  # let queued calls land in the next batch
                     continue
@@ -233,8 +248,8 @@ class PartitionActorImpl:
             if links is not None and links.send(peer, ack, messages):
                 continue
             self._peer(peer).deliver.remote(self.index, messages, ack)
-        if fx.activities:
-            self._dispatch(fx.activities)
+        if fx.dispatches:
+            self._dispatch(fx.dispatches)
 
     def _peer(self, index: int) -> Any:
         peer = self._peers.get(index)
@@ -245,49 +260,34 @@ class PartitionActorImpl:
 
     # -- activities -------------------------------------------------------------------------
 
-    def _dispatch(self, tasks: list[ActivityTask]) -> None:
-        # Group by where the tasks must run: the shared pool, or Ray tasks with the
-        # resources an activity asked for. Activities with a timeout go alone, so one
-        # slow task cannot time out its batch-mates.
-        groups: dict[tuple[Any, ...], list[ActivityTask]] = defaultdict(list)
-        plans: dict[tuple[Any, ...], tuple[dict[str, Any], float | None]] = {}
-        for task in tasks:
-            spec = self.registry.activities.get(task.name)
-            options = spec.options if spec is not None else {}
-            ray_options = {k: options[k] for k in RESOURCE_OPTIONS if k in options}
-            timeout = options.get("timeout")
-            if timeout is not None:
-                key: tuple[Any, ...] = ("single", task.instance_id, task.task_id)
-            elif self._runs_inline(task.name, spec, ray_options):
-                key = ("inline",)
-            else:
-                key = ("pool", tuple(sorted((k, repr(v)) for k, v in ray_options.items())))
-            groups[key].append(task)
-            plans[key] = (ray_options, timeout)
+    def _dispatch(self, dispatches: list[Dispatch]) -> None:
+        """Carry out the core's dispatch plan: each unit as its own job."""
+        self._refresh_capacity()
         loop = asyncio.get_running_loop()
-        for key, group in groups.items():
-            ray_options, timeout = plans[key]
-            inline = key == ("inline",)
-            for start in range(0, len(group), ACTIVITY_BATCH):
-                chunk = group[start : start + ACTIVITY_BATCH]
-                job = loop.create_task(
-                    self._execute_inline(chunk)
-                    if inline
-                    else self._execute(chunk, ray_options, timeout)
-                )
-                self._in_flight.add(job)
-                job.add_done_callback(self._in_flight.discard)
+        for unit in dispatches:
+            if unit.route == INLINE:
+                job = loop.create_task(self._execute_inline(unit.tasks))
+            elif unit.route == TASK:
+                job = loop.create_task(self._execute_task(unit))
+            elif unit.route == SHAPED:
+                job = loop.create_task(self._execute_shaped(unit))
+            else:
+                job = loop.create_task(self._execute_pool(unit))
+            self._in_flight.add(job)
+            job.add_done_callback(self._in_flight.discard)
 
-    def _runs_inline(self, name: str, spec: Any, ray_options: dict[str, Any]) -> bool:
-        """Cheap, plain activities skip the Ray round trip (see ActivityCostModel)."""
-        if spec is None or ray_options or not self.config.inline_activities:
-            return False
-        forced = spec.options.get("inline")
-        if forced is not None:
-            return bool(forced)
-        if inspect.iscoroutinefunction(spec.fn):
-            return False
-        return self._costs.is_cheap(name)
+    def _refresh_capacity(self) -> None:
+        """Tell the plan how many CPUs the cluster has now (it probes that many activities of
+        unknown cost at once); looked up at most every few seconds, as nodes come and go."""
+        now = time.monotonic()
+        if now < self._capacity_checked + CAPACITY_REFRESH_S:
+            return
+        self._capacity_checked = now
+        try:
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+        except Exception:  # the GCS briefly unreachable: keep the last figure
+            return
+        self.core.dispatch.capacity = max(1, cpus)
 
     async def _execute_inline(self, chunk: list[ActivityTask]) -> None:
         loop = asyncio.get_running_loop()
@@ -295,49 +295,123 @@ class PartitionActorImpl:
             results = await loop.run_in_executor(self._inline_pool, self._run_chunk, chunk)
         except Exception as exc:  # execute_activity never raises; this is a safety net
             results = [_failed(t, exc) for t in chunk]
-        self._deliver_results(chunk, results)
+        self._deliver(results)
 
     def _run_chunk(self, chunk: list[ActivityTask]) -> list[ActivityResult]:
         return [execute_activity(self.registry, task) for task in chunk]
 
-    def _deliver_results(self, chunk: list[ActivityTask], results: list[ActivityResult]) -> None:
-        for task, result in zip(chunk, results, strict=False):
-            if result.failure is None or result.duration:
-                self._costs.observe(task.name, result.duration)
+    def _deliver(self, results: list[ActivityResult]) -> None:
         self.core.submit_activity_results(results)
         self._poke()
 
-    def _submit(self, chunk: list[ActivityTask], ray_options: dict[str, Any]) -> Any:
-        if ray_options or not self.workers:
-            return self._remote_batch.options(**ray_options).remote(self._registry_ref, chunk)
-        worker = self.workers[next(self._round_robin) % len(self.workers)]
-        return worker.run.remote(chunk)
-
-    async def _execute(
-        self, chunk: list[ActivityTask], ray_options: dict[str, Any], timeout: float | None
-    ) -> None:
+    async def _execute_task(self, unit: Dispatch) -> None:
+        """One activity as one Ray task holding its CPU (or the resources it asked for)."""
+        (task,) = unit.tasks
         for attempt in range(MAX_REDISPATCH + 1):
-            ref = self._submit(chunk, ray_options)
+            ref = self._remote_one.options(**unit.ray_options).remote(self._registry_ref, task)
             try:
-                if timeout is not None:
-                    results = await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
+                if unit.timeout is not None:
+                    result = await asyncio.wait_for(asyncio.wrap_future(ref.future()), unit.timeout)
                 else:
-                    results = await ref
+                    result = await ref
             except TimeoutError:
-                ray.cancel(ref, force=False)
-                results = [
-                    _failed(t, TimeoutError(f"activity {t.name!r} timed out after {timeout} s"))
-                    for t in chunk
-                ]
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                # Force: a running synchronous task stops only with its process (Ray starts
+                # a fresh one for the next task).
+                ray.cancel(ref, force=True)
+                result = _timed_out(task, unit.timeout)
+            except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayActorError) as exc:
                 if attempt < MAX_REDISPATCH:
                     self._log.warning("activity worker lost; re-dispatching", error=str(exc))
                     continue
-                results = [_failed(t, RuntimeError(f"activity worker lost: {exc}")) for t in chunk]
+                result = _failed(task, RuntimeError(f"activity worker lost: {exc}"))
             except Exception as exc:  # a failure outside the activity itself
-                results = [_failed(t, exc) for t in chunk]
-            self._deliver_results(chunk, results)
+                result = _failed(task, exc)
+            self._deliver([result])
             return
+
+    async def _execute_shaped(self, unit: Dispatch) -> None:
+        """One activity on a warm worker of its resource shape (``pools.py``)."""
+        (task,) = unit.tasks
+        spec = self.registry.activities.get(task.name)
+        options = spec.options if spec is not None else {}
+        limits = {
+            "timeout": unit.timeout,
+            "max_workers": options.get("max_workers"),
+            "max_activities_per_worker": options.get("max_activities_per_worker"),
+        }
+        for attempt in range(MAX_REDISPATCH + 1):
+            pools = self._find_pools()
+            if pools is None:
+                # A hub launched before pools existed: the activity runs as a task of its shape.
+                await self._execute_task(Dispatch(TASK, [task], unit.ray_options, unit.timeout))
+                return
+            try:
+                result = await pools.run.remote(task, unit.ray_options, limits)
+            except ray.exceptions.RayActorError as exc:
+                # The pools actor died (Ray restarts it) with this activity in it.
+                self._pools = None
+                if attempt < MAX_REDISPATCH:
+                    self._log.warning("worker pools lost; re-dispatching", error=str(exc))
+                    await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+                    continue
+                result = _failed(task, RuntimeError(f"activity worker pools lost: {exc}"))
+            except Exception as exc:  # a failure outside the activity itself
+                result = _failed(task, exc)
+            self._deliver([result])
+            return
+
+    def _find_pools(self) -> Any:
+        if self._pools is None:
+            try:
+                self._pools = ray.get_actor(pools_actor_name(self.hub), namespace=NAMESPACE)
+            except ValueError:
+                return None
+        return self._pools
+
+    async def _execute_pool(self, unit: Dispatch) -> None:
+        """A batch on a shared pool worker; each result is delivered as soon as it is ready
+        (a streaming call), so a slow activity holds back no finished one and a worker that
+        dies repeats only what had not finished."""
+        pending = {(t.instance_id, t.task_id): t for t in unit.tasks}
+        for attempt in range(MAX_REDISPATCH + 1):
+            if not self.workers:  # no pool (activity_workers=0 is refused; a safety net)
+                alone = [
+                    Dispatch(TASK, [t], {"num_cpus": 0}, unit.timeout) for t in pending.values()
+                ]
+                await asyncio.gather(*(self._execute_task(d) for d in alone))
+                return
+            worker = self.workers[next(self._round_robin) % len(self.workers)]
+            stream = worker.run_stream.options(num_returns="streaming").remote(
+                list(pending.values())
+            )
+            try:
+                async with asyncio.timeout(unit.timeout):
+                    async for ref in stream:
+                        result: ActivityResult = await ref
+                        pending.pop((result.instance_id, result.task_id), None)
+                        self._deliver([result])
+                return
+            except TimeoutError:
+                # Only an activity with a timeout travels alone to the pool (see dispatch.py).
+                self._deliver([_timed_out(t, unit.timeout) for t in pending.values()])
+                return
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                if attempt < MAX_REDISPATCH:
+                    self._log.warning(
+                        "activity worker lost; re-dispatching what had not finished",
+                        error=str(exc),
+                        tasks=len(pending),
+                    )
+                    continue
+                failed = [
+                    _failed(t, RuntimeError(f"activity worker lost: {exc}"))
+                    for t in pending.values()
+                ]
+                self._deliver(failed)
+                return
+            except Exception as exc:  # a failure outside the activities themselves
+                self._deliver([_failed(t, exc) for t in pending.values()])
+                return
 
     # -- calls from clients and peers ---------------------------------------------------------
 
@@ -428,12 +502,18 @@ def _ray_tls() -> bool:
 
 
 def _failed(task: ActivityTask, exc: BaseException) -> ActivityResult:
+    """A failure the shell records for an activity that did not run to its end."""
     return ActivityResult(
         task.instance_id,
         task.execution_id,
         task.task_id,
         failure=FailureDetails.from_exception(exc),
+        name=task.name,  # with no run time: the plan learns nothing, ends its probe
     )
+
+
+def _timed_out(task: ActivityTask, timeout: float | None) -> ActivityResult:
+    return _failed(task, TimeoutError(f"activity {task.name!r} timed out after {timeout} s"))
 
 
 PartitionActor = ray.remote(PartitionActorImpl)

@@ -13,6 +13,7 @@ import fcntl
 import os
 import queue
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -32,11 +33,16 @@ from duraray.runtime.ray.placement import Placement
 log = structlog.get_logger("duraray.manager")
 
 
-def ensure_ray(address: str | None = None, **init_options: Any) -> bool:
+def ensure_ray(
+    address: str | None = None, *, connect_timeout: float | None = None, **init_options: Any
+) -> bool:
     """Connect to Ray (starting a local instance when no address is given).
 
-    Returns True if this call started or connected Ray (so the caller should shut it
-    down), False if Ray was already initialised in this process.
+    With ``connect_timeout``, an address that names a running cluster is first checked
+    (``probe_ray_cluster``): ConnectionError within that many seconds when nothing
+    answers there, instead of Ray's minutes of retries. Returns True if this call started
+    or connected Ray (so the caller should shut it down), False if Ray was already
+    initialised in this process.
     """
     import ray
 
@@ -53,9 +59,79 @@ def ensure_ray(address: str | None = None, **init_options: Any) -> bool:
     # (`ray start`, a test's Cluster), and Ray ignores RAY_ADDRESS for "local".
     if address is None:
         address = os.environ.get("RAY_ADDRESS") or "local"
+    if connect_timeout is not None:
+        probe_ray_cluster(address, connect_timeout)
     options["address"] = address
     ray.init(**options)
     return True
+
+
+def _recorded_ray_cluster() -> tuple[str, str | None]:
+    """Where `ray start` records the latest cluster's address, and that address."""
+    try:
+        from ray._common.utils import get_ray_address_file
+
+        path: str = get_ray_address_file(None)
+    except Exception:  # an older Ray: the same file, by its documented default
+        path = os.path.join(os.environ.get("RAY_TMPDIR") or "/tmp", "ray", "ray_current_cluster")
+    try:
+        with open(path) as file:
+            return path, file.read().strip() or None
+    except OSError:
+        return path, None
+
+
+def find_ray_cluster(address: str = "auto") -> str | None:
+    """The GCS address (``host:port``) that ``ray.init(address=address)`` would join.
+
+    None when it would start a new local instance (``"local"``). ``"auto"`` is resolved
+    as Ray does: $RAY_ADDRESS, then the cluster `ray start` recorded in
+    /tmp/ray/ray_current_cluster, then a GCS process on this machine; ConnectionError when
+    it finds none. A ``ray://`` address gives its host:port.
+    """
+    if address == "local":
+        return None
+    if "://" in address:
+        return address.split("://", 1)[1].split("/", 1)[0]
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        resolved: str | None = canonicalize_bootstrap_address(address)
+    except ConnectionError as exc:  # "auto" and nothing running
+        raise ConnectionError(
+            "no Ray cluster is running here (RAY_ADDRESS is unset and `ray start` recorded none)"
+        ) from exc
+    return resolved
+
+
+def probe_ray_cluster(address: str, timeout: float) -> str | None:
+    """Check within ``timeout`` seconds that something listens where ``address`` leads.
+
+    Returns the GCS address (None for a new local instance, nothing to check). Raises
+    ConnectionError, saying why, when ``"auto"`` finds no cluster or its address does
+    not accept a TCP connection (a stale /tmp/ray/ray_current_cluster is named).
+    """
+    target = find_ray_cluster(address)
+    if target is None:
+        return None
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except ValueError as exc:
+        raise ValueError(f"malformed Ray address {target!r}: want HOST:PORT") from exc
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        message = f"nothing answers at {target} ({reason})"
+        if address == "auto" and not os.environ.get("RAY_ADDRESS"):
+            path, recorded = _recorded_ray_cluster()
+            if recorded is not None:  # what "auto" found there (canonicalized)
+                message += (
+                    f": {path} names a cluster that is gone (delete that file, or start "
+                    "a new cluster with `ray start --head`)"
+                )
+        raise ConnectionError(message) from exc
+    return target
 
 
 @dataclass
@@ -347,6 +423,19 @@ class PartitionManager:
             ).remote(self.registry)
             for i in range(worker_count)
         ]
+        from duraray.runtime.ray.pools import ActivityPools, pools_actor_name
+
+        # One hub-wide owner of the warm, resource-shaped worker pools (pools.py).
+        pools = ActivityPools.options(
+            name=pools_actor_name(self.hub),
+            namespace=NAMESPACE,
+            lifetime=lifetime,
+            max_restarts=-1,
+            max_task_retries=0,
+            num_cpus=0,
+            max_concurrency=10_000,
+            get_if_exists=True,
+        ).remote(self.hub, self.registry, config.activity_pool_idle_s)
         names = [partition_actor_name(self.hub, i) for i in range(config.partitions)]
         # Authenticates the partitions' direct links to each other (see peerlink.py);
         # it lives only in the actors' constructor arguments, so restarts keep it.
@@ -375,10 +464,10 @@ class PartitionManager:
             for i in range(config.partitions)
         ]
         try:
-            ray.get([w.ping.remote() for w in workers], timeout=120)
+            ray.get([w.ping.remote() for w in [*workers, pools]], timeout=120)
             ray.get([p.ping.remote() for p in partitions], timeout=120)
         except Exception as exc:
-            for actor in partitions + workers:
+            for actor in [*partitions, *workers, pools]:
                 ray.kill(actor, no_restart=True)
             # A partition that refused its data dir (partition count, owner) raised a
             # HubConfigurationError in its constructor; Ray only hands us its formatted
@@ -399,7 +488,7 @@ class PartitionManager:
             data_dir=config.data_dir,
             detached=detached,
         )
-        return HubHandle(self.hub, partitions, started_info, workers)
+        return HubHandle(self.hub, partitions, started_info, [*workers, pools])
 
     @staticmethod
     def _running_link_secret(names: list[str]) -> bytes | None:
@@ -467,6 +556,15 @@ class PartitionManager:
             ray.kill(worker, no_restart=True)
             names.append(worker_actor_name(hub, i))
             i += 1
+        from duraray.runtime.ray.pools import pools_actor_name
+
+        try:  # its pool workers are its children: they stop with it
+            pools = ray.get_actor(pools_actor_name(hub), namespace=NAMESPACE)
+        except ValueError:
+            pass
+        else:
+            ray.kill(pools, no_restart=True)
+            names.append(pools_actor_name(hub))
         # Named actors are released asynchronously: wait until every name is free, so a
         # restart right after stop does not attach to dying actors (workers are created
         # with get_if_exists, so a dying worker would otherwise join the new hub).

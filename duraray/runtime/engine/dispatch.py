@@ -1,0 +1,262 @@
+"""The activity dispatch plan: which activities run inline, which travel together, which alone.
+
+A partition learns each activity's cost (wall time and CPU time, as moving averages fed
+by every result) and decides, for every activity it releases, one of three routes:
+
+- ``INLINE``: cheap, plain activities run in the partition's own process, saving a Ray
+  round trip (about a millisecond) on work that takes microseconds;
+- ``POOL``: activities that are cheap but not cheap enough to run inline travel in batches
+  sized to a small total run time (``BATCH_BUDGET_S``) to the shared worker pool, whose
+  processes hold no CPU and run a few batches at once on threads; activities that mostly
+  wait (CPU time well below wall time, ``async def``, or ``cpu_bound=False``) go there too,
+  alone, since threads overlap their waiting;
+- ``TASK``: heavy CPU-bound activities and activities whose cost is not known yet each
+  travel alone as one Ray task holding its CPU. Ray then runs at most one per core and
+  spreads them over every node with free ones, so two CPU-bound activities never share
+  one Python process (and its GIL) at the same time. An activity with a ``timeout`` also
+  travels alone as a task (holding no CPU if it mostly waits): a task that overruns is
+  stopped with its process, which a thread could not be;
+- ``SHAPED``: activities that ask for Ray resources (``num_cpus``, ``num_gpus``,
+  ``resources``, ``memory``, ``accelerator_type``), a ``runtime_env`` or pool limits
+  (``max_workers``, ``max_activities_per_worker``) each go to a warm worker of exactly
+  that shape (``runtime/ray/pools.py``).
+
+An activity of unknown cost is probed: at most ``capacity`` of them (the cluster's CPUs)
+go out as tasks, the rest wait here until the first result teaches the plan what they
+cost. A fan-out of 10,000 microsecond activities therefore costs a few probe tasks, not
+10,000, and a fan-out of heavy ones still fills every core at once.
+
+Pure: no Ray, no I/O. The partition core owns one plan, stores its learned costs with
+the partition (so a restart does not forget them) and hands its decisions to the host
+(the Ray shell or the in-process runtime) in ``Effects.dispatches``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from duraray._registry import Registry
+from duraray.runtime.engine.records import ActivityTask
+
+INLINE = "inline"
+POOL = "pool"
+TASK = "task"
+SHAPED = "shaped"
+
+#: Options that shape the worker an activity needs: such an activity runs in a warm pool of
+#: workers holding exactly those (the values become the workers' Ray options).
+SHAPE_OPTIONS = ("num_cpus", "num_gpus", "resources", "memory", "accelerator_type", "runtime_env")
+#: Options that size or recycle a shaped pool (they send an activity to one too).
+POOL_OPTIONS = ("max_workers", "max_activities_per_worker")
+#: Total expected run time of one batch sent to the shared pool: small, so one slow batch
+#: holds back little and a fan-out spreads over every worker.
+BATCH_BUDGET_S = 0.02
+#: Most activities in one batch, whatever their cost (bounds one message's size).
+MAX_BATCH = 32
+#: Runs before an activity may be judged cheap enough to run inline.
+INLINE_WARMUP = 8
+#: An activity whose CPU time is below this share of its wall time mostly waits.
+CPU_BOUND_SHARE = 0.5
+#: Weight of the newest run in the moving averages.
+ALPHA = 0.2
+
+
+@dataclass(slots=True)
+class Cost:
+    """What the plan knows about one activity: runs seen and average wall and CPU seconds."""
+
+    runs: int = 0
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def observe(self, wall: float, cpu: float) -> None:
+        """Fold one run into the averages (the first run sets them)."""
+        if self.runs == 0:
+            self.wall, self.cpu = wall, cpu
+        else:
+            self.wall += ALPHA * (wall - self.wall)
+            self.cpu += ALPHA * (cpu - self.cpu)
+        self.runs += 1
+
+    @property
+    def cpu_bound(self) -> bool:
+        """True when the activity spends most of its run time on the CPU."""
+        return self.cpu >= CPU_BOUND_SHARE * self.wall
+
+
+@dataclass(slots=True)
+class Dispatch:
+    """One unit the host sends out: a route and the tasks that travel together.
+
+    ``ray_options`` are the Ray resources of a ``TASK`` (``{"num_cpus": 1}`` for a
+    CPU-bound activity that asked for nothing); ``timeout`` is the activity's own timeout
+    in seconds, if it has one (such an activity always travels alone).
+    """
+
+    route: str
+    tasks: list[ActivityTask]
+    ray_options: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+
+
+class DispatchPlan:
+    """Learns activity costs and turns released activities into ``Dispatch`` units."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        inline: bool = True,
+        inline_max_s: float = 0.0005,
+        capacity: int | None = None,
+    ) -> None:
+        self.registry = registry
+        self.inline = inline
+        self.inline_max_s = inline_max_s
+        #: Activities of unknown cost sent out at once, per name (None: no limit, for a
+        #: host that runs everything on its own threads). The Ray shell sets it to the
+        #: cluster's CPU count and refreshes it as nodes come and go.
+        self.capacity = capacity
+        self.costs: dict[str, Cost] = {}
+        self._probing: dict[str, int] = defaultdict(int)
+        self._held: dict[str, deque[ActivityTask]] = {}
+        #: Set when costs changed since the last ``snapshot``.
+        self.dirty = False
+
+    # -- learning ---------------------------------------------------------------------------
+
+    def observe(self, name: str, wall: float, cpu: float) -> None:
+        """Record one finished run of ``name``."""
+        if not (math.isfinite(wall) and math.isfinite(cpu)) or wall < 0 or cpu < 0:
+            return  # a result from a confused worker teaches nothing
+        self.costs.setdefault(name, Cost()).observe(wall, cpu)
+        if self._probing.get(name):
+            self._probing[name] -= 1
+        self.dirty = True
+
+    def forget(self, name: str) -> None:
+        """A probe of ``name`` ended without a usable run time (e.g. its worker died)."""
+        if self._probing.get(name):
+            self._probing[name] -= 1
+
+    def snapshot(self) -> dict[str, list[float]]:
+        """The learned costs, to store with the partition: ``{name: [runs, wall, cpu]}``."""
+        self.dirty = False
+        return {n: [c.runs, c.wall, c.cpu] for n, c in self.costs.items()}
+
+    def restore(self, stored: Any) -> None:
+        """Costs from ``snapshot`` (ignores anything malformed: it is only a hint)."""
+        if not isinstance(stored, dict):
+            return
+        for name, row in stored.items():
+            try:
+                runs, wall, cpu = int(row[0]), float(row[1]), float(row[2])
+            except (TypeError, ValueError, IndexError):
+                continue
+            if isinstance(name, str) and runs > 0 and wall >= 0 and cpu >= 0:
+                self.costs[name] = Cost(runs, wall, cpu)
+
+    # -- deciding ---------------------------------------------------------------------------
+
+    @property
+    def held(self) -> int:
+        """Activities waiting for a probe of their kind to report its cost."""
+        return sum(len(q) for q in self._held.values())
+
+    def plan(self, tasks: Iterable[ActivityTask]) -> list[Dispatch]:
+        """Route ``tasks`` (plus any held ones whose cost is now known)."""
+        out: list[Dispatch] = []
+        pools: dict[str, list[ActivityTask]] = defaultdict(list)
+        for task in self._releasable():
+            self._route(task, out, pools)
+        for task in tasks:
+            self._route(task, out, pools)
+        for name, group in pools.items():
+            size = self._batch_size(name)
+            for start in range(0, len(group), size):
+                out.append(Dispatch(POOL, group[start : start + size]))
+        return out
+
+    def _route(
+        self, task: ActivityTask, out: list[Dispatch], pools: dict[str, list[ActivityTask]]
+    ) -> None:
+        spec = self.registry.activities.get(task.name)
+        if spec is None:
+            # Fails at once with ActivityNotRegisteredError wherever it runs: no CPU needed.
+            pools[task.name].append(task)
+            return
+        options = spec.options
+        shape = {k: options[k] for k in SHAPE_OPTIONS if k in options}
+        timeout = options.get("timeout")
+        declared = options.get("cpu_bound")
+        cost = self.costs.get(task.name)
+        if shape or any(k in options for k in POOL_OPTIONS):
+            out.append(Dispatch(SHAPED, [task], shape, timeout))
+            return
+        if timeout is None and self._inline_ok(task.name, spec, cost):
+            out.append(Dispatch(INLINE, [task]))
+            return
+        waits = declared is False or (
+            declared is None
+            and (inspect.iscoroutinefunction(spec.fn) or (cost is not None and not cost.cpu_bound))
+        )
+        if waits:
+            if timeout is not None:
+                out.append(Dispatch(TASK, [task], {"num_cpus": 0}, timeout))
+            elif cost is None or cost.wall > BATCH_BUDGET_S:
+                out.append(Dispatch(POOL, [task]))
+            else:
+                pools[task.name].append(task)
+            return
+        if declared is None and timeout is None and cost is not None:
+            if cost.wall <= BATCH_BUDGET_S:
+                pools[task.name].append(task)
+                return
+        elif declared is None and timeout is None and cost is None and self.capacity is not None:
+            # Unknown cost: probe with a few, hold the rest until one reports.
+            if self._probing[task.name] >= self.capacity:
+                self._held.setdefault(task.name, deque()).append(task)
+                return
+            self._probing[task.name] += 1
+        out.append(Dispatch(TASK, [task], {"num_cpus": 1}, timeout))
+
+    def _inline_ok(self, name: str, spec: Any, cost: Cost | None) -> bool:
+        if not self.inline:
+            return False
+        forced = spec.options.get("inline")
+        if forced is not None:
+            return bool(forced)
+        if (
+            spec.options.get("cpu_bound") is not None
+            or inspect.iscoroutinefunction(spec.fn)
+            or inspect.isclass(spec.fn)
+        ):
+            # Declared work, an event loop, or a class that may load a model: never in the
+            # partition's own process.
+            return False
+        if cost is None:
+            return False
+        return cost.runs >= INLINE_WARMUP and cost.wall < self.inline_max_s
+
+    def _batch_size(self, name: str) -> int:
+        cost = self.costs.get(name)
+        if cost is None or cost.wall <= 0:
+            return MAX_BATCH
+        return max(1, min(MAX_BATCH, int(BATCH_BUDGET_S / cost.wall)))
+
+    def _releasable(self) -> list[ActivityTask]:
+        out: list[ActivityTask] = []
+        for name in list(self._held):
+            if name in self.costs or not self._probing.get(name):
+                # A probe reported (or every probe was lost): route them afresh.
+                out.extend(self._held.pop(name))
+        return out
+
+    def has_releasable(self) -> bool:
+        """True when held activities could go out now (the host should run a batch)."""
+        return any(n in self.costs or not self._probing.get(n) for n in self._held)

@@ -1,0 +1,301 @@
+"""Warm worker pools for resource-shaped activities: one hub-wide actor, a pool per shape.
+
+An activity that asks for Ray resources (``num_cpus``, ``num_gpus`` — fractions too —,
+``resources``, ``memory``, ``accelerator_type``) or a ``runtime_env`` runs in a worker
+process that holds exactly those resources: a Ray actor of that shape. Ray then packs
+them (four ``num_gpus=0.25`` workers share one GPU) and as many run at once as the
+cluster holds. Workers stay warm between activities, so imports happen and models load
+(an activity class is constructed) once per process, as with Ray Data's actor pools.
+
+One ``ActivityPools`` actor per hub (``duraray/<hub>/pools``) owns every pool, so all
+partitions share the warm workers and the capacity count. Per shape, a pool:
+
+- hands an activity to an idle worker, or starts a new one while the pool is below its
+  limit (the activity's ``max_workers``, else as many as the cluster's totals hold of
+  that shape, looked up again as nodes come and go), or queues it;
+- runs one activity per worker at a time;
+- replaces a worker whose activity timed out (a running synchronous call cannot be
+  cancelled otherwise), one whose activity failed with a CUDA error or out of memory,
+  and one that ran ``max_activities_per_worker`` activities;
+- stops workers idle for ``activity_pool_idle_s`` (a hub option), so resources held by
+  an idle pool go back to the cluster.
+
+Worker actors are children of this actor: if it dies they go with it, Ray restarts it,
+and the partitions re-dispatch the activities it had (they never saw their results).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import structlog
+
+from duraray._errors import FailureDetails
+from duraray._registry import Registry
+from duraray.runtime.engine.activity import execute_activity
+from duraray.runtime.engine.records import ActivityResult, ActivityTask
+
+log = structlog.get_logger("duraray.pools")
+
+#: Times an activity is handed to another worker after its worker died under it.
+MAX_RETRIES = 5
+#: Seconds between looks at the cluster's resource totals.
+CAPACITY_REFRESH_S = 10.0
+#: Failure types after which a worker's process is not trusted with the next activity.
+POISONED = ("OutOfMemoryError", "CudaError", "CUDA error", "CUDA out of memory", "cudaError")
+
+
+def pools_actor_name(hub: str) -> str:
+    """The Ray actor name of a hub's worker pools."""
+    return f"duraray/{hub}/pools"
+
+
+def shape_key(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A hashable key for a resource shape (``repr`` keeps nested dicts comparable)."""
+    return tuple(sorted((k, repr(v)) for k, v in options.items()))
+
+
+def worker_options(shape: dict[str, Any]) -> dict[str, Any]:
+    """Ray actor options for a worker of ``shape``: exactly those resources.
+
+    A shape that names no CPU but names other resources holds no CPU (a GPU worker that
+    asked for ``num_gpus=0.25`` holds a quarter of a GPU, nothing else); a shape of
+    nothing but a ``runtime_env`` holds one CPU, as a Ray task would.
+    """
+    options = dict(shape)
+    if "num_cpus" not in options:
+        other = any(k in options for k in ("num_gpus", "resources", "memory", "accelerator_type"))
+        options["num_cpus"] = 0 if other else 1
+    return options
+
+
+def capacity(shape: dict[str, Any], totals: dict[str, float]) -> int:
+    """How many workers of ``shape`` the cluster's ``totals`` hold at once (at least 1)."""
+    wants: dict[str, float] = {}
+    options = worker_options(shape)
+    if options.get("num_cpus"):
+        wants["CPU"] = float(options["num_cpus"])
+    if options.get("num_gpus"):
+        wants["GPU"] = float(options["num_gpus"])
+    if options.get("memory"):
+        wants["memory"] = float(options["memory"])
+    for name, amount in (options.get("resources") or {}).items():
+        if amount:
+            wants[name] = float(amount)
+    if options.get("accelerator_type"):
+        wants[f"accelerator_type:{options['accelerator_type']}"] = 0.001
+    if not wants:
+        return max(1, int(totals.get("CPU", 1)))
+    fits = [math.floor(totals.get(name, 0.0) / amount + 1e-9) for name, amount in wants.items()]
+    return max(1, min(fits))
+
+
+class ShapedWorkerImpl:
+    """One warm process of a pool: runs one activity at a time."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def run(self, task: ActivityTask) -> ActivityResult:
+        """Execute one activity (its class, if it is one, is built once per process)."""
+        return execute_activity(self.registry, task)
+
+    def pid(self) -> int:
+        """This worker's process id."""
+        return os.getpid()
+
+
+@dataclass(eq=False)
+class _Worker:
+    handle: Any
+    runs: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class _Pool:
+    options: dict[str, Any]
+    workers: list[_Worker] = field(default_factory=list)
+    idle: deque[_Worker] = field(default_factory=deque)
+    waiters: deque[asyncio.Future[_Worker]] = field(default_factory=deque)
+    started: int = 0
+    replaced: int = 0
+
+
+class ActivityPoolsImpl:
+    """The async actor holding every shaped pool of a hub (see the module docstring)."""
+
+    def __init__(self, hub: str, registry: Registry, idle_timeout: float) -> None:
+        from duraray.runtime.logging import configure_logging
+
+        configure_logging()
+        self.hub = hub
+        self.registry = registry
+        self.idle_timeout = idle_timeout
+        self._pools: dict[tuple[tuple[str, str], ...], _Pool] = {}
+        self._worker_class = ray.remote(ShapedWorkerImpl)
+        self._totals: dict[str, float] = {}
+        self._totals_at = -math.inf
+        self._reaper: asyncio.Task[None] | None = None
+        self._log = log.bind(hub=hub)
+
+    async def run(
+        self, task: ActivityTask, shape: dict[str, Any], limits: dict[str, Any]
+    ) -> ActivityResult:
+        """Run ``task`` on a warm worker of ``shape``; ``limits``: ``max_workers``,
+        ``max_activities_per_worker``, ``timeout`` (each may be absent or None)."""
+        self._ensure_reaper()
+        pool = self._pools.get(key := shape_key(shape))
+        if pool is None:
+            pool = self._pools[key] = _Pool(worker_options(shape))
+        timeout = limits.get("timeout")
+        max_runs = limits.get("max_activities_per_worker")
+        for attempt in range(MAX_RETRIES + 1):
+            worker = await self._acquire(pool, limits.get("max_workers"))
+            try:
+                ref = worker.handle.run.remote(task)
+                result: ActivityResult = await asyncio.wait_for(
+                    asyncio.wrap_future(ref.future()), timeout
+                )
+            except TimeoutError:
+                # The call still runs there, and a running synchronous call cannot be
+                # cancelled: only a new process is free for the next activity.
+                self._retire(pool, worker)
+                return _failed(
+                    task, TimeoutError(f"activity {task.name!r} timed out after {timeout} s")
+                )
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                self._retire(pool, worker)
+                if attempt < MAX_RETRIES:
+                    self._log.warning(
+                        "pool worker lost; running the activity again", error=str(exc)
+                    )
+                    continue
+                return _failed(task, RuntimeError(f"activity worker lost: {exc}"))
+            except BaseException:
+                self._retire(pool, worker)  # cancelled mid-call: its state is unknown
+                raise
+            keep = result.failure is None or not _poisoned(result.failure)
+            self._release(pool, worker, keep, max_runs)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def stats(self) -> list[dict[str, Any]]:
+        """Per pool: its shape, workers, idle ones, waiting activities, started, replaced."""
+        return [
+            {
+                "shape": pool.options,
+                "workers": len(pool.workers),
+                "idle": len(pool.idle),
+                "waiting": len(pool.waiters),
+                "started": pool.started,
+                "replaced": pool.replaced,
+            }
+            for pool in self._pools.values()
+        ]
+
+    async def ping(self) -> bool:
+        """Liveness probe."""
+        return True
+
+    # -- workers ----------------------------------------------------------------------------
+
+    async def _acquire(self, pool: _Pool, max_workers: int | None) -> _Worker:
+        while pool.idle:
+            worker = pool.idle.pop()  # the most recently used: its caches are warmest
+            if worker in pool.workers:
+                return worker
+        if len(pool.workers) < (max_workers or self._capacity(pool.options)):
+            worker = _Worker(
+                self._worker_class.options(**pool.options, max_restarts=0).remote(self.registry)
+            )
+            pool.workers.append(worker)
+            pool.started += 1
+            return worker
+        waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
+        pool.waiters.append(waiter)
+        return await waiter
+
+    def _release(self, pool: _Pool, worker: _Worker, keep: bool, max_runs: int | None) -> None:
+        worker.runs += 1
+        if not keep or (max_runs and worker.runs >= max_runs):
+            self._retire(pool, worker)
+            return
+        if worker not in pool.workers:
+            return  # retired meanwhile
+        while pool.waiters:
+            waiter = pool.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(worker)
+                return
+        worker.idle_since = time.monotonic()
+        pool.idle.append(worker)
+
+    def _retire(self, pool: _Pool, worker: _Worker) -> None:
+        """Stop ``worker`` and, if activities wait, start a replacement for them."""
+        if worker not in pool.workers:
+            return
+        pool.workers.remove(worker)
+        pool.replaced += 1
+        ray.kill(worker.handle, no_restart=True)
+        while pool.waiters:
+            waiter = pool.waiters.popleft()
+            if waiter.done():
+                continue
+            fresh = _Worker(
+                self._worker_class.options(**pool.options, max_restarts=0).remote(self.registry)
+            )
+            pool.workers.append(fresh)
+            pool.started += 1
+            waiter.set_result(fresh)
+            return
+
+    def _capacity(self, options: dict[str, Any]) -> int:
+        now = time.monotonic()
+        if now >= self._totals_at + CAPACITY_REFRESH_S:
+            try:
+                self._totals = dict(ray.cluster_resources())
+                self._totals_at = now
+            except Exception:  # the GCS briefly unreachable: keep the last totals
+                pass
+        return capacity(options, self._totals)
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        """Stop workers that have been idle longer than the idle timeout."""
+        while True:
+            await asyncio.sleep(max(0.05, self.idle_timeout / 4))
+            limit = time.monotonic() - self.idle_timeout
+            for pool in self._pools.values():
+                for worker in [w for w in pool.idle if w.idle_since < limit]:
+                    pool.idle.remove(worker)
+                    pool.workers.remove(worker)
+                    ray.kill(worker.handle, no_restart=True)
+
+
+def _poisoned(failure: FailureDetails) -> bool:
+    text = f"{failure.error_type} {failure.message}"
+    return any(marker in text for marker in POISONED)
+
+
+def _failed(task: ActivityTask, exc: BaseException) -> ActivityResult:
+    return ActivityResult(
+        task.instance_id,
+        task.execution_id,
+        task.task_id,
+        failure=FailureDetails.from_exception(exc),
+        name=task.name,
+    )
+
+
+ActivityPools = ray.remote(ActivityPoolsImpl)
