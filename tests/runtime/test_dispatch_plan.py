@@ -64,7 +64,8 @@ def _routes(dispatches) -> list[tuple[str, int]]:
 
 
 def test_unknown_activities_are_probed_alone_and_the_rest_held():
-    """Of 10 activities of unknown cost, ``capacity`` go out alone on a CPU; 7 wait."""
+    """Of 10 activities of unknown cost, ``capacity`` go out alone, each holding a CPU;
+    7 wait."""
     plan = DispatchPlan(_app().registry, capacity=3)
     out = plan.plan(_tasks("work", 10))
     assert [(TASK, 1)] * 3 == _routes(out)
@@ -190,7 +191,8 @@ def test_cheap_activities_run_inline_after_warmup_and_leave_when_slow():
         plan.observe("work", 0.00001, 0.00001)
     assert INLINE not in {d.route for d in plan.plan(_tasks("work", 2))}
     plan.observe("work", 0.00001, 0.00001)
-    assert [(INLINE, 1)] * 2 == _routes(plan.plan(_tasks("work", 2)))
+    assert [(INLINE, 2)] == _routes(plan.plan(_tasks("work", 2)))
+    assert [(INLINE, MAX_BATCH), (INLINE, 8)] == _routes(plan.plan(_tasks("work", 40)))
     for _ in range(10):
         plan.observe("work", 0.05, 0.05)
     assert INLINE not in {d.route for d in plan.plan(_tasks("work", 2))}
@@ -279,3 +281,37 @@ def test_execute_activity_reports_wall_and_cpu_time():
     assert failed.failure is not None
     assert "boom" == failed.name
     assert run("anap", 0.01).failure is None
+
+
+def test_a_cold_run_ends_its_probe_but_teaches_no_cost():
+    """A first run in a fresh process (imports, a model to load) sets no cost: the next
+    probe goes out, and the first warm run decides for the rest."""
+    plan = DispatchPlan(_app().registry, capacity=2)
+    plan.plan(_tasks("work", 10))
+    assert 8 == plan.held
+    plan.observe("work", 0.5, 0.5, cold=True)  # slow: perhaps only start-up
+    assert {} == plan.costs
+    assert [(TASK, 1)] == _routes(plan.plan([]))  # one more probe, still two out
+    assert 7 == plan.held
+    plan.observe("work", 0.0001, 0.0001)
+    assert [(POOL, 7)] == _routes(plan.plan([]))
+    assert 0 == plan.held
+    quick = DispatchPlan(_app().registry, capacity=2)
+    quick.plan(_tasks("work", 10))
+    quick.observe("work", 0.001, 0.001, cold=True)  # fast even when cold: an upper bound
+    assert {"work"} == set(quick.costs)
+
+
+def test_execute_activity_marks_the_first_run_in_a_process_cold():
+    """The first run of an activity name in this process is reported cold, later ones not."""
+    app = dr.App("cold")
+
+    @app.activity
+    def first_time_here_xyz(ctx, n):
+        return n
+
+    def run():
+        task = ActivityTask("i", "e", 0, "first_time_here_xyz", codec.encode(1), 0)
+        return execute_activity(app.registry, task)
+
+    assert [True, False] == [run().cold, run().cold]

@@ -39,6 +39,8 @@ class ActivityContext:
 def execute_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
     """Run ``task`` and return its result or failure (and how long it ran); never raises."""
     spec = registry.activities.get(task.name)
+    cold = task.name not in _warm
+    _warm.add(task.name)
     started = time.perf_counter()
     cpu_started = time.thread_time()
     try:
@@ -62,6 +64,7 @@ def execute_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
             duration=time.perf_counter() - started,
             cpu=time.thread_time() - cpu_started,
             name=task.name,
+            cold=cold,
         )
     return ActivityResult(
         task.instance_id,
@@ -71,8 +74,12 @@ def execute_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
         duration=time.perf_counter() - started,
         cpu=time.thread_time() - cpu_started,
         name=task.name,
+        cold=cold,
     )
 
+
+#: Activities that have run in this process: a first run is reported as cold.
+_warm: set[str] = set()
 
 #: Instances of activity classes, one per class per process: ``(name, module, qualname)``
 #: -> instance. Keyed by names, not by the class object, since a class shipped by value

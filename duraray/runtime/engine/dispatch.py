@@ -10,8 +10,8 @@ by every result) and decides, for every activity it releases, one of three route
   processes hold no CPU and run a few batches at once on threads; activities that mostly
   wait (CPU time well below wall time, ``async def``, or ``cpu_bound=False``) go there too,
   alone, since threads overlap their waiting;
-- ``TASK``: heavy CPU-bound activities and activities whose cost is not known yet each
-  travel alone as one Ray task holding its CPU. Ray then runs at most one per core and
+- ``TASK``: heavy CPU-bound activities, and probes of activities whose cost is not known
+  yet, each travel alone as one Ray task holding its CPU. Ray then runs at most one per core and
   spreads them over every node with free ones, so two CPU-bound activities never share
   one Python process (and its GIL) at the same time. An activity with a ``timeout`` also
   travels alone as a task (holding no CPU if it mostly waits): a task that overruns is
@@ -22,9 +22,12 @@ by every result) and decides, for every activity it releases, one of three route
   that shape (``runtime/ray/pools.py``).
 
 An activity of unknown cost is probed: at most ``capacity`` of them (the cluster's CPUs)
-go out as tasks, the rest wait here until the first result teaches the plan what they
-cost. A fan-out of 10,000 microsecond activities therefore costs a few probe tasks, not
-10,000, and a fan-out of heavy ones still fills every core at once.
+go out at once, each alone as a task holding a CPU (in case it is heavy), and the rest
+wait here until a result teaches the plan what they cost. A fan-out of 10,000 microsecond activities therefore costs a few probe tasks, not
+10,000, and a fan-out of heavy ones still fills every core at once. The first run of an
+activity in a process is "cold" (imports, caches, a model to load) and says little about
+the next ones: a cheap one still counts (the activity is at most that cheap), a slow one
+only ends its probe, and the next probe goes out.
 
 Pure: no Ray, no I/O. The partition core owns one plan, stores its learned costs with
 the partition (so a restart does not forget them) and hands its decisions to the host
@@ -56,6 +59,9 @@ POOL_OPTIONS = ("max_workers", "max_activities_per_worker")
 #: Total expected run time of one batch sent to the shared pool: small, so one slow batch
 #: holds back little and a fan-out spreads over every worker.
 BATCH_BUDGET_S = 0.02
+#: A pool batch expected to run longer than this streams its results back as they finish;
+#: a shorter one returns them together (a streamed result costs an extra Ray message).
+STREAM_AFTER_S = 0.005
 #: Most activities in one batch, whatever their cost (bounds one message's size).
 MAX_BATCH = 32
 #: Runs before an activity may be judged cheap enough to run inline.
@@ -102,6 +108,9 @@ class Dispatch:
     tasks: list[ActivityTask]
     ray_options: dict[str, Any] = field(default_factory=dict)
     timeout: float | None = None
+    #: a pool batch expected to run long enough that its results should stream back one
+    #: by one rather than together at its end
+    stream: bool = False
 
 
 class DispatchPlan:
@@ -130,13 +139,17 @@ class DispatchPlan:
 
     # -- learning ---------------------------------------------------------------------------
 
-    def observe(self, name: str, wall: float, cpu: float) -> None:
-        """Record one finished run of ``name``."""
-        if not (math.isfinite(wall) and math.isfinite(cpu)) or wall < 0 or cpu < 0:
-            return  # a result from a confused worker teaches nothing
-        self.costs.setdefault(name, Cost()).observe(wall, cpu)
+    def observe(self, name: str, wall: float, cpu: float, *, cold: bool = False) -> None:
+        """Record one finished run of ``name`` (``cold``: its first run in its process)."""
         if self._probing.get(name):
             self._probing[name] -= 1
+        if not (math.isfinite(wall) and math.isfinite(cpu)) or wall < 0 or cpu < 0:
+            return  # a result from a confused worker teaches nothing
+        if cold and (wall > BATCH_BUDGET_S or name in self.costs):
+            # A slow first run in a process may be start-up (imports, a model to load),
+            # not the activity; a fast one is an upper bound of its cost, good enough.
+            return
+        self.costs.setdefault(name, Cost()).observe(wall, cpu)
         self.dirty = True
 
     def forget(self, name: str) -> None:
@@ -176,10 +189,23 @@ class DispatchPlan:
             self._route(task, out, pools)
         for task in tasks:
             self._route(task, out, pools)
+        # Inline activities run a chunk per job on the partition's inline threads: one
+        # job (and one result message) per activity would cost more than the activities.
+        inline = [t for d in out if d.route == INLINE for t in d.tasks]
+        if inline:
+            out = [d for d in out if d.route != INLINE]
+            out += [
+                Dispatch(INLINE, inline[i : i + MAX_BATCH])
+                for i in range(0, len(inline), MAX_BATCH)
+            ]
         for name, group in pools.items():
             size = self._batch_size(name)
+            cost = self.costs.get(name)
             for start in range(0, len(group), size):
-                out.append(Dispatch(POOL, group[start : start + size]))
+                batch = group[start : start + size]
+                # Unknown, or more than STREAM_AFTER_S of work: stream its results back.
+                stream = cost is None or len(batch) * cost.wall > STREAM_AFTER_S
+                out.append(Dispatch(POOL, batch, stream=stream and len(batch) > 1))
         return out
 
     def _route(
@@ -218,7 +244,8 @@ class DispatchPlan:
                 pools[task.name].append(task)
                 return
         elif declared is None and timeout is None and cost is None and self.capacity is not None:
-            # Unknown cost: probe with a few, hold the rest until one reports.
+            # Unknown cost: probe with a few (each alone, holding a CPU, in case it is
+            # heavy), hold the rest until one reports.
             if self._probing[task.name] >= self.capacity:
                 self._held.setdefault(task.name, deque()).append(task)
                 return
@@ -252,11 +279,22 @@ class DispatchPlan:
     def _releasable(self) -> list[ActivityTask]:
         out: list[ActivityTask] = []
         for name in list(self._held):
-            if name in self.costs or not self._probing.get(name):
-                # A probe reported (or every probe was lost): route them afresh.
-                out.extend(self._held.pop(name))
+            queue = self._held[name]
+            if name in self.costs:
+                out.extend(queue)  # the cost is known: route them all afresh
+                del self._held[name]
+                continue
+            # Still unknown (the probes so far were cold, or lost): keep ``capacity`` probes
+            # out; ``_route`` counts them.
+            free = (self.capacity or len(queue)) - self._probing.get(name, 0)
+            for _ in range(min(max(0, free), len(queue))):
+                out.append(queue.popleft())
+            if not queue:
+                del self._held[name]
         return out
 
     def has_releasable(self) -> bool:
         """True when held activities could go out now (the host should run a batch)."""
-        return any(n in self.costs or not self._probing.get(n) for n in self._held)
+        return any(
+            n in self.costs or self._probing.get(n, 0) < (self.capacity or 1) for n in self._held
+        )

@@ -896,7 +896,7 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost, StorageFullRecover
     def _on_activity_result(self, result: ActivityResult) -> None:
         if result.name:
             if result.failure is None or result.duration:
-                self.dispatch.observe(result.name, result.duration, result.cpu)
+                self.dispatch.observe(result.name, result.duration, result.cpu, cold=result.cold)
             else:
                 self.dispatch.forget(result.name)  # lost before it ran: no cost learned
         live = self._live.get(result.instance_id)

@@ -193,6 +193,8 @@ class ActivityResult:
     cpu: float = 0.0
     #: the activity's name (lets the dispatch plan learn its cost); "" from older workers
     name: str = ""
+    #: its first run in that process: start-up costs included, not its typical cost
+    cold: bool = False
 
 
 @dataclass(frozen=True, slots=True)

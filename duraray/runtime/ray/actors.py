@@ -45,6 +45,8 @@ from duraray.runtime.ray.pools import pools_actor_name
 log = structlog.get_logger("duraray.actors")
 
 NAMESPACE = "duraray"
+#: Results of a pool batch that finish this close together come back in one message.
+STREAM_CHUNK_S = 0.005
 #: Seconds between looks at the cluster's CPU count (see ``_refresh_capacity``).
 CAPACITY_REFRESH_S = 10.0
 #: Times a batch is re-dispatched after its worker died before its tasks fail.
@@ -76,11 +78,24 @@ class ActivityWorkerImpl:
         """Execute ``tasks`` one after the other and return their results."""
         return [execute_activity(self.registry, task) for task in tasks]
 
-    def run_stream(self, tasks: list[ActivityTask]) -> Iterator[ActivityResult]:
-        """Execute ``tasks`` one after the other, yielding each result as it is ready
-        (called with ``num_returns="streaming"``)."""
+    def run_stream(self, tasks: list[ActivityTask]) -> Iterator[list[ActivityResult]]:
+        """Execute ``tasks`` one after the other, yielding finished results as they come
+        (called with ``num_returns="streaming"``).
+
+        Results that finish within ``STREAM_CHUNK_S`` of the last yield travel together:
+        a yield costs a Ray message, more than a microsecond activity. An activity that
+        runs longer than that is reported on its own the moment it finishes.
+        """
+        finished: list[ActivityResult] = []
+        last = time.monotonic()
         for task in tasks:
-            yield execute_activity(self.registry, task)
+            finished.append(execute_activity(self.registry, task))
+            now = time.monotonic()
+            if now - last >= STREAM_CHUNK_S:
+                yield finished
+                finished, last = [], now
+        if finished:
+            yield finished
 
     def node_id(self) -> str:
         """The Ray node this worker runs on."""
@@ -145,6 +160,9 @@ class PartitionActorImpl:
         # max_retries=0: a lost activity is re-dispatched here, where it is counted.
         self._remote_one = ray.remote(max_retries=0)(_run_activity)
         self._capacity_checked = -math.inf
+        # Before the first batch plans anything: without a capacity the plan would send
+        # every activity of unknown cost out at once (the in-process runtime's setting).
+        self._refresh_capacity()
         self._pools: Any = None  # the hub's ActivityPools actor, looked up on first use
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -369,9 +387,10 @@ class PartitionActorImpl:
         return self._pools
 
     async def _execute_pool(self, unit: Dispatch) -> None:
-        """A batch on a shared pool worker; each result is delivered as soon as it is ready
-        (a streaming call), so a slow activity holds back no finished one and a worker that
-        dies repeats only what had not finished."""
+        """A batch on a shared pool worker. A batch expected to run more than a few
+        milliseconds streams each result back as it finishes (``unit.stream``), so a slow
+        activity holds back no finished one and a worker that dies repeats only what had not
+        finished; a shorter one returns its results together, in one message."""
         pending = {(t.instance_id, t.task_id): t for t in unit.tasks}
         for attempt in range(MAX_REDISPATCH + 1):
             if not self.workers:  # no pool (activity_workers=0 is refused; a safety net)
@@ -381,18 +400,25 @@ class PartitionActorImpl:
                 await asyncio.gather(*(self._execute_task(d) for d in alone))
                 return
             worker = self.workers[next(self._round_robin) % len(self.workers)]
-            stream = worker.run_stream.options(num_returns="streaming").remote(
-                list(pending.values())
-            )
             try:
                 async with asyncio.timeout(unit.timeout):
+                    if not unit.stream:
+                        # A short batch: its results come back together (one message).
+                        results: list[ActivityResult] = await worker.run.remote(
+                            list(pending.values())
+                        )
+                        self._deliver(results)
+                        return
+                    stream = worker.run_stream.options(num_returns="streaming").remote(
+                        list(pending.values())
+                    )
                     async for ref in stream:
-                        result: ActivityResult = await ref
-                        pending.pop((result.instance_id, result.task_id), None)
-                        self._deliver([result])
+                        results = await ref
+                        for result in results:
+                            pending.pop((result.instance_id, result.task_id), None)
+                        self._deliver(results)
                 return
-            except TimeoutError:
-                # Only an activity with a timeout travels alone to the pool (see dispatch.py).
+            except TimeoutError:  # a safety net: activities with a timeout travel as tasks
                 self._deliver([_timed_out(t, unit.timeout) for t in pending.values()])
                 return
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
