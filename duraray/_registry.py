@@ -6,20 +6,42 @@ Pure data: the App fills it, partitions and workers look code up in it by name.
 from __future__ import annotations
 
 import inspect
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from duraray._limits import check_name
 
+#: Options ``@app.activity(...)`` accepts (see ``App.activity``), with the types they take.
+ACTIVITY_OPTIONS: dict[str, tuple[type, ...]] = {
+    "num_cpus": (int, float),
+    "num_gpus": (int, float),
+    "resources": (dict,),
+    "memory": (int, float),
+    "accelerator_type": (str,),
+    "runtime_env": (dict,),
+    "timeout": (int, float),
+    "inline": (bool,),
+    "cpu_bound": (bool,),
+    "max_workers": (int,),
+    "max_activities_per_worker": (int,),
+    "retry_policy": (object,),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class ActivitySpec:
-    """A registered activity: the function and its execution options."""
+    """A registered activity: the function (or class) and its execution options.
+
+    ``token`` names this registration uniquely and travels with it to every process: an
+    activity class's instance there is kept under it.
+    """
 
     name: str
     fn: Callable[..., Any]
     options: dict[str, Any] = field(default_factory=dict)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)
 
 
 class Registry:
@@ -59,6 +81,7 @@ class Registry:
     def add_activity(self, fn: Callable[..., Any], name: str | None = None, **options: Any) -> str:
         """Register an activity with its execution options."""
         resolved = _check_name("activity", name or getattr(fn, "__name__", None))
+        _check_activity_options(resolved, options)
         spec = ActivitySpec(resolved, fn, dict(options))
         return self._add("activity", self.activities, fn, resolved, spec)
 
@@ -99,3 +122,26 @@ def _check_name(kind: str, name: Any) -> str:
         raise ValueError(f"invalid {kind} name {name[:64]!r}")
     # A name no call could use (calls refuse names over MAX_NAME_BYTES) is refused here.
     return check_name(name, f"{kind} name")
+
+
+def _check_activity_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse unknown option names (a typo such as ``num_gpu`` would otherwise be ignored
+    and the activity run without the GPU) and values of the wrong type."""
+    for key, value in options.items():
+        kinds = ACTIVITY_OPTIONS.get(key)
+        if kinds is None:
+            known = ", ".join(sorted(ACTIVITY_OPTIONS))
+            raise TypeError(f"activity {name!r}: unknown option {key!r} (known: {known})")
+        if value is None:
+            continue  # None means the default, as for every option
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise TypeError(
+                f"activity {name!r}: option {key!r} must be "
+                + " or ".join(k.__name__ for k in kinds)
+                + f", not {type(value).__name__}"
+            )
+        number: Any = value
+        if key in ("num_cpus", "num_gpus", "memory", "timeout") and not number >= 0:
+            raise ValueError(f"activity {name!r}: option {key!r} must be >= 0")
+        if key in ("max_workers", "max_activities_per_worker") and number < 1:
+            raise ValueError(f"activity {name!r}: option {key!r} must be >= 1")

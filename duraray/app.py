@@ -74,12 +74,23 @@ class App:
         CPU, so a fan-out uses every core of the cluster; ones that mostly wait share pool
         processes on threads. Each result is recorded as soon as its activity finishes.
 
-        Options: ``num_cpus``, ``num_gpus``, ``resources``, ``memory``,
-        ``accelerator_type`` (run alone as a Ray task with those resources);
-        ``timeout`` (seconds; fails the attempt after that long); ``cpu_bound`` (True:
-        always alone on a CPU; False: it mostly waits, may share a process on threads;
-        default: learned); ``inline`` (True/False: force or forbid running inside the
-        partition's process).
+        Options (unknown names and wrong types are refused here):
+
+        - ``num_cpus``, ``num_gpus`` (fractions too), ``resources``, ``memory``,
+          ``accelerator_type``, ``runtime_env``: run in a warm pool of Ray actors holding
+          exactly those resources (one pool per activity, shared by the hub's partitions);
+        - ``max_workers`` (the pool's most workers; default: what the cluster holds) and
+          ``max_activities_per_worker`` (a worker is replaced after that many);
+        - ``timeout`` (seconds; fails the attempt after that long and stops the process
+          that ran it);
+        - ``cpu_bound`` (True: always alone on a CPU; False: it mostly waits and may
+          share a process on threads; default: learned);
+        - ``inline`` (True/False: force or forbid running inside the partition's process);
+        - ``retry_policy`` (accepted for compatibility; retries are set per call, with
+          ``ctx.call_activity(..., retry_policy=...)``).
+
+        An activity may be a class: it is constructed once per worker process and its
+        instance is called per activity (``__call__(self, ctx, input)``).
         """
         if fn is None:
             return lambda f: self._register_activity(f, name, options)

@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     pids = sorted({s["pid"] for s in scores})
     total = sum(s["score"] for s in scores)
     print(
-        f"scored {len(scores)} documents in {len(pids)} worker process(es); "
-        f"the model was loaded {len(loads)} time(s); total score {total:+.1f}"
+        f"scored {len(scores)} documents in {len(pids)} worker process(es); the model was "
+        f"loaded {len(loads)} time(s), once in each worker process the pool started; "
+        f"total score {total:+.1f}"
     )
     if args.report:
         Path(args.report).write_text(

@@ -166,6 +166,9 @@ def test_model_pipeline_loads_the_model_once_per_worker_and_passes_paths(tmp_pat
     report = json.loads(report_path.read_text())
     assert 12 == report["docs"]
     assert 1 <= len(report["pids"]) <= 2
-    assert sorted(str(p) for p in report["pids"]) == sorted(report["loads"])
+    # Each worker process the pool started built the model exactly once (a worker may
+    # have become ready after the others had scored everything).
+    assert len(set(report["loads"])) == len(report["loads"]) <= 2
+    assert {str(p) for p in report["pids"]} <= set(report["loads"])
     # 12 reviews cycling through five phrases scoring +1.5, -2.5, +5, -1, +0.5.
     assert 6.0 == report["total"]

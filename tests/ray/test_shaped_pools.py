@@ -79,6 +79,31 @@ def once_per_process(ctx: dr.ActivityContext, _: object) -> int:
     return os.getpid()
 
 
+@app.activity(resources={"gpu_slot": 0.25}, max_workers=4)
+class OtherModel:
+    """A second model of the same shape: it must never share a process with ``Model``."""
+
+    def __call__(self, ctx: dr.ActivityContext, _: object) -> int:
+        return os.getpid()
+
+
+@app.activity(resources={"gpu_slot": 0.25}, max_workers=4)
+class ThirdModel:
+    """A third model of the same shape (see ``OtherModel``)."""
+
+    def __call__(self, ctx: dr.ActivityContext, _: object) -> int:
+        return os.getpid()
+
+
+@app.orchestration
+def both_models(ctx: dr.OrchestrationContext, n: int):
+    """``n`` calls of each of two model classes of one shape, all at once."""
+    calls = [ctx.call_activity(OtherModel) for _ in range(n)]
+    calls += [ctx.call_activity(ThirdModel) for _ in range(n)]
+    pids = yield dr.when_all(calls)
+    return [pids[:n], pids[n:]]
+
+
 @app.orchestration
 def fan_out(ctx: dr.OrchestrationContext, job: list):
     """``job[1]`` activities ``job[0]`` with input ``job[2]``, all at once."""
@@ -140,3 +165,16 @@ def test_max_activities_per_worker_recycles_workers(ray_session, tmp_path: Path)
         state = client.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
     assert dr.OrchestrationStatus.COMPLETED == state.runtime_status
     assert 6 == len(set(state.output))
+
+
+def test_two_activity_classes_of_one_shape_never_share_a_process(
+    ray_session, tmp_path: Path
+) -> None:
+    """Two model classes with the same resource shape run in disjoint worker processes
+    (one pool per activity: two models never share a GPU slice)."""
+    with app.run(data_dir=str(tmp_path / "data")) as client:
+        iid = client.schedule_new_orchestration(both_models, input=4)
+        state = client.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
+    assert dr.OrchestrationStatus.COMPLETED == state.runtime_status
+    first, second = state.output
+    assert not set(first) & set(second)

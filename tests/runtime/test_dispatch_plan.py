@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 import duraray as dr
 from duraray.runtime.engine import codec
 from duraray.runtime.engine.activity import execute_activity
@@ -77,9 +79,8 @@ def test_held_activities_go_out_once_a_probe_reports_their_cost():
     """The first result teaches the cost; the held activities then travel in one batch."""
     plan = DispatchPlan(_app().registry, capacity=2)
     plan.plan(_tasks("work", 12))
-    assert not plan.has_releasable()
+    assert [] == plan.plan([])  # nothing learned yet: the ten stay held
     plan.observe("work", 0.0001, 0.0001)
-    assert plan.has_releasable()
     out = plan.plan([])
     assert [(POOL, 10)] == _routes(out)
     assert 0 == plan.held
@@ -232,7 +233,16 @@ def test_costs_survive_a_snapshot_and_ignore_garbage():
     stored = plan.snapshot()
     assert not plan.dirty
     again = DispatchPlan(_app().registry)
-    again.restore({**stored, "bad": "x", 3: [1, 2, 3], "neg": [1, -1.0, 0.0]})
+    again.restore(
+        {
+            **stored,
+            "bad": "x",
+            3: [1, 2, 3],
+            "neg": [1, -1.0, 0.0],
+            "inf": [float("inf"), 1.0, 1.0],
+            "tiny": [1, 5e-324, 0.0],
+        }
+    )
     assert {"work"} == set(again.costs)
     assert 0.2 == again.costs["work"].wall
     again.restore(None)
@@ -315,3 +325,95 @@ def test_execute_activity_marks_the_first_run_in_a_process_cold():
         return execute_activity(app.registry, task)
 
     assert [True, False] == [run().cold, run().cold]
+
+
+def test_heavy_cpu_time_counts_as_cpu_bound_whatever_the_share():
+    """An activity using 200 ms of CPU in an 800 ms run (threads contending for the GIL
+    stretched its wall time) is still CPU-bound: it goes alone onto a CPU."""
+    plan = DispatchPlan(_app().registry, capacity=2)
+    plan.observe("work", 0.8, 0.2)
+    assert [(TASK, 1)] * 2 == _routes(plan.plan(_tasks("work", 2)))
+
+
+def test_restored_costs_need_fresh_runs_before_inline():
+    """A cost restored from the store routes at once, but runs inline only after new runs
+    confirm it (the activity's code may have changed since)."""
+    plan = DispatchPlan(_app().registry, capacity=2)
+    for _ in range(INLINE_WARMUP * 2):
+        plan.observe("work", 0.00001, 0.00001)
+    again = DispatchPlan(_app().registry, capacity=2)
+    again.restore(plan.snapshot())
+    assert INLINE not in {d.route for d in again.plan(_tasks("work", 3))}
+    again.observe("work", 0.00001, 0.00001)
+    assert [(INLINE, 3)] == _routes(again.plan(_tasks("work", 3)))
+
+
+def _make_app_with_model(reply: str) -> dr.App:
+    app = dr.App("models")
+
+    @app.activity
+    class Model:
+        def __call__(self, ctx, _):
+            return reply
+
+    return app
+
+
+def test_activity_classes_of_two_apps_keep_their_own_instances():
+    """Two registrations of classes with the same name and qualname in one process each get
+    their own instance (the cache is keyed per registration, not per name)."""
+
+    def call(app: dr.App) -> object:
+        task = ActivityTask("i", "e", 0, "Model", codec.encode(None), 0)
+        return codec.decode(execute_activity(app.registry, task).result)
+
+    assert ["one", "two"] == [call(_make_app_with_model("one")), call(_make_app_with_model("two"))]
+
+
+def test_an_async_activity_class_keeps_its_event_loop_between_calls():
+    """State an async activity class ties to its event loop (a lock) works on later calls."""
+    app = dr.App("aio")
+
+    @app.activity
+    class Counter:
+        def __init__(self):
+            self.lock = None
+            self.n = 0
+
+        async def __call__(self, ctx, _):
+            if self.lock is None:
+                self.lock = asyncio.Lock()
+            async with self.lock:
+                self.n += 1
+                return self.n
+
+    def call() -> object:
+        result = execute_activity(app.registry, ActivityTask("i", "e", 0, "Counter", None, 0))
+        assert result.failure is None, result.failure
+        return codec.decode(result.result)
+
+    assert [1, 2, 3] == [call(), call(), call()]
+
+
+def test_system_exit_in_an_activity_is_a_failed_attempt():
+    """An activity calling sys.exit() fails its attempt; it does not escape the runner."""
+    app = dr.App("exit")
+
+    @app.activity
+    def quits(ctx, _):
+        raise SystemExit(3)
+
+    result = execute_activity(app.registry, ActivityTask("i", "e", 0, "quits", None, 0))
+    assert result.failure is not None
+    assert "SystemExit" in result.failure.error_type
+
+
+def test_unknown_activity_options_are_refused_at_registration():
+    """A typo such as ``num_gpu`` (silently ignored before) or a wrong type is a clear error."""
+    app = dr.App("opts")
+    with pytest.raises(TypeError, match="unknown option 'num_gpu'"):
+        app.add_activity(lambda ctx: None, name="a", num_gpu=1)
+    with pytest.raises(TypeError, match="'max_workers' must be int"):
+        app.add_activity(lambda ctx: None, name="b", max_workers="2")
+    with pytest.raises(ValueError, match="'max_workers' must be >= 1"):
+        app.add_activity(lambda ctx: None, name="c", max_workers=0)

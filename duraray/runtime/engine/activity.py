@@ -53,9 +53,13 @@ def execute_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
         ctx = ActivityContext(task.instance_id, task.task_id, task.name, task.tags)
         outcome: Any = fn(ctx, value) if accepts_input(fn) else fn(ctx)
         if inspect.isawaitable(outcome):
-            outcome = asyncio.run(_await(outcome))
+            # One loop per thread, kept: an activity class's state tied to a loop (a
+            # client session, a lock) stays usable on its next call.
+            outcome = _thread_loop().run_until_complete(_await(outcome))
         encoded = codec.encode(outcome)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit, CancelledError: a failed attempt, not a crash
         return ActivityResult(
             task.instance_id,
             task.execution_id,
@@ -81,29 +85,57 @@ def execute_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
 #: Activities that have run in this process: a first run is reported as cold.
 _warm: set[str] = set()
 
-#: Instances of activity classes, one per class per process: ``(name, module, qualname)``
-#: -> instance. Keyed by names, not by the class object, since a class shipped by value
-#: arrives as a new object with every task.
-_instances: dict[tuple[str, str, str], Any] = {}
+#: Instances of activity classes, one per registration per process, keyed by the
+#: registration's token (it travels with the registry, so a class shipped by value, which
+#: arrives as a new object with every task, still finds its instance; two apps that
+#: register classes of the same name keep theirs apart).
+_instances: dict[str, Any] = {}
 _instances_lock = threading.Lock()
+_loops = threading.local()
+
+
+def prepare_activity(spec: ActivitySpec) -> None:
+    """Build an activity class's instance in this process now (no-op for a function)."""
+    _callable(spec)
 
 
 def _callable(spec: ActivitySpec) -> Callable[..., Any]:
     """The function to call: the activity itself, or for an activity class its instance in
-    this process (constructed on first use, so a model loads once per worker process)."""
+    this process (constructed on first use, so a model loads once per worker process).
+
+    One instance serves every call in its process, from several threads at once where the
+    process runs activities on threads (the shared pool, the in-process runtime); a warm
+    pool of a resource shape runs one activity per process at a time."""
     fn: Any = spec.fn
     if not inspect.isclass(fn):
         return fn
-    key = (spec.name, fn.__module__, fn.__qualname__)
-    instance: Any = _instances.get(key)
+    instance: Any = _instances.get(spec.token)
     if instance is None:
         with _instances_lock:  # two threads of a pool worker must not build it twice
-            instance = _instances.get(key)
+            instance = _instances.get(spec.token)
             if instance is None:
                 instance = fn()  # a failure fails this attempt; the next one tries again
-                _instances[key] = instance
+                _instances[spec.token] = instance
     bound: Callable[..., Any] = instance.__call__
     return bound
+
+
+class _LoopHolder:
+    """A thread's event loop for async activities, closed when the thread ends (the
+    thread-local that holds it is dropped then)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def __del__(self) -> None:
+        self.loop.close()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    holder: _LoopHolder | None = getattr(_loops, "holder", None)
+    if holder is None or holder.loop.is_closed():
+        holder = _loops.holder = _LoopHolder()
+    return holder.loop
 
 
 async def _await(awaitable: Any) -> Any:

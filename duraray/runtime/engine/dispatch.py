@@ -1,7 +1,7 @@
 """The activity dispatch plan: which activities run inline, which travel together, which alone.
 
 A partition learns each activity's cost (wall time and CPU time, as moving averages fed
-by every result) and decides, for every activity it releases, one of three routes:
+by every successful run) and decides, for every activity it releases, one of four routes:
 
 - ``INLINE``: cheap, plain activities run in the partition's own process, saving a Ray
   round trip (about a millisecond) on work that takes microseconds;
@@ -70,6 +70,8 @@ INLINE_WARMUP = 8
 CPU_BOUND_SHARE = 0.5
 #: Weight of the newest run in the moving averages.
 ALPHA = 0.2
+#: The shortest run time the plan believes (a clock reads no finer).
+MIN_WALL_S = 1e-7
 
 
 @dataclass(slots=True)
@@ -91,8 +93,11 @@ class Cost:
 
     @property
     def cpu_bound(self) -> bool:
-        """True when the activity spends most of its run time on the CPU."""
-        return self.cpu >= CPU_BOUND_SHARE * self.wall
+        """True when the activity spends most of its run time on the CPU, or more CPU time
+        than a whole pool batch may take (threads sharing a GIL stretch the wall time of
+        heavy work, and native threads' CPU time is not counted: the share alone would
+        misjudge it)."""
+        return self.cpu >= CPU_BOUND_SHARE * self.wall or self.cpu > BATCH_BUDGET_S
 
 
 @dataclass(slots=True)
@@ -145,6 +150,7 @@ class DispatchPlan:
             self._probing[name] -= 1
         if not (math.isfinite(wall) and math.isfinite(cpu)) or wall < 0 or cpu < 0:
             return  # a result from a confused worker teaches nothing
+        wall = max(wall, MIN_WALL_S)
         if cold and (wall > BATCH_BUDGET_S or name in self.costs):
             # A slow first run in a process may be start-up (imports, a model to load),
             # not the activity; a fast one is an upper bound of its cost, good enough.
@@ -169,10 +175,14 @@ class DispatchPlan:
         for name, row in stored.items():
             try:
                 runs, wall, cpu = int(row[0]), float(row[1]), float(row[2])
-            except (TypeError, ValueError, IndexError):
+            except (TypeError, ValueError, IndexError, OverflowError):
                 continue
-            if isinstance(name, str) and runs > 0 and wall >= 0 and cpu >= 0:
-                self.costs[name] = Cost(runs, wall, cpu)
+            if not (isinstance(name, str) and runs > 0 and math.isfinite(wall + cpu)):
+                continue
+            if wall < MIN_WALL_S or cpu < 0:
+                continue
+            # Inline again only after fresh runs confirm it: the code may have changed.
+            self.costs[name] = Cost(min(runs, INLINE_WARMUP - 1), wall, cpu)
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -272,9 +282,9 @@ class DispatchPlan:
 
     def _batch_size(self, name: str) -> int:
         cost = self.costs.get(name)
-        if cost is None or cost.wall <= 0:
+        if cost is None:
             return MAX_BATCH
-        return max(1, min(MAX_BATCH, int(BATCH_BUDGET_S / cost.wall)))
+        return max(1, min(MAX_BATCH, int(BATCH_BUDGET_S / max(cost.wall, MIN_WALL_S))))
 
     def _releasable(self) -> list[ActivityTask]:
         out: list[ActivityTask] = []
@@ -292,9 +302,3 @@ class DispatchPlan:
             if not queue:
                 del self._held[name]
         return out
-
-    def has_releasable(self) -> bool:
-        """True when held activities could go out now (the host should run a batch)."""
-        return any(
-            n in self.costs or self._probing.get(n, 0) < (self.capacity or 1) for n in self._held
-        )

@@ -205,7 +205,10 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost, StorageFullRecover
         self._check_meta()
         stored_costs = self.store.get("meta", COSTS_KEY)
         if stored_costs is not None:
-            self.dispatch.restore(codec.decode(stored_costs))
+            try:
+                self.dispatch.restore(codec.decode(stored_costs))
+            except Exception:  # only a hint: a record that cannot be read is relearned
+                self._log.warning("stored activity costs unreadable; learning them anew")
         self._recover()
 
     # == intake (thread-safe: deque appends) ==============================================
@@ -377,7 +380,10 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost, StorageFullRecover
         if now - self._costs_saved < COSTS_SAVE_INTERVAL:
             return
         self._costs_saved = now
-        self._wb.put("meta", COSTS_KEY, codec.encode(self.dispatch.snapshot()))
+        try:
+            self._wb.put("meta", COSTS_KEY, codec.encode(self.dispatch.snapshot()))
+        except Exception:  # only a hint: never let it fail the batch
+            self._log.warning("activity costs not saved", exc_info=True)
 
     def _run_episodes(self) -> None:
         work, self._work = self._work, {}
@@ -894,11 +900,13 @@ class PartitionCore(ClientOps, InstanceLifecycle, EntityHost, StorageFullRecover
                 self._deliver(row.instance_id, fired, row.execution_id)
 
     def _on_activity_result(self, result: ActivityResult) -> None:
-        if result.name:
-            if result.failure is None or result.duration:
+        if result.name in self.registry.activities:
+            if result.failure is None:
                 self.dispatch.observe(result.name, result.duration, result.cpu, cold=result.cold)
             else:
-                self.dispatch.forget(result.name)  # lost before it ran: no cost learned
+                # A failure says little of what a run costs (it may fail fast while a
+                # dependency is down); it ends a probe all the same.
+                self.dispatch.forget(result.name)
         live = self._live.get(result.instance_id)
         if (
             live is None

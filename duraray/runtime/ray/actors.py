@@ -45,8 +45,12 @@ from duraray.runtime.ray.pools import pools_actor_name
 log = structlog.get_logger("duraray.actors")
 
 NAMESPACE = "duraray"
-#: Results of a pool batch that finish this close together come back in one message.
-STREAM_CHUNK_S = 0.005
+#: Errors that mean the process running an activity died (not the activity failing).
+LOST = (
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.RayActorError,
+    ray.exceptions.NodeDiedError,
+)
 #: Seconds between looks at the cluster's CPU count (see ``_refresh_capacity``).
 CAPACITY_REFRESH_S = 10.0
 #: Times a batch is re-dispatched after its worker died before its tasks fail.
@@ -82,20 +86,11 @@ class ActivityWorkerImpl:
         """Execute ``tasks`` one after the other, yielding finished results as they come
         (called with ``num_returns="streaming"``).
 
-        Results that finish within ``STREAM_CHUNK_S`` of the last yield travel together:
-        a yield costs a Ray message, more than a microsecond activity. An activity that
-        runs longer than that is reported on its own the moment it finishes.
+        Only batches expected to run a while stream (see ``Dispatch.stream``), so one Ray
+        message per result costs little beside the work.
         """
-        finished: list[ActivityResult] = []
-        last = time.monotonic()
         for task in tasks:
-            finished.append(execute_activity(self.registry, task))
-            now = time.monotonic()
-            if now - last >= STREAM_CHUNK_S:
-                yield finished
-                finished, last = [], now
-        if finished:
-            yield finished
+            yield [execute_activity(self.registry, task)]
 
     def node_id(self) -> str:
         """The Ray node this worker runs on."""
@@ -162,6 +157,7 @@ class PartitionActorImpl:
         self._capacity_checked = -math.inf
         # Before the first batch plans anything: without a capacity the plan would send
         # every activity of unknown cost out at once (the in-process runtime's setting).
+        self.core.dispatch.capacity = os.cpu_count() or 1
         self._refresh_capacity()
         self._pools: Any = None  # the hub's ActivityPools actor, looked up on first use
         self._wake: asyncio.Event | None = None
@@ -300,11 +296,11 @@ class PartitionActorImpl:
         now = time.monotonic()
         if now < self._capacity_checked + CAPACITY_REFRESH_S:
             return
-        self._capacity_checked = now
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))
-        except Exception:  # the GCS briefly unreachable: keep the last figure
+        except Exception:  # the GCS briefly unreachable: keep the last figure, ask again
             return
+        self._capacity_checked = now
         self.core.dispatch.capacity = max(1, cpus)
 
     async def _execute_inline(self, chunk: list[ActivityTask]) -> None:
@@ -326,8 +322,9 @@ class PartitionActorImpl:
         """One activity as one Ray task holding its CPU (or the resources it asked for)."""
         (task,) = unit.tasks
         for attempt in range(MAX_REDISPATCH + 1):
-            ref = self._remote_one.options(**unit.ray_options).remote(self._registry_ref, task)
+            ref = None
             try:
+                ref = self._remote_one.options(**unit.ray_options).remote(self._registry_ref, task)
                 if unit.timeout is not None:
                     result = await asyncio.wait_for(asyncio.wrap_future(ref.future()), unit.timeout)
                 else:
@@ -335,9 +332,10 @@ class PartitionActorImpl:
             except TimeoutError:
                 # Force: a running synchronous task stops only with its process (Ray starts
                 # a fresh one for the next task).
-                ray.cancel(ref, force=True)
+                if ref is not None:
+                    ray.cancel(ref, force=True)
                 result = _timed_out(task, unit.timeout)
-            except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayActorError) as exc:
+            except LOST as exc:
                 if attempt < MAX_REDISPATCH:
                     self._log.warning("activity worker lost; re-dispatching", error=str(exc))
                     continue
@@ -421,7 +419,7 @@ class PartitionActorImpl:
             except TimeoutError:  # a safety net: activities with a timeout travel as tasks
                 self._deliver([_timed_out(t, unit.timeout) for t in pending.values()])
                 return
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+            except LOST as exc:
                 if attempt < MAX_REDISPATCH:
                     self._log.warning(
                         "activity worker lost; re-dispatching what had not finished",

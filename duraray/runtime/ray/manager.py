@@ -435,7 +435,7 @@ class PartitionManager:
             num_cpus=0,
             max_concurrency=10_000,
             get_if_exists=True,
-        ).remote(self.hub, self.registry, config.activity_pool_idle_s)
+        ).remote(self.hub, self.registry, config.activity_pool_idle_s, config.log_format)
         names = [partition_actor_name(self.hub, i) for i in range(config.partitions)]
         # Authenticates the partitions' direct links to each other (see peerlink.py);
         # it lives only in the actors' constructor arguments, so restarts keep it.

@@ -8,11 +8,16 @@ cluster holds. Workers stay warm between activities, so imports happen and model
 (an activity class is constructed) once per process, as with Ray Data's actor pools.
 
 One ``ActivityPools`` actor per hub (``duraray/<hub>/pools``) owns every pool, so all
-partitions share the warm workers and the capacity count. Per shape, a pool:
+partitions share the warm workers. There is one pool per activity and shape: two model
+classes of the same shape never share a process (two models in one GPU slice), and each
+activity's ``max_workers`` and ``max_activities_per_worker`` are its own. A pool:
 
 - hands an activity to an idle worker, or starts a new one while the pool is below its
-  limit (the activity's ``max_workers``, else as many as the cluster's totals hold of
-  that shape, looked up again as nodes come and go), or queues it;
+  limit (the activity's ``max_workers``, at most as many as the cluster's totals hold of
+  that shape, looked up again as nodes come and go), or queues it. A new worker joins the
+  pool only once it is placed and has built the activity's class (if it is one): an
+  activity waits for whichever worker is free first, never for one Ray cannot place yet,
+  and its timeout counts its own run only;
 - runs one activity per worker at a time;
 - replaces a worker whose activity timed out (a running synchronous call cannot be
   cancelled otherwise), one whose activity failed with a CUDA error or out of memory,
@@ -27,6 +32,7 @@ and the partitions re-dispatch the activities it had (they never saw their resul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import time
@@ -39,7 +45,7 @@ import structlog
 
 from duraray._errors import FailureDetails
 from duraray._registry import Registry
-from duraray.runtime.engine.activity import execute_activity
+from duraray.runtime.engine.activity import execute_activity, prepare_activity
 from duraray.runtime.engine.records import ActivityResult, ActivityTask
 
 log = structlog.get_logger("duraray.pools")
@@ -77,7 +83,7 @@ def worker_options(shape: dict[str, Any]) -> dict[str, Any]:
 
 
 def capacity(shape: dict[str, Any], totals: dict[str, float]) -> int:
-    """How many workers of ``shape`` the cluster's ``totals`` hold at once (at least 1)."""
+    """How many workers of ``shape`` the cluster's ``totals`` hold at once (0: none)."""
     wants: dict[str, float] = {}
     options = worker_options(shape)
     if options.get("num_cpus"):
@@ -94,7 +100,7 @@ def capacity(shape: dict[str, Any], totals: dict[str, float]) -> int:
     if not wants:
         return max(1, int(totals.get("CPU", 1)))
     fits = [math.floor(totals.get(name, 0.0) / amount + 1e-9) for name, amount in wants.items()]
-    return max(1, min(fits))
+    return max(0, min(fits))
 
 
 class ShapedWorkerImpl:
@@ -106,6 +112,16 @@ class ShapedWorkerImpl:
     def run(self, task: ActivityTask) -> ActivityResult:
         """Execute one activity (its class, if it is one, is built once per process)."""
         return execute_activity(self.registry, task)
+
+    def prepare(self, name: str) -> int:
+        """Build the activity's class now (if it is one), before any activity's timeout
+        runs; returns this worker's pid. A constructor that fails is retried by the first
+        activity, which then fails with its error."""
+        spec = self.registry.activities.get(name)
+        if spec is not None:
+            with contextlib.suppress(Exception):
+                prepare_activity(spec)
+        return os.getpid()
 
     def pid(self) -> int:
         """This worker's process id."""
@@ -121,29 +137,38 @@ class _Worker:
 
 @dataclass(eq=False)
 class _Pool:
+    name: str
     options: dict[str, Any]
+    max_workers: int | None = None
+    #: workers placed and ready, busy or idle
     workers: list[_Worker] = field(default_factory=list)
+    #: workers asked of Ray, not ready yet
+    starting: int = 0
     idle: deque[_Worker] = field(default_factory=deque)
     waiters: deque[asyncio.Future[_Worker]] = field(default_factory=deque)
     started: int = 0
     replaced: int = 0
+    warned: bool = False
 
 
 class ActivityPoolsImpl:
     """The async actor holding every shaped pool of a hub (see the module docstring)."""
 
-    def __init__(self, hub: str, registry: Registry, idle_timeout: float) -> None:
+    def __init__(
+        self, hub: str, registry: Registry, idle_timeout: float, log_format: str = "auto"
+    ) -> None:
         from duraray.runtime.logging import configure_logging
 
-        configure_logging()
+        configure_logging(log_format)
         self.hub = hub
         self.registry = registry
         self.idle_timeout = idle_timeout
-        self._pools: dict[tuple[tuple[str, str], ...], _Pool] = {}
+        self._pools: dict[tuple[str, tuple[tuple[str, str], ...]], _Pool] = {}
         self._worker_class = ray.remote(ShapedWorkerImpl)
         self._totals: dict[str, float] = {}
         self._totals_at = -math.inf
         self._reaper: asyncio.Task[None] | None = None
+        self._starting: set[asyncio.Task[None]] = set()  # held: the loop keeps weak refs
         self._log = log.bind(hub=hub)
 
     async def run(
@@ -152,13 +177,15 @@ class ActivityPoolsImpl:
         """Run ``task`` on a warm worker of ``shape``; ``limits``: ``max_workers``,
         ``max_activities_per_worker``, ``timeout`` (each may be absent or None)."""
         self._ensure_reaper()
-        pool = self._pools.get(key := shape_key(shape))
+        pool = self._pools.get(key := (task.name, shape_key(shape)))
         if pool is None:
-            pool = self._pools[key] = _Pool(worker_options(shape))
+            pool = self._pools[key] = _Pool(
+                task.name, worker_options(shape), limits.get("max_workers")
+            )
         timeout = limits.get("timeout")
-        max_runs = limits.get("max_activities_per_worker")
+        max_runs = limits.get("max_activities_per_worker") or None
         for attempt in range(MAX_RETRIES + 1):
-            worker = await self._acquire(pool, limits.get("max_workers"))
+            worker = await self._acquire(pool)
             try:
                 ref = worker.handle.run.remote(task)
                 result: ActivityResult = await asyncio.wait_for(
@@ -191,8 +218,10 @@ class ActivityPoolsImpl:
         """Per pool: its shape, workers, idle ones, waiting activities, started, replaced."""
         return [
             {
+                "activity": pool.name,
                 "shape": pool.options,
                 "workers": len(pool.workers),
+                "starting": pool.starting,
                 "idle": len(pool.idle),
                 "waiting": len(pool.waiters),
                 "started": pool.started,
@@ -207,29 +236,66 @@ class ActivityPoolsImpl:
 
     # -- workers ----------------------------------------------------------------------------
 
-    async def _acquire(self, pool: _Pool, max_workers: int | None) -> _Worker:
+    async def _acquire(self, pool: _Pool) -> _Worker:
         while pool.idle:
             worker = pool.idle.pop()  # the most recently used: its caches are warmest
             if worker in pool.workers:
                 return worker
-        if len(pool.workers) < (max_workers or self._capacity(pool.options)):
-            worker = _Worker(
-                self._worker_class.options(**pool.options, max_restarts=0).remote(self.registry)
-            )
-            pool.workers.append(worker)
-            pool.started += 1
-            return worker
         waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
         pool.waiters.append(waiter)
-        return await waiter
+        self._grow(pool)
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._hand_over(pool, waiter.result())  # cancelled just after it got one
+            raise
 
-    def _release(self, pool: _Pool, worker: _Worker, keep: bool, max_runs: int | None) -> None:
-        worker.runs += 1
-        if not keep or (max_runs and worker.runs >= max_runs):
-            self._retire(pool, worker)
+    def _grow(self, pool: _Pool) -> None:
+        """Start one more worker if activities wait beyond those starting and the pool is
+        below its limit; it joins the pool (and serves the first waiter) once ready."""
+        fits = self._capacity(pool.options)
+        if fits == 0 and not pool.warned:
+            pool.warned = True
+            self._log.warning(
+                "no node of the cluster has the resources this activity asks for; it waits "
+                "for one (an autoscaler may add it)",
+                activity=pool.name,
+                shape=pool.options,
+            )
+        limit = max(1, fits)
+        if pool.max_workers:
+            limit = min(limit, pool.max_workers)
+        waiting = sum(1 for w in pool.waiters if not w.done())
+        if waiting > pool.starting and len(pool.workers) + pool.starting < limit:
+            pool.starting += 1
+            task = asyncio.get_running_loop().create_task(self._start_worker(pool))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    async def _start_worker(self, pool: _Pool) -> None:
+        # Typed Any: Ray's stubs do not model remote methods.
+        handle: Any = self._worker_class.options(**pool.options, max_restarts=0).remote(
+            self.registry
+        )
+        try:
+            # Placed, started and the activity's class built: only then is it a worker.
+            await handle.prepare.remote(pool.name)
+        except Exception as exc:  # could not start (bad options, died at once)
+            pool.starting -= 1
+            self._log.warning("pool worker did not start", activity=pool.name, error=str(exc))
+            ray.kill(handle, no_restart=True)
+            await asyncio.sleep(1.0)  # do not spin on a shape that cannot start
+            self._grow(pool)
             return
-        if worker not in pool.workers:
-            return  # retired meanwhile
+        pool.starting -= 1
+        worker = _Worker(handle)
+        pool.workers.append(worker)
+        pool.started += 1
+        self._hand_over(pool, worker)
+
+    def _hand_over(self, pool: _Pool, worker: _Worker) -> None:
+        """Give ``worker`` to the first activity waiting, or make it idle."""
         while pool.waiters:
             waiter = pool.waiters.popleft()
             if not waiter.done():
@@ -238,24 +304,22 @@ class ActivityPoolsImpl:
         worker.idle_since = time.monotonic()
         pool.idle.append(worker)
 
+    def _release(self, pool: _Pool, worker: _Worker, keep: bool, max_runs: int | None) -> None:
+        worker.runs += 1
+        if not keep or (max_runs and worker.runs >= max_runs):
+            self._retire(pool, worker)
+            return
+        if worker in pool.workers:  # not retired meanwhile
+            self._hand_over(pool, worker)
+
     def _retire(self, pool: _Pool, worker: _Worker) -> None:
-        """Stop ``worker`` and, if activities wait, start a replacement for them."""
+        """Stop ``worker``; if activities wait, a replacement starts for them."""
         if worker not in pool.workers:
             return
         pool.workers.remove(worker)
         pool.replaced += 1
         ray.kill(worker.handle, no_restart=True)
-        while pool.waiters:
-            waiter = pool.waiters.popleft()
-            if waiter.done():
-                continue
-            fresh = _Worker(
-                self._worker_class.options(**pool.options, max_restarts=0).remote(self.registry)
-            )
-            pool.workers.append(fresh)
-            pool.started += 1
-            waiter.set_result(fresh)
-            return
+        self._grow(pool)
 
     def _capacity(self, options: dict[str, Any]) -> int:
         now = time.monotonic()
