@@ -45,6 +45,8 @@ from duraray.runtime.ray.pools import pools_actor_name
 log = structlog.get_logger("duraray.actors")
 
 NAMESPACE = "duraray"
+#: Results of a streamed pool batch that finish this close together come back together.
+STREAM_CHUNK_S = 0.005
 #: Errors that mean the process running an activity died (not the activity failing).
 LOST = (
     ray.exceptions.WorkerCrashedError,
@@ -86,11 +88,20 @@ class ActivityWorkerImpl:
         """Execute ``tasks`` one after the other, yielding finished results as they come
         (called with ``num_returns="streaming"``).
 
-        Only batches expected to run a while stream (see ``Dispatch.stream``), so one Ray
-        message per result costs little beside the work.
+        Results that finish within ``STREAM_CHUNK_S`` of the last yield travel together (a
+        yield costs a Ray message, more than a sub-millisecond activity); so a finished
+        result waits for a slow batch-mate only if it finished within that window.
         """
+        finished: list[ActivityResult] = []
+        last = time.monotonic()
         for task in tasks:
-            yield [execute_activity(self.registry, task)]
+            finished.append(execute_activity(self.registry, task))
+            now = time.monotonic()
+            if now - last >= STREAM_CHUNK_S:
+                yield finished
+                finished, last = [], now
+        if finished:
+            yield finished
 
     def node_id(self) -> str:
         """The Ray node this worker runs on."""

@@ -188,8 +188,10 @@ class ActivityPoolsImpl:
             worker = await self._acquire(pool)
             try:
                 ref = worker.handle.run.remote(task)
-                result: ActivityResult = await asyncio.wait_for(
-                    asyncio.wrap_future(ref.future()), timeout
+                result: ActivityResult = (
+                    await ref
+                    if timeout is None
+                    else await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
                 )
             except TimeoutError:
                 # The call still runs there, and a running synchronous call cannot be
