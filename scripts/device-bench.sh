@@ -7,6 +7,14 @@
 # Run from the repo root. Ray and the few wheels the box lacks come from .devbundle/ (ignored
 # via .git/info/exclude, so only a copy that names it explicitly carries it). Output also
 # goes to ${OUT:-/tmp}/device-bench.log so it comes back with $OUT.
+#
+# Building .devbundle/ (on a machine that reaches PyPI): `pip download --no-deps
+# --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 ...` the ray
+# wheel of .venv's version, unzip it, delete ray/jars, rllib, serve, tune, train, llm, data
+# and dashboard/client (keep the rest of ray/dashboard: ray.init starts its agent), pack it
+# as .devbundle/ray.tar.xz (xz -9, ~20 MB), and put cp312 wheels of lmdb, structlog,
+# starlette, uvicorn, jsonschema, jsonschema-specifications, referencing, rpds-py, attrs,
+# h11 and typing-extensions in .devbundle/wheels/.
 set -euo pipefail
 
 SITE=/tmp/site
