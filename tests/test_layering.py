@@ -16,30 +16,23 @@ PACKAGE = Path(__file__).resolve().parent.parent / "duraray"
 
 ENGINE_MODULES_FOR_CLIENTS = {"records", "codec", "routing"}
 
+#: What the pure layers (the replay executor, the entity model) must never import.
+PURE_FORBIDDEN = (
+    "duraray.runtime",
+    "duraray.app",
+    "duraray.testing",
+    "ray",
+    "lmdb",
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "click",
+)
+
 #: layer (a path prefix under duraray/) -> import prefixes it must never use
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "orchestrations/": (
-        "duraray.runtime",
-        "duraray.app",
-        "duraray.testing",
-        "ray",
-        "lmdb",
-        "starlette",
-        "uvicorn",
-        "httpx",
-        "click",
-    ),
-    "entities/": (
-        "duraray.runtime",
-        "duraray.app",
-        "duraray.testing",
-        "ray",
-        "lmdb",
-        "starlette",
-        "uvicorn",
-        "httpx",
-        "click",
-    ),
+    "orchestrations/": PURE_FORBIDDEN,
+    "entities/": PURE_FORBIDDEN,
     "runtime/engine/": (
         "ray",
         "duraray.runtime.ray",
