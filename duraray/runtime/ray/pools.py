@@ -23,7 +23,9 @@ activity's ``max_workers`` and ``max_activities_per_worker`` are its own. A pool
   cancelled otherwise), one whose activity failed with a CUDA error or out of memory,
   and one that ran ``max_activities_per_worker`` activities;
 - stops workers idle for ``activity_pool_idle_s`` (a hub option), so resources held by
-  an idle pool go back to the cluster.
+  an idle pool go back to the cluster; and when a new worker is not placed within a
+  second, stops the idle workers of the other pools at once, since they may hold what
+  it waits for (two pools of one shape would otherwise wait on each other's idle ones).
 
 Worker actors are children of this actor: if it dies they go with it, Ray restarts it,
 and the partitions re-dispatch the activities it had (they never saw their results).
@@ -52,6 +54,9 @@ log = structlog.get_logger("duraray.pools")
 
 #: Times an activity is handed to another worker after its worker died under it.
 MAX_RETRIES = 5
+#: Seconds a new worker may wait for placement before idle workers of other pools are
+#: stopped to make room for it.
+PLACEMENT_WAIT_S = 1.0
 #: Seconds between looks at the cluster's resource totals.
 CAPACITY_REFRESH_S = 10.0
 #: Failure types after which a worker's process is not trusted with the next activity.
@@ -282,7 +287,12 @@ class ActivityPoolsImpl:
         )
         try:
             # Placed, started and the activity's class built: only then is it a worker.
-            await handle.prepare.remote(pool.name)
+            ready = asyncio.ensure_future(handle.prepare.remote(pool.name))
+            while not (await asyncio.wait({ready}, timeout=PLACEMENT_WAIT_S))[0]:
+                # Not placed yet: idle workers of other pools may hold what it needs (their
+                # idle timeout would free it only much later). Stop them, and look again.
+                self._free_idle(but=pool)
+            await ready
         except Exception as exc:  # could not start (bad options, died at once)
             pool.starting -= 1
             self._log.warning("pool worker did not start", activity=pool.name, error=str(exc))
@@ -322,6 +332,17 @@ class ActivityPoolsImpl:
         pool.replaced += 1
         ray.kill(worker.handle, no_restart=True)
         self._grow(pool)
+
+    def _free_idle(self, but: _Pool) -> None:
+        """Stop every idle worker of the other pools (their resources go back to Ray)."""
+        for other in self._pools.values():
+            if other is but:
+                continue
+            while other.idle:
+                worker = other.idle.pop()
+                if worker in other.workers:
+                    other.workers.remove(worker)
+                    ray.kill(worker.handle, no_restart=True)
 
     def _capacity(self, options: dict[str, Any]) -> int:
         now = time.monotonic()
