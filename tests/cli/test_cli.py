@@ -22,6 +22,7 @@ from click.testing import CliRunner, Result
 
 import duraray as dr
 from duraray.runtime.cli import _app as cli
+from duraray.runtime.cli import _connect, _hub
 from duraray.runtime.ray import manager
 from duraray.testing import ManualClock, run_in_process
 
@@ -643,7 +644,7 @@ def test_no_hub_given_is_a_usage_error() -> None:
 
 def test_hub_not_running_exits_5(monkeypatch: pytest.MonkeyPatch) -> None:
     """`--hub NAME` for a hub that is not running exits 5."""
-    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    monkeypatch.setattr(_connect, "_setup_logging", lambda: None)
     monkeypatch.setattr(manager, "ensure_ray", lambda *args, **kwargs: False)
 
     def attach(hub: str, *, address: str | None = "auto") -> dr.Client:
@@ -658,7 +659,7 @@ def test_hub_not_running_exits_5(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_no_ray_cluster_exits_5(monkeypatch: pytest.MonkeyPatch) -> None:
     """When no Ray cluster can be reached, hub commands exit 5."""
-    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    monkeypatch.setattr(_connect, "_setup_logging", lambda: None)
 
     def no_ray(*args: Any, **kwargs: Any) -> bool:
         raise ConnectionError("Could not find any running Ray instance.")
@@ -674,7 +675,7 @@ def test_app_option_attaches_through_app_start(
     client: dr.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`--app module:app` imports the App and uses the client `App.start` returns."""
-    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    monkeypatch.setattr(_connect, "_setup_logging", lambda: None)
     monkeypatch.setattr(manager, "ensure_ray", lambda *args, **kwargs: False)
     calls: list[dict[str, Any]] = []
 
@@ -714,7 +715,7 @@ def no_ray_yet(monkeypatch: pytest.MonkeyPatch) -> None:
     """This process looks as if it had not joined Ray (the test session may have)."""
     import ray
 
-    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    monkeypatch.setattr(_connect, "_setup_logging", lambda: None)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **options: pytest.fail("ray.init was called"))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -786,7 +787,7 @@ def test_a_stale_recorded_cluster_exits_5(
 
 def test_connect_timeout_goes_before_or_after_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
     """--connect-timeout (default 30 s) reaches the connect from the group or the command."""
-    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    monkeypatch.setattr(_connect, "_setup_logging", lambda: None)
     seen: list[tuple[str, float]] = []
 
     def ensure_ray(address: str, **options: Any) -> bool:
@@ -877,7 +878,7 @@ def test_bad_app_spec_exits_2(spec: str) -> None:
 
 def test_start_prints_the_hub_and_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     """`start --app` launches the hub with the options given and prints where it lives."""
-    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    monkeypatch.setattr(_connect, "_setup_logging", lambda: None)
     monkeypatch.setattr(manager, "ensure_ray", lambda *args, **kwargs: True)
     running: list[Any] = []
     calls: list[dict[str, Any]] = []
@@ -907,7 +908,7 @@ def test_start_prints_the_hub_and_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_
 
 def test_start_validates_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     """`start` without --app, or with a bad partition count, exits 2 without launching."""
-    monkeypatch.setattr(cli, "_start_hub", lambda *args, **kwargs: pytest.fail("launched"))
+    monkeypatch.setattr(_hub, "_start_hub", lambda *args, **kwargs: pytest.fail("launched"))
     runner = CliRunner()
     no_app = runner.invoke(cli.main, ["start"])
     zero = runner.invoke(cli.main, ["start", "--app", f"{__name__}:app", "--partitions", "0"])
@@ -917,7 +918,7 @@ def test_start_validates_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_stop_a_running_and_a_stopped_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     """`stop --hub` exits 0 when it stopped the hub and 5 when it was not running."""
-    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    monkeypatch.setattr(_connect, "_setup_logging", lambda: None)
     monkeypatch.setattr(manager, "ensure_ray", lambda *args, **kwargs: True)
     stopped: list[str] = []
 
@@ -989,7 +990,7 @@ def test_serve_app_without_a_cluster_runs_the_embedded_default(
 ) -> None:
     """`serve --app` with no Ray cluster given or running runs the hub as App.run() does,
     with --data-dir; --allowed-host reaches the HTTP server."""
-    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    monkeypatch.setattr(_hub, "_setup_logging", lambda: None)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
     def no_cluster(address: str, timeout: float) -> str:
@@ -1019,7 +1020,7 @@ def test_serve_app_on_a_running_cluster_launches_it_there(
     client: dr.Client, monkeypatch: pytest.MonkeyPatch, http_calls: list[Any], tmp_path: Any
 ) -> None:
     """With a cluster running, `serve --app --data-dir` launches the hub on it."""
-    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    monkeypatch.setattr(_connect, "_setup_logging", lambda: None)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(manager, "probe_ray_cluster", lambda address, timeout: "10.0.0.1:6379")
     monkeypatch.setattr(manager, "ensure_ray", lambda *args, **kwargs: True)
@@ -1041,7 +1042,7 @@ def test_serve_on_a_given_address_never_runs_embedded(
     monkeypatch: pytest.MonkeyPatch, http_calls: list[Any]
 ) -> None:
     """With --address, a cluster that cannot be reached is exit 5, not a local Ray."""
-    monkeypatch.setattr(cli, "_setup_logging", lambda: None)
+    monkeypatch.setattr(_connect, "_setup_logging", lambda: None)
 
     def unreachable(*args: Any, **kwargs: Any) -> bool:
         raise ConnectionError("nothing answers at 10.0.0.1:6379 (Connection refused)")

@@ -3,10 +3,11 @@
 ``create_app(client)`` returns a Starlette app; every route calls the client (through
 ``AsyncClient``, so the event loop never waits on a commit) and maps its errors to status
 codes. This module owns routing, request validation and status codes; the JSON shapes are
-built in ``payloads.py``, metrics in ``metrics.py``, the token check in ``auth.py``. It
-never touches partitions or storage. The dashboard (``dashboard.py``, if present) adds
-``GET /`` and ``/static/...`` and calls the routes below from the browser, so the shapes
-documented here are a contract: keys are only ever added.
+built in ``payloads.py``, metrics in ``metrics.py``, the token check in ``auth.py``, the
+answers to exceptions that escape a route in ``errors.py``. It never touches partitions or
+storage. The dashboard (``dashboard.py``, if present) adds ``GET /`` and ``/static/...``
+and calls the routes below from the browser, so the shapes documented here are a
+contract: keys are only ever added.
 
 Routes (``{id}`` is an instance id, percent-encoded; ids containing ``/`` cannot be
 addressed by URL and are refused at start):
@@ -108,14 +109,11 @@ from typing import Any
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from duraray._errors import StorageFullError
 from duraray.orchestrations.history import OrchestrationStatus
 from duraray.runtime.client.aio import AsyncClient
 from duraray.runtime.client.sync import Client, OrchestrationState
@@ -127,6 +125,7 @@ from duraray.runtime.http.auth import (
     is_loopback,
     normalize_allowed_hosts,
 )
+from duraray.runtime.http.errors import EXCEPTION_HANDLERS, CatchAllMiddleware
 from duraray.runtime.http.metrics import hub_registry
 from duraray.runtime.http.parsing import CONTINUATION_HEADER, NO_BODY, ApiError, call
 
@@ -483,77 +482,6 @@ class HttpApi:
 # -- the app ---------------------------------------------------------------------------------
 
 
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return q.error_response(exc.status, exc.message)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code in (204, 304):
-        return Response(status_code=exc.status_code, headers=exc.headers)
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-
-async def _storage_full(request: Request, exc: Exception) -> Response:
-    # 507 Insufficient Storage: the write was not applied; retry once space is freed.
-    return q.error_response(507, str(exc))
-
-
-def _internal_error(exc: BaseException) -> JSONResponse:
-    text = str(exc)
-    if len(text) > 500:
-        text = text[:500] + "..."
-    return q.error_response(500, f"internal error: {type(exc).__name__}: {text}")
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    # Only reached if CatchAllMiddleware itself fails: Starlette answers this, then re-raises
-    # for uvicorn to log (which closes the connection).
-    log.error("unhandled error in HTTP API", path=request.url.path, error=repr(exc)[:1000])
-    return _internal_error(exc)
-
-
-class CatchAllMiddleware:
-    """An exception a route or middleware lets escape: a 500 JSON answer, logged here.
-
-    A bug, not a bad request: the answer is ``{"error": "internal error: <type>: <text>"}``,
-    the log line carries the traceback, and the exception goes no further (Starlette's own
-    handler would re-raise it and uvicorn would then drop the connection), so the server
-    and the client's connection go on. After the response has started nothing can be
-    answered any more: the exception is re-raised.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            log.error(
-                "unhandled error in HTTP API",
-                method=scope.get("method"),
-                path=scope.get("path"),
-                error=repr(exc)[:1000],
-                exc_info=exc,
-            )
-            if started:
-                raise
-            await _internal_error(exc)(scope, receive, send)
-
-
 def _dashboard_routes() -> list[BaseRoute]:
     try:
         from duraray.runtime.http.dashboard import dashboard_routes
@@ -611,12 +539,7 @@ def create_app(
     app = Starlette(
         routes=[*api.routes(), *_dashboard_routes()],
         middleware=middleware,
-        exception_handlers={
-            ApiError: _api_error,
-            HTTPException: _http_error,
-            StorageFullError: _storage_full,
-            Exception: _server_error,
-        },
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.api = api
     return app
