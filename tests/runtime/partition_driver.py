@@ -1,9 +1,9 @@
 """A synchronous driver for PartitionCore: no thread, no Ray, every interleaving chosen here.
 
 ``Cluster`` holds one core per partition over a ``FaultyStore`` (which counts commits and
-can fail one on demand), a manual wall clock and a manual monotonic clock patched into the
-partition and client-operation modules, so resends, timers and wait deadlines move only
-when a test says so. ``run()`` plays the
+can fail one on demand) and gives every core one injected ``Clock``: a manual wall clock,
+a manual monotonic clock and seeded ids, so resends, timers and wait deadlines move only
+when a test says so, and a run is reproducible. ``run()`` plays the
 shell's part: it calls ``run_batch`` on cores with work and releases effects the way the
 in-process runtime does (replies kept by token, messages and acks routed between cores,
 activities executed at once or held).
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,15 +20,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from duraray._registry import Registry
 from duraray.config import HubConfig
 from duraray.orchestrations import history as h
-from duraray.runtime.engine import client_ops as client_ops_module
 from duraray.runtime.engine import codec
-from duraray.runtime.engine import partition as partition_module
 from duraray.runtime.engine.activity import execute_activity
+from duraray.runtime.engine.clock import Clock
 from duraray.runtime.engine.partition import PartitionCore
 from duraray.runtime.engine.records import ActivityTask, ClientRequest, Effects, Message, Reply
 from duraray.runtime.engine.routing import partition_for
@@ -62,15 +58,25 @@ class FaultyStore:
 
 
 class ManualTime:
-    """Stands in for the ``time`` module inside partition.py and client_ops.py: a monotonic
-    clock we move."""
+    """A monotonic clock we move."""
 
     def __init__(self) -> None:
         self.now = 1000.0
-        self.perf_counter = time.perf_counter
 
     def monotonic(self) -> float:
         return self.now
+
+
+class DriverClock(Clock):
+    """The cluster's clock as the cores see it: its wall time, its monotonic time, and
+    ids from a seeded generator."""
+
+    def __init__(self, cluster: Cluster, seed: int) -> None:
+        super().__init__(cluster.clock, seed=seed)
+        self._mono = cluster.mono
+
+    def monotonic(self) -> float:
+        return self._mono.now
 
 
 @dataclass
@@ -85,17 +91,13 @@ class Cluster:
     hold_activities: bool = False
     hold_messages: bool = False
     auto_advance: bool = False
+    seed: int = 0
 
     def __post_init__(self) -> None:
         self.config = self.config.with_options(partitions=self.partitions)
         self.now = T0
-        # One monotonic clock per process, shared by clusters that coexist in a test.
-        current = partition_module.time
-        self.mono = current if isinstance(current, ManualTime) else ManualTime()
-        self._patch = pytest.MonkeyPatch()
-        self._patch.setattr(partition_module, "time", self.mono)
-        # Wait deadlines are set in client_ops and compared in partition: one clock.
-        self._patch.setattr(client_ops_module, "time", self.mono)
+        self.mono = ManualTime()
+        self.core_clock = DriverClock(self, self.seed)
         self._memory: dict[int, MemoryStore] = {}
         self._tokens = itertools.count(1)
         self.stores: list[FaultyStore] = []
@@ -126,14 +128,14 @@ class Cluster:
             store=self.stores[index],  # type: ignore[arg-type]  # a proxy of one
             registry=self.registry,
             config=self.config,
-            clock=self.clock,
+            clock=self.core_clock,
         )
 
     def reopen(self, index: int) -> PartitionCore:
         """Throw core ``index`` away (a crash: its intake is lost) and recover a new one."""
         old = self.cores[index]
         if self.data_dir is None:
-            for live in old._live.values():  # release generators; the store lives on
+            for live in old.instances.live.values():  # release generators; the store lives on
                 live.executor = None
         else:
             old.close()
@@ -160,7 +162,6 @@ class Cluster:
         for core in self.cores:
             if not core.store.closed:
                 core.close()
-        self._patch.undo()
 
     def __enter__(self) -> Cluster:
         return self

@@ -133,7 +133,7 @@ def test_idle_partition_has_no_work_after_a_satisfied_waits_deadline(cluster_fac
     cluster.mono.now += 10  # well past the answered wait's deadline
     core = cluster.cores[0]
     assert not core.has_work()
-    assert core._watch_deadline is None
+    assert core.waits.deadline is None
 
 
 def test_idle_partition_has_no_work_after_a_satisfied_wait_many(cluster_factory):

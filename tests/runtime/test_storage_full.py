@@ -229,7 +229,7 @@ def test_write_that_does_not_fit_fails_and_the_partition_goes_on(small_hub: dr.C
     )
     thread.start()
     core_before = _hub(client).cores[0]
-    _until(lambda: "waiter" in core_before._watchers)
+    _until(lambda: "waiter" in core_before.waits)
 
     with pytest.raises(dr.StorageFullError, match=r"partition p0 .* max_map_size") as info:
         client.schedule_new_orchestration(echo_length, input="x" * 700_000, instance_id="big")
@@ -314,7 +314,7 @@ def test_calls_fail_when_the_in_process_engine_dies() -> None:
             lambda: client.wait_for_orchestration_completion(waiter, timeout=3 * TIMEOUT)
         )
         core = hub.cores[client._partition(waiter)]
-        _until(lambda: waiter in core._watchers)
+        _until(lambda: waiter in core.waits)
 
         def boom() -> Any:
             raise RuntimeError("injected engine failure")

@@ -38,7 +38,7 @@ def test_expired_wait_is_answered_with_timeout_error():
         )
         with pytest.raises(TimeoutError):
             future.result(timeout=10)
-        _poll(lambda: not core._watchers)
+        _poll(lambda: not core.waits)
 
 
 def test_expired_wait_many_is_answered_once():
@@ -48,7 +48,7 @@ def test_expired_wait_many_is_answered_once():
         with pytest.raises(TimeoutError):
             client.wait_for_orchestrations(ids, timeout=0.05)
         for core in client.hub_runtime.cores:
-            _poll(lambda core=core: not core._watchers)
+            _poll(lambda core=core: not core.waits)
 
 
 def test_client_timeout_still_raises_before_the_partition_answers():

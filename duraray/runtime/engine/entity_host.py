@@ -1,22 +1,22 @@
-"""The entity half of a partition: entity records, their messages, locks and operations.
+"""The entities of a partition: their records, messages, locks and operations.
 
-Mixed into ``PartitionCore`` (it shares the batch: the write batch, the effects, the
-outbox and the timers), kept apart so each half stays readable. The logic itself is in
-the pure ``duraray.entities`` package: ``scheduler.admit`` decides what runs now and what
-waits for a lock, ``executor.execute_batch`` runs operations with per-operation rollback.
-Here those decisions become store writes and messages.
+``EntityHost`` owns the entity records cached in memory and the entity messages of the
+current batch. The logic itself is in the pure ``duraray.entities`` package:
+``scheduler.admit`` decides what runs now and what waits for a lock,
+``executor.execute_batch`` runs operations with per-operation rollback. Here those
+decisions become store writes and messages (through the outbox) and scheduled signals
+(through the timers), inside the batch the host is handed.
 """
 
 from __future__ import annotations
 
 import itertools
-import random
-import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
 
 from duraray import _limits
+from duraray._registry import Registry
+from duraray.config import HubConfig
 from duraray.entities.executor import Operation, execute_batch
 from duraray.entities.ids import EntityId
 from duraray.entities.scheduler import (
@@ -30,30 +30,21 @@ from duraray.entities.scheduler import (
 )
 from duraray.orchestrations import history as h
 from duraray.runtime.engine import codec
-from duraray.runtime.engine.records import ClientRequest, TimerRow
-from duraray.runtime.engine.routing import partition_for
+from duraray.runtime.engine.batch import Batch
+from duraray.runtime.engine.clock import Clock
+from duraray.runtime.engine.messages import (
+    DeliverEvent,
+    EntityDelivery,
+    StartOrchestration,
+    pack_message,
+    unpack_message,
+)
+from duraray.runtime.engine.outbox import Outbox
+from duraray.runtime.engine.records import TimerRow
+from duraray.runtime.engine.store import PartitionStore
+from duraray.runtime.engine.timers import Timers
 
-if TYPE_CHECKING:
-    from duraray.runtime.engine.partition import PartitionCore
-
-_TAGS: dict[type, str] = {OperationMessage: "op", LockRequest: "lock", UnlockMessage: "unlock"}
-_CLASSES: dict[str, type] = {tag: cls for cls, tag in _TAGS.items()}
-
-
-def pack_message(message: EntityMessage) -> list[Any]:
-    """An entity message as a plain msgpack list (for messages, queues and timers)."""
-    packed = [_TAGS[type(message)], *codec.pack_record(message)]
-    if isinstance(message, LockRequest) and message.passed == 0:
-        # Left out at its default (decoding fills it in): requests keep the shape older
-        # versions of the store and of peer partitions read.
-        packed.pop()
-    return packed
-
-
-def unpack_message(packed: list[Any]) -> EntityMessage:
-    """The inverse of ``pack_message``."""
-    cls = _CLASSES[packed[0]]
-    return codec.unpack_record(cls, packed[1:])  # type: ignore[no-any-return]
+__all__ = ["EntityHost", "entity_key", "pack_message", "unpack_message"]
 
 
 def entity_key(entity_id: str) -> bytes:
@@ -62,38 +53,50 @@ def entity_key(entity_id: str) -> bytes:
 
 
 class EntityHost:
-    """Entity state and messaging of one partition (mixed into PartitionCore)."""
+    """Entity state and messaging of one partition (see the module docstring)."""
 
-    _entities: dict[str, EntityRecord]
-    _entity_inbox: dict[str, list[EntityMessage]]
-    _entity_dirty: set[str]
-    _entity_converter: codec.Converter
-
-    def _init_entities(self: PartitionCore) -> None:
-        self._entities = {}
-        self._entity_inbox = {}
-        self._entity_dirty = set()
+    def __init__(
+        self,
+        *,
+        store: PartitionStore,
+        registry: Registry,
+        config: HubConfig,
+        outbox: Outbox,
+        timers: Timers,
+        clock: Clock,
+        counters: dict[str, float],
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._max_cached = config.max_cached_entities
+        self._outbox = outbox
+        self._timers = timers
+        self._clock = clock
+        self._counters = counters
+        self._entities: dict[str, EntityRecord] = {}
+        self._inbox: dict[str, list[EntityMessage]] = {}
+        self._dirty: set[str] = set()
         # Entity state, results and signal inputs obey the hub's max_payload_bytes, like
         # the payloads made by orchestrations.
-        self._entity_converter = codec.Converter(self.config.max_payload_bytes)
+        self._converter = codec.Converter(config.max_payload_bytes)
 
     # -- records ----------------------------------------------------------------------------
 
-    def _entity(self: PartitionCore, entity_id: str) -> EntityRecord:
+    def _entity(self, entity_id: str) -> EntityRecord:
         record = self._entities.pop(entity_id, None)
         if record is not None:
             self._entities[entity_id] = record  # most recently used last
         else:
-            data = self.store.get("entities", entity_key(entity_id))
+            data = self._store.get("entities", entity_key(entity_id))
             record = EntityRecord(entity_id) if data is None else _decode_entity(data)
             self._entities[entity_id] = record
         return record
 
-    def _peek_entity(self: PartitionCore, entity_id: str) -> EntityRecord | None:
+    def _peek_entity(self, entity_id: str) -> EntityRecord | None:
         record = self._entities.get(entity_id)
         if record is not None:
             return record if record.exists else None
-        data = self.store.get("entities", entity_key(entity_id))
+        data = self._store.get("entities", entity_key(entity_id))
         if data is None:
             return None
         # A stored row without state, lock or queue (left for clean_entity_storage) is no
@@ -101,153 +104,153 @@ class EntityHost:
         record = _decode_entity(data)
         return record if record.exists else None
 
-    def _save_entities(self: PartitionCore) -> None:
-        for entity_id in self._entity_dirty:
+    def _save_entities(self, b: Batch) -> None:
+        for entity_id in self._dirty:
             record = self._entities.get(entity_id)
             if record is None:
                 continue
             if record.exists:
-                self._wb.put("entities", entity_key(entity_id), _encode_entity(record))
+                b.wb.put("entities", entity_key(entity_id), _encode_entity(record))
             else:
                 # An entity without state, lock or waiting messages does not exist.
-                self._wb.delete("entities", entity_key(entity_id))
+                b.wb.delete("entities", entity_key(entity_id))
                 del self._entities[entity_id]
-        self._entity_dirty = set()
+        self._dirty = set()
         # Every cached record is saved now: drop the least recently used beyond the bound
         # (they are read back from the store when next needed).
-        excess = len(self._entities) - self.config.max_cached_entities
+        excess = len(self._entities) - self._max_cached
         if excess > 0:
             for entity_id in list(itertools.islice(self._entities, excess)):
                 del self._entities[entity_id]
 
     # -- messages in ------------------------------------------------------------------------
 
-    def _send_entity(
-        self: PartitionCore,
+    def send(
+        self,
+        b: Batch,
         entity_id: str,
         message: EntityMessage,
         signal_time: datetime | None = None,
     ) -> None:
-        body: dict[str, Any] = {"m": pack_message(message)}
-        if signal_time is not None:
-            body["at"] = codec.utc_micros(signal_time)
-        self._send(partition_for(entity_id, self.partition_count), "entity", entity_id, body=body)
+        """Send ``message`` to an entity (on any partition), due at ``signal_time``."""
+        self._outbox.send(b, EntityDelivery(entity_id, message, signal_time))
 
-    def _on_entity_message(self: PartitionCore, entity_id: str, body: dict[str, Any]) -> None:
-        message = unpack_message(body["m"])
-        at = body.get("at")
-        if at is not None and at > codec.utc_micros(self._now):
-            self._schedule_signal(entity_id, message, codec.from_utc_micros(at))
+    def on_message(self, b: Batch, delivery: EntityDelivery) -> None:
+        """An entity message arrived: queue it for this batch, or schedule it."""
+        if delivery.at is not None and delivery.at > b.now:
+            self._schedule_signal(b, delivery.entity_id, delivery.message, delivery.at)
             return
-        self._entity_inbox.setdefault(entity_id, []).append(message)
+        self._inbox.setdefault(delivery.entity_id, []).append(delivery.message)
 
     def _schedule_signal(
-        self: PartitionCore, entity_id: str, message: EntityMessage, when: datetime
+        self, b: Batch, entity_id: str, message: EntityMessage, when: datetime
     ) -> None:
         # Random ids keep (due time, entity, id) keys unique without a persisted counter.
         row = TimerRow(
             "signal",
             entity_id,
             "",
-            random.getrandbits(31),
+            self._clock.random_bits(31),
             when,
             body=codec.encode(pack_message(message)),
         )
-        self._put_timer(row)
+        self._timers.put(b, row)
 
-    def _fire_signal(self: PartitionCore, row: TimerRow) -> None:
+    def fire_signal(self, row: TimerRow) -> None:
+        """A scheduled signal is due: queue its operation for this batch."""
         assert row.body is not None
         message = unpack_message(codec.decode(row.body))
-        self._entity_inbox.setdefault(row.instance_id, []).append(message)
+        self._inbox.setdefault(row.instance_id, []).append(message)
 
     # -- the entity step of a batch -----------------------------------------------------------
 
-    def _process_entities(self: PartitionCore) -> None:
-        inbox, self._entity_inbox = self._entity_inbox, {}
+    def process(self, b: Batch) -> None:
+        """Run what the queued messages admit, then save the changed entities."""
+        inbox, self._inbox = self._inbox, {}
         for entity_id, messages in inbox.items():
             record = self._entity(entity_id)
             scheduled = admit(record, messages)
             for step in scheduled.lock_steps:
-                self._lock_step(step)
+                self._lock_step(b, step)
             changed = scheduled.changed
             if scheduled.ready:
-                changed = self._run_operations(record, scheduled.ready) or changed
+                changed = self._run_operations(b, record, scheduled.ready) or changed
             if changed:
-                record.last_modified = self._now
-                self._entity_dirty.add(entity_id)
-        self._save_entities()
+                record.last_modified = b.now
+                self._dirty.add(entity_id)
+        self._save_entities(b)
 
     def _run_operations(
-        self: PartitionCore, record: EntityRecord, ready: list[OperationMessage]
+        self, b: Batch, record: EntityRecord, ready: list[OperationMessage]
     ) -> bool:
         entity_id = EntityId.from_stored(record.entity_id)
-        impl = self.registry.entities.get(entity_id.name)
+        impl = self._registry.entities.get(entity_id.name)
         result = execute_batch(
             impl,
             entity_id,
             record.state,
             [Operation(m.operation, m.input, m) for m in ready],
-            converter=self._entity_converter,
-            name_of=self.registry.name_of,
-            new_instance_id=lambda: uuid.uuid4().hex,
-            now=self._now,
+            converter=self._converter,
+            name_of=self._registry.name_of,
+            new_instance_id=self._clock.new_id,
+            now=b.now,
         )
         record.state = result.state
-        self.counters["entity_operations"] = self.counters.get("entity_operations", 0) + len(ready)
+        self._counters["entity_operations"] = self._counters.get("entity_operations", 0) + len(
+            ready
+        )
         for outcome in result.outcomes:
             message: OperationMessage = outcome.operation.reply_to
             if message.caller_instance is not None:
                 event: h.HistoryEvent
                 if outcome.failure is None:
                     event = h.EntityOperationCompleted(
-                        timestamp=self._now,
+                        timestamp=b.now,
                         task_scheduled_id=message.caller_task or 0,
                         result=outcome.result,
                     )
                 else:
                     event = h.EntityOperationFailed(
-                        timestamp=self._now,
+                        timestamp=b.now,
                         task_scheduled_id=message.caller_task or 0,
                         failure=outcome.failure,
                     )
-                self._send_event(message.caller_instance, event, message.caller_execution)
+                self._outbox.send(
+                    b, DeliverEvent(message.caller_instance, event, message.caller_execution)
+                )
             for signal in outcome.signals:
-                self._send_entity(
+                self.send(
+                    b,
                     signal.entity_id,
                     OperationMessage(signal.operation, signal.input),
                     signal.signal_time,
                 )
             for start in outcome.starts:
-                self._send(
-                    partition_for(start.instance_id, self.partition_count),
-                    "start",
-                    start.instance_id,
-                    body={"name": start.name, "input": start.input},
-                )
+                self._outbox.send(b, StartOrchestration(start.instance_id, start.name, start.input))
         return result.state_changed or any(o.failure is None for o in result.outcomes)
 
-    def _lock_step(self: PartitionCore, request: LockRequest) -> None:
+    def _lock_step(self, b: Batch, request: LockRequest) -> None:
         if request.is_granted:
             granted = h.EntityLockGranted(
-                timestamp=self._now,
+                timestamp=b.now,
                 task_scheduled_id=request.task_id,
                 critical_section_id=request.owner,
                 lock_set=list(request.lock_set),
             )
-            self._send_event(request.instance_id, granted, request.execution_id)
+            self._outbox.send(b, DeliverEvent(request.instance_id, granted, request.execution_id))
         else:
-            self._send_entity(request.target, request)
+            self.send(b, request.target, request)
 
-    def _unlock_all(self: PartitionCore, section_id: str, lock_set: list[str]) -> None:
+    def unlock_all(self, b: Batch, section_id: str, lock_set: list[str]) -> None:
+        """Release the locks of a critical section."""
         for entity_id in lock_set:
-            self._send_entity(entity_id, UnlockMessage(section_id))
+            self.send(b, entity_id, UnlockMessage(section_id))
 
-    def _entity_action(
-        self: PartitionCore, instance_id: str, execution_id: str, event: h.HistoryEvent
-    ) -> bool:
+    def action(self, b: Batch, instance_id: str, execution_id: str, event: h.HistoryEvent) -> bool:
         """Carry out an orchestration's entity action; False if it is not one."""
         if isinstance(event, h.EntityOperationCalled):
-            self._send_entity(
+            self.send(
+                b,
                 event.entity_id,
                 OperationMessage(
                     event.operation,
@@ -259,8 +262,11 @@ class EntityHost:
                 ),
             )
         elif isinstance(event, h.EntityOperationSignaled):
-            self._send_entity(
-                event.entity_id, OperationMessage(event.operation, event.input), event.signal_time
+            self.send(
+                b,
+                event.entity_id,
+                OperationMessage(event.operation, event.input),
+                event.signal_time,
             )
         elif isinstance(event, h.EntityLockRequested):
             request = LockRequest(
@@ -270,15 +276,15 @@ class EntityHost:
                 task_id=event.event_id,
                 lock_set=list(event.lock_set),
             )
-            self._send_entity(request.target, request)
+            self.send(b, request.target, request)
         elif isinstance(event, h.EntityUnlockSent):
-            self._unlock_all(event.critical_section_id, list(event.lock_set))
+            self.unlock_all(b, event.critical_section_id, list(event.lock_set))
         else:
             return False
         return True
 
-    def _release_held_locks(self: PartitionCore, history: list[h.HistoryEvent]) -> None:
-        """Unlock what a history's critical sections still hold (terminate)."""
+    def release_held_locks(self, b: Batch, history: list[h.HistoryEvent]) -> None:
+        """Unlock what a history's critical sections still hold (terminate, failure)."""
         open_sections: dict[str, list[str]] = {}
         for event in history:
             if isinstance(event, h.EntityLockRequested):
@@ -286,47 +292,47 @@ class EntityHost:
             elif isinstance(event, h.EntityUnlockSent):
                 open_sections.pop(event.critical_section_id, None)
         for section_id, lock_set in open_sections.items():
-            self._unlock_all(section_id, lock_set)
+            self.unlock_all(b, section_id, lock_set)
 
     # -- client operations ----------------------------------------------------------------------
 
-    def _op_signal_entity(
-        self: PartitionCore,
-        req: ClientRequest,
+    def signal(
+        self,
+        b: Batch,
         *,
         entity_id: str,
         operation: str,
         input: bytes | None = None,
         signal_time: datetime | timedelta | None = None,
     ) -> None:
+        """Client ``signal_entity``: queue an operation, now or at ``signal_time``."""
         message = OperationMessage(operation, input)
         if signal_time is not None:  # a delay is from now, on this partition's clock
-            signal_time = _limits.resolve_time(signal_time, self._now, "signal_time")
-        if signal_time is not None and signal_time > self._now:
-            self._schedule_signal(entity_id, message, signal_time)
+            signal_time = _limits.resolve_time(signal_time, b.now, "signal_time")
+        if signal_time is not None and signal_time > b.now:
+            self._schedule_signal(b, entity_id, message, signal_time)
         else:
-            self._entity_inbox.setdefault(entity_id, []).append(message)
+            self._inbox.setdefault(entity_id, []).append(message)
 
-    def _op_get_entity(
-        self: PartitionCore, req: ClientRequest, *, entity_id: str, include_state: bool = True
-    ) -> EntityRecord | None:
+    def get(self, *, entity_id: str, include_state: bool = True) -> EntityRecord | None:
+        """Client ``get_entity``: a snapshot of the entity, or None if it does not exist."""
         record = self._peek_entity(entity_id)
         if record is None:
             return None
         return _snapshot(record, include_state)
 
-    def _op_query_entities(
-        self: PartitionCore,
-        req: ClientRequest,
+    def query(
+        self,
         *,
         prefix: str = "@",
         after: str | None = None,
         limit: int = 100,
         include_state: bool = True,
     ) -> list[EntityRecord]:
+        """Client ``query_entities``: existing entities by id, after ``after``."""
         start = (after.encode() + b"\x00") if after else None
         out: list[EntityRecord] = []
-        for key, value in self.store.scan("entities", prefix=prefix.encode(), start=start):
+        for key, value in self._store.scan("entities", prefix=prefix.encode(), start=start):
             record = self._entities.get(key.decode()) or _decode_entity(value)
             if record.exists:
                 out.append(_snapshot(record, include_state))
@@ -334,37 +340,35 @@ class EntityHost:
                     break
         return out
 
-    def _op_clean_entities(
-        self: PartitionCore, req: ClientRequest, *, remove_empty: bool = True
+    def clean(
+        self, b: Batch, *, remove_empty: bool = True
     ) -> tuple[int, list[tuple[str, str, str]]]:
         """Remove empty entities; list held locks as (entity, holder instance, section)."""
         removed = 0
         locks: list[tuple[str, str, str]] = []
-        for key, value in self.store.scan("entities"):
+        for key, value in self._store.scan("entities"):
             entity_id = key.decode()
             record = self._entities.get(entity_id) or _decode_entity(value)
             if not record.exists and remove_empty:
-                self._wb.delete("entities", key)
+                b.wb.delete("entities", key)
                 self._entities.pop(entity_id, None)
                 removed += 1
             elif record.lock_owner is not None and record.locked_by is not None:
                 locks.append((entity_id, record.locked_by, record.lock_owner))
         return removed, locks
 
-    def _op_release_entity_lock(
-        self: PartitionCore, req: ClientRequest, *, entity_id: str, owner: str
-    ) -> bool:
+    def release_lock(self, b: Batch, *, entity_id: str, owner: str) -> bool:
         """Release a lock whose holder is no longer running (orphaned-lock cleanup)."""
         record = self._entity(entity_id)
         if record.lock_owner != owner:
             return False
         scheduled = release(record)
         for step in scheduled.lock_steps:
-            self._lock_step(step)
+            self._lock_step(b, step)
         if scheduled.ready:
-            self._run_operations(record, scheduled.ready)
-        record.last_modified = self._now
-        self._entity_dirty.add(entity_id)
+            self._run_operations(b, record, scheduled.ready)
+        record.last_modified = b.now
+        self._dirty.add(entity_id)
         return True
 
 

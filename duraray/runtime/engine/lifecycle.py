@@ -1,16 +1,14 @@
 """How orchestration executions end, and how they start over.
 
-Mixed into ``PartitionCore``: completion (and the report to a parent), continue-as-new,
+``Lifecycle`` carries out completion (and the report to a parent), continue-as-new,
 termination (recursive, releasing held entity locks), rewind of a failed instance (and
 of its failed children), and purge. Each changes the instance record, its history and
-its timers and activities within the current batch.
+its timers and activities within the batch it is handed.
 """
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
 
 from duraray._errors import (
     FailureDetails,
@@ -20,26 +18,22 @@ from duraray._errors import (
 from duraray.orchestrations import history as h
 from duraray.runtime.engine import codec
 from duraray.runtime.engine import records as r
+from duraray.runtime.engine.actions import Actions
+from duraray.runtime.engine.batch import Batch
+from duraray.runtime.engine.clock import Clock
+from duraray.runtime.engine.entity_host import EntityHost
+from duraray.runtime.engine.instances import InstanceTable, LiveInstance
+from duraray.runtime.engine.messages import (
+    DeliverEvent,
+    ParentRef,
+    RewindInstance,
+    TerminateInstance,
+)
+from duraray.runtime.engine.outbox import Outbox
 from duraray.runtime.engine.records import InstanceRecord
-from duraray.runtime.engine.routing import partition_for
+from duraray.runtime.engine.timers import Timers
 
 Status = h.OrchestrationStatus
-
-if TYPE_CHECKING:
-    from duraray.orchestrations.executor import OrchestrationExecutor
-
-
-@dataclass(slots=True)
-class LiveInstance:
-    """In-memory state of a non-terminal instance."""
-
-    record: InstanceRecord
-    executor: OrchestrationExecutor | None = None
-    activities: set[int] = field(default_factory=set)
-    timers: set[bytes] = field(default_factory=set)
-    # True while new events must go to the inbox (suspended, delayed start, or waiting
-    # for the inbox to be drained into an episode).
-    buffering: bool = False
 
 
 def _rewound_history(old: list[h.HistoryEvent]) -> list[h.HistoryEvent]:
@@ -85,15 +79,30 @@ def _rewound_history(old: list[h.HistoryEvent]) -> list[h.HistoryEvent]:
     return kept
 
 
-_Live = LiveInstance
+class Lifecycle:
+    """Endings and restarts of orchestration executions (see the module docstring)."""
 
+    def __init__(
+        self,
+        *,
+        table: InstanceTable,
+        actions: Actions,
+        outbox: Outbox,
+        timers: Timers,
+        entities: EntityHost,
+        clock: Clock,
+    ) -> None:
+        self._table = table
+        self._actions = actions
+        self._outbox = outbox
+        self._timers = timers
+        self._entities = entities
+        self._clock = clock
 
-class InstanceLifecycle:
-    """Endings and restarts of orchestration executions (mixed into PartitionCore)."""
-
-    def _complete(self, live: _Live, completion: h.HistoryEvent) -> None:
+    def complete(self, b: Batch, live: LiveInstance, completion: h.HistoryEvent) -> None:
+        """The execution completed, failed or continues as new."""
         if isinstance(completion, h.ContinueAsNew):
-            self._continue_as_new(live, completion)
+            self._continue_as_new(b, live, completion)
             return
         assert isinstance(completion, h.ExecutionCompleted)
         record = live.record
@@ -104,71 +113,77 @@ class InstanceLifecycle:
             # The executor releases the sections it knows of; a failure in replay (changed
             # code) may not know them all, so release whatever the history still holds.
             # An unlock for a lock already released is ignored by the entity.
-            self._release_held_locks(self._history_with_batch(record.instance_id))
-        self._finish(live)
+            history = self._table.history_with_batch(b, record.instance_id)
+            self._entities.release_held_locks(b, history)
+        self._finish(b, live)
         if record.parent_instance_id is not None and record.parent_task_id is not None:
             event: h.HistoryEvent
             if completion.status is Status.COMPLETED:
                 event = h.SubOrchestrationInstanceCompleted(
-                    timestamp=self._now,
+                    timestamp=b.now,
                     task_scheduled_id=record.parent_task_id,
                     result=completion.result,
                 )
             else:
                 event = h.SubOrchestrationInstanceFailed(
-                    timestamp=self._now,
+                    timestamp=b.now,
                     task_scheduled_id=record.parent_task_id,
                     failure=completion.failure
                     or FailureDetails("sub-orchestration failed", "duraray.DurableError"),
                 )
-            self._send_event(record.parent_instance_id, event, record.parent_execution_id)
+            self._report(b, record, event)
 
-    def _finish(self, live: _Live) -> None:
+    def _report(self, b: Batch, record: InstanceRecord, event: h.HistoryEvent) -> None:
+        assert record.parent_instance_id is not None
+        self._outbox.send(
+            b, DeliverEvent(record.parent_instance_id, event, record.parent_execution_id)
+        )
+
+    def _finish(self, b: Batch, live: LiveInstance) -> None:
         """Common end of an execution: drop its timers, activities, inbox and generator."""
+        table = self._table
         record = live.record
         iid = record.instance_id
-        record.completed_at = self._now
-        self._drop_pending_work(live)
-        if record.inbox_length:
-            self._wb.delete_prefix("inbox", r.instance_prefix(iid))
-            record.inbox_length = 0
-        self._drop_executor(live)
-        self._ready.discard(iid)
-        self._touch(live)
-        self._put_record(record)
-        self._wb.delete("live", r.live_key(iid))
-        del self._live[iid]
-        self._work.pop(iid, None)
+        record.completed_at = b.now
+        self._drop_pending_work(b, live)
+        table.clear_inbox(b, live)
+        table.drop_executor(live)
+        table.ready.discard(iid)
+        table.touch(b, live)
+        table.put_record(b, record)
+        b.wb.delete("live", r.live_key(iid))
+        del table.live[iid]
+        b.work.pop(iid, None)
 
-    def _drop_pending_work(self, live: _Live) -> None:
+    def _drop_pending_work(self, b: Batch, live: LiveInstance) -> None:
         """Forget the execution's timers and undelivered activities (it has ended)."""
         iid = live.record.instance_id
         for key in live.timers:
-            if self._timers.pop(key, None) is not None:
-                self._wb.delete("timers", key)
+            self._timers.remove(b, key)
         live.timers.clear()
         for task_id in live.activities:
-            self._wb.delete("activities", r.seq_key(iid, task_id))
+            b.wb.delete("activities", r.seq_key(iid, task_id))
         live.activities.clear()
 
-    def _continue_as_new(self, live: _Live, completion: h.ContinueAsNew) -> None:
+    def _continue_as_new(self, b: Batch, live: LiveInstance, completion: h.ContinueAsNew) -> None:
+        table = self._table
         record = live.record
         iid = record.instance_id
         executor = live.executor
         carried = executor.buffered_events() if executor and executor.save_events else []
-        self._drop_pending_work(live)
-        self._drop_executor(live)
+        self._drop_pending_work(b, live)
+        table.drop_executor(live)
         # The history is reset each generation; events buffered in the inbox stay there
         # and are applied to the new generation after its start.
-        self._wb.delete_prefix("history", r.instance_prefix(iid))
+        b.wb.delete_prefix("history", r.instance_prefix(iid))
         record.history_length = 0
-        record.execution_id = uuid.uuid4().hex
+        record.execution_id = self._clock.new_id()
         record.input = completion.input
         record.output = None
         record.failure = None
         record.status = Status.RUNNING
         started = h.ExecutionStarted(
-            timestamp=self._now,
+            timestamp=b.now,
             name=record.name,
             instance_id=iid,
             execution_id=record.execution_id,
@@ -179,34 +194,31 @@ class InstanceLifecycle:
             parent_execution_id=record.parent_execution_id,
             parent_task_id=record.parent_task_id,
         )
-        earlier = self._inbox_events(live)
-        self._wb.delete_prefix("inbox", r.instance_prefix(iid))
+        earlier = table.inbox_events(live)
+        b.wb.delete_prefix("inbox", r.instance_prefix(iid))
         record.inbox_length = 0
         live.buffering = True
-        self._to_inbox(live, started)
+        table.to_inbox(b, live, started)
         for name, data in carried:
-            self._to_inbox(live, h.EventRaised(timestamp=self._now, name=name, input=data))
+            table.to_inbox(b, live, h.EventRaised(timestamp=b.now, name=name, input=data))
         for event in earlier:
-            self._to_inbox(live, event)
+            table.to_inbox(b, live, event)
         # Run the next generation in the next batch: its start is durable first, and an
         # orchestration that continues as new in a tight loop cannot starve the partition.
-        self._ready.add(iid)
-        self._touch(live)
+        table.ready.add(iid)
+        table.touch(b, live)
 
-    def _inbox_events(self, live: _Live) -> list[h.HistoryEvent]:
-        if not live.record.inbox_length:
-            return []
-        prefix = r.instance_prefix(live.record.instance_id)
-        return [codec.decode_event(v) for _, v in self.store.scan("inbox", prefix=prefix)]
-
-    def _terminate(self, live: _Live, output: bytes | None, recursive: bool) -> None:
+    def terminate(
+        self, b: Batch, live: LiveInstance, output: bytes | None, recursive: bool
+    ) -> None:
+        """End the execution as TERMINATED (its children too, if ``recursive``)."""
+        table = self._table
         record = live.record
-        self._append_history(
-            live, [h.ExecutionTerminated(timestamp=self._now, output=output, recursive=recursive)]
-        )
+        terminated = h.ExecutionTerminated(timestamp=b.now, output=output, recursive=recursive)
+        table.append_history(b, live, [terminated])
         record.status = Status.TERMINATED
         record.output = output
-        history = self._history_with_batch(record.instance_id)
+        history = table.history_with_batch(b, record.instance_id)
         children = (
             list(
                 dict.fromkeys(
@@ -218,15 +230,10 @@ class InstanceLifecycle:
             if recursive
             else []
         )
-        self._release_held_locks(history)
-        self._finish(live)
+        self._entities.release_held_locks(b, history)
+        self._finish(b, live)
         for child in children:
-            self._send(
-                partition_for(child, self.partition_count),
-                "terminate",
-                child,
-                body={"output": output, "recursive": True},
-            )
+            self._outbox.send(b, TerminateInstance(child, output, recursive=True))
         if record.parent_instance_id is not None and record.parent_task_id is not None:
             failure = FailureDetails(
                 message=f"sub-orchestration {record.instance_id!r} was terminated",
@@ -234,36 +241,19 @@ class InstanceLifecycle:
                 non_retriable=True,
             )
             event = h.SubOrchestrationInstanceFailed(
-                timestamp=self._now, task_scheduled_id=record.parent_task_id, failure=failure
+                timestamp=b.now, task_scheduled_id=record.parent_task_id, failure=failure
             )
-            self._send_event(record.parent_instance_id, event, record.parent_execution_id)
+            self._report(b, record, event)
 
-    def _history_with_batch(self, instance_id: str) -> list[h.HistoryEvent]:
-        """The committed history plus the events appended to it in this batch."""
-        history = self._load_history(instance_id)
-        prefix = r.instance_prefix(instance_id)
-        for op in self._wb.ops:
-            if op[0] == "put" and op[1] == "history" and op[2].startswith(prefix):
-                history.append(codec.decode_event(op[3]))
-        return history
-
-    def _children_of(self, instance_id: str) -> list[str]:
-        """Every sub-orchestration the instance's current execution started."""
-        return list(
-            dict.fromkeys(
-                e.instance_id
-                for e in self._history_with_batch(instance_id)
-                if isinstance(e, h.SubOrchestrationInstanceCreated)
-            )
-        )
-
-    def _rewind(self, instance_id: str, reason: str | None) -> None:
-        record = self._get_record(instance_id)
+    def rewind(self, b: Batch, instance_id: str, reason: str | None) -> None:
+        """Run a failed instance again from before its first failure (see _rewound_history)."""
+        table = self._table
+        record = table.get_record(instance_id)
         if record is None or record.status is not Status.FAILED:
             return
-        old = self._load_history(instance_id)
+        old = table.load_history(instance_id)
         kept = _rewound_history(old)
-        self._wb.delete_prefix("history", r.instance_prefix(instance_id))
+        b.wb.delete_prefix("history", r.instance_prefix(instance_id))
         record = replace(
             record,
             status=Status.RUNNING,
@@ -275,16 +265,16 @@ class InstanceLifecycle:
         )
         # Buffer until the next batch: the rewritten history is not committed yet, and an
         # executor rebuilt in this batch would replay the old one from the store.
-        live = _Live(record, buffering=True)
-        self._live[instance_id] = live
-        self._wb.put("live", r.live_key(instance_id), b"")
-        self._ready.add(instance_id)
-        self._append_history(live, kept)
+        live = LiveInstance(record, buffering=True)
+        table.live[instance_id] = live
+        b.wb.put("live", r.live_key(instance_id), b"")
+        table.ready.add(instance_id)
+        table.append_history(b, live, kept)
         # The rewind marker goes through the inbox, not straight into the history: the
         # next batch then runs an episode even when nothing else is pending (the code
         # itself had failed), replaying the kept history against the code deployed now,
         # and the marker survives a crash like any buffered event.
-        self._to_inbox(live, h.ExecutionRewound(timestamp=self._now, reason=reason))
+        table.to_inbox(b, live, h.ExecutionRewound(timestamp=b.now, reason=reason))
         # Re-arm what the kept history still waits for: activities without results are
         # dispatched again, timers re-armed, failed children rewound in turn.
         scheduled: dict[int, h.HistoryEvent] = {}
@@ -297,23 +287,19 @@ class InstanceLifecycle:
                 scheduled.pop(event.task_scheduled_id, None)
             elif isinstance(event, h.TimerFired):
                 scheduled.pop(event.timer_id, None)
-        self._relock_sections(live, kept)
+        self._relock_sections(b, live, kept)
         for seq, event in scheduled.items():
             if isinstance(event, h.TaskScheduled | h.TimerCreated):
-                self._apply_action(live, event)
+                self._actions.apply(b, live, event)
             elif isinstance(event, h.SubOrchestrationInstanceCreated):
                 # Every child whose outcome the kept history lacks: a failed one is rewound,
                 # and one that finished after this instance failed (its report was dropped)
                 # reports again, so the rewound parent never waits forever.
-                self._send(
-                    partition_for(event.instance_id, self.partition_count),
-                    "rewind",
-                    event.instance_id,
-                    body={"reason": reason, "parent": [instance_id, record.execution_id, seq]},
-                )
-        self._touch(live)
+                parent = ParentRef(instance_id, record.execution_id, seq)
+                self._outbox.send(b, RewindInstance(event.instance_id, reason, parent))
+        table.touch(b, live)
 
-    def _relock_sections(self, live: _Live, kept: list[h.HistoryEvent]) -> None:
+    def _relock_sections(self, b: Batch, live: LiveInstance, kept: list[h.HistoryEvent]) -> None:
         """Re-acquire the locks of critical sections the rewound history is still inside.
 
         The failure released them, so each open section asks for its locks again. A
@@ -333,14 +319,15 @@ class InstanceLifecycle:
         relock = [cs for cs in requested if cs in granted]
         record.relock = relock or None
         for event in requested.values():
-            self._entity_action(record.instance_id, record.execution_id, event)
+            self._entities.action(b, record.instance_id, record.execution_id, event)
 
-    def _rewind_child(self, instance_id: str, reason: str | None, parent: list[Any]) -> None:
+    def rewind_child(
+        self, b: Batch, instance_id: str, reason: str | None, parent: ParentRef
+    ) -> None:
         """A rewound parent asks a child for its outcome: rewind it if it failed, else re-report."""
-        parent_id, parent_execution_id, task_id = parent
-        record = self._get_record(instance_id)
+        record = self._table.get_record(instance_id)
         if record is not None and record.status is Status.FAILED:
-            self._rewind(instance_id, reason)  # reports to the parent when it finishes
+            self.rewind(b, instance_id, reason)  # reports to the parent when it finishes
             return
         if record is not None and not record.status.is_terminal:
             return  # still running: it reports to its parent when it finishes
@@ -348,31 +335,32 @@ class InstanceLifecycle:
         if (
             record is not None
             and record.status is Status.COMPLETED
-            and record.parent_instance_id == parent_id
+            and record.parent_instance_id == parent.instance_id
         ):
             event = h.SubOrchestrationInstanceCompleted(
-                timestamp=self._now, task_scheduled_id=task_id, result=record.output
+                timestamp=b.now, task_scheduled_id=parent.task_id, result=record.output
             )
         else:
             state = record.status.value if record is not None else "gone"
             event = h.SubOrchestrationInstanceFailed(
-                timestamp=self._now,
-                task_scheduled_id=task_id,
+                timestamp=b.now,
+                task_scheduled_id=parent.task_id,
                 failure=FailureDetails(
                     message=f"sub-orchestration {instance_id!r} cannot be rewound: it is {state}",
                     error_type=error_type_name(InstanceStateError),
                     non_retriable=True,
                 ),
             )
-        self._send_event(parent_id, event, parent_execution_id)
+        self._outbox.send(b, DeliverEvent(parent.instance_id, event, parent.execution_id))
 
-    def _delete_instance(self, record: InstanceRecord) -> None:
+    def delete(self, b: Batch, record: InstanceRecord) -> None:
+        """Delete every row of a terminal (or replaced) instance."""
         iid = record.instance_id
-        self._wb.delete("instances", r.instance_key(iid))
-        self._wb.delete("live", r.live_key(iid))
-        self._wb.delete("by_created", r.created_key(codec.utc_micros(record.created_at), iid))
-        self._wb.delete_prefix("history", r.instance_prefix(iid))
-        self._wb.delete_prefix("inbox", r.instance_prefix(iid))
-        self._wb.delete_prefix("activities", r.instance_prefix(iid))
-        self._dirty.discard(iid)
-        self._changed.add(iid)
+        b.wb.delete("instances", r.instance_key(iid))
+        b.wb.delete("live", r.live_key(iid))
+        b.wb.delete("by_created", r.created_key(codec.utc_micros(record.created_at), iid))
+        b.wb.delete_prefix("history", r.instance_prefix(iid))
+        b.wb.delete_prefix("inbox", r.instance_prefix(iid))
+        b.wb.delete_prefix("activities", r.instance_prefix(iid))
+        b.dirty.discard(iid)
+        b.changed.add(iid)

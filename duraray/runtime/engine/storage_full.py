@@ -1,11 +1,12 @@
 """A batch whose commit did not fit: answer its callers, rebuild the core, keep going.
 
-Mixed into ``PartitionCore``. When ``run_batch``'s commit fails for lack of space (the
+When ``run_batch``'s commit fails for lack of space (the
 disk is full, or the store reached ``max_map_size``: ``StorageFullError``), nothing of
 the batch was written, but the batch had already changed the core's memory (live
 generators advanced, sequence numbers taken, timers popped). That memory is thrown away:
 ``recover_from_storage_full`` builds a new core over the same store, which recovers from
-it exactly as a restarted partition does (``PartitionCore.__init__``), and the shell
+it exactly as a restarted partition does (``PartitionCore.__init__``; ``PartitionCore.recover_from_storage_full``
+uses the helpers here), and the shell
 carries on with the new core instead of dying (a crash would only repeat the failure,
 each restart re-running every pending activity).
 
@@ -42,25 +43,21 @@ held back stay out of those batches, so what did not fit does not make a small w
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any, cast
-
-import structlog
+from dataclasses import dataclass, field
+from typing import Any
 
 from duraray._errors import StorageFullError
 from duraray.runtime.engine import records as r
-from duraray.runtime.engine.client_ops import _is_mutating, _WaitGroup, _Watcher
+from duraray.runtime.engine.batch import Batch
+from duraray.runtime.engine.client_ops import ClientOps
+from duraray.runtime.engine.intake import IntakeItem, Request
 from duraray.runtime.engine.records import ClientRequest, Effects, Reply
-from duraray.runtime.engine.store import WriteBatch
-
-if TYPE_CHECKING:
-    from duraray.runtime.engine.partition import PartitionCore
+from duraray.runtime.engine.requests import is_mutating
+from duraray.runtime.engine.store import PartitionStore
 
 #: Seconds before held work is retried after the first failed commit, and at most.
 FULL_RETRY_MIN_S = 0.5
 FULL_RETRY_MAX_S = 8.0
-
-log = structlog.get_logger("duraray.partition")
 
 
 def copy_effects(fx: Effects) -> Effects:
@@ -74,159 +71,71 @@ def copy_effects(fx: Effects) -> Effects:
     )
 
 
-class StorageFullRecovery:
-    """Recovery from a commit that failed for lack of space (mixed into PartitionCore)."""
-
-    def holding_back(self) -> bool:
-        """True while held work waits for its retry after a commit that did not fit."""
-        return _core(self)._hold_until > time.monotonic()
-
-    def requests_queued(self) -> bool:
-        """True if a client request waits in the intake (any thread may be appending)."""
-        # list() copies the deque without running Python code in between, so a thread
-        # appending meanwhile cannot break the iteration.
-        return any(kind == "request" for kind, _ in list(_core(self)._intake))
-
-    def recover_from_storage_full(self, error: StorageFullError) -> tuple[PartitionCore, Effects]:
-        """After ``run_batch`` raised ``error``: a new core over the same store, recovered
-        from it, taking over this core's intake, and the effects to release now (the
-        answers to the failed batch's client requests). This core must not be used again.
-        See the module docstring for what happens to each item of the failed batch."""
-        return _recover(_core(self), error)
-
-    def abandon_callers(self) -> list[Any]:
-        """The callers this core holds and will now never answer, because its shell cannot
-        go on: those of the batch that failed, of the queued requests and of the waits.
-        Queued requests are taken out of the intake."""
-        return _abandon_callers(_core(self))
-
-
-def _core(mixin: StorageFullRecovery) -> PartitionCore:
-    return cast("PartitionCore", mixin)
-
-
-def storage_full_error(core: PartitionCore, cause: StorageFullError) -> StorageFullError:
+def storage_full_error(hub: str, index: int, cause: StorageFullError) -> StorageFullError:
     """The error the callers of a batch that did not fit get."""
-    return StorageFullError(
-        f"partition p{core.index} of hub {core.hub!r} could not commit: {cause}"
-    )
+    return StorageFullError(f"partition p{index} of hub {hub!r} could not commit: {cause}")
 
 
-def _caller(watcher: _Watcher) -> Any:
-    target = watcher.reply_to
-    return target.reply_to if isinstance(target, _WaitGroup) else target
+@dataclass(slots=True)
+class HoldBack:
+    """The back-off of a partition whose commits do not fit (see the module docstring)."""
+
+    #: commits that did not fit, in a row
+    failures: int = 0
+    #: monotonic time until which only client requests run
+    until: float = 0.0
+    #: intake items waiting for that time, oldest first
+    held: list[IntakeItem] = field(default_factory=list)
+
+    def holding(self, mono: float) -> bool:
+        """True while held work waits for its retry."""
+        return self.until > mono
+
+    def failed_again(self, previous: HoldBack, mono: float) -> float:
+        """One more commit did not fit after ``previous``: back off; returns the delay."""
+        self.failures = previous.failures + 1
+        delay = min(FULL_RETRY_MAX_S, FULL_RETRY_MIN_S * 2 ** (self.failures - 1))
+        self.until = mono + delay
+        return delay
+
+    def committed(self) -> None:
+        """A commit fit: no more back-off."""
+        self.failures = 0
+        self.until = 0.0
 
 
-def _recover(old: PartitionCore, error: StorageFullError) -> tuple[PartitionCore, Effects]:
-    # Live generators ran ahead of the store: close them (as an eviction would).
-    for live in old._live.values():
-        if live.executor is not None:
-            live.executor.close()
-            live.executor = None
-    old._cached.clear()
-
-    core = type(old)(
-        hub=old.hub,
-        index=old.index,
-        store=old.store,
-        registry=old.registry,
-        config=old.config,
-        clock=old.clock,
-    )
-    # One intake shared by both cores: a thread still holding the old core (an activity
-    # delivering its result) appends to the queue the new core drains.
-    core._intake = old._intake
-    core._pending_effects = old._carried if old._carried is not None else Effects()
-    # Learned activity costs and the activities held for a probe stay (memory only, and
-    # what they hold was released by committed batches); the costs are saved again.
-    core.dispatch = old.dispatch
-    core.dispatch.dirty = True
-    core.counters = old._counters_before  # as they were before the failed batch
-    core.counters["storage_full"] = core.counters.get("storage_full", 0) + 1
-    core._costs_saved = old._costs_saved
-    core._next_prune = old._next_prune
-    core._full_failures = old._full_failures + 1
-    delay = min(FULL_RETRY_MAX_S, FULL_RETRY_MIN_S * 2 ** (core._full_failures - 1))
-    core._hold_until = time.monotonic() + delay
-
+def split_taken(taken: list[IntakeItem]) -> tuple[list[ClientRequest], list[IntakeItem]]:
+    """The failed batch's client requests (answered now), and the rest (given back)."""
     requests: list[ClientRequest] = []
-    give_back: list[tuple[str, Any]] = []
-    for kind, item in old._taken:
-        if kind == "request":
-            requests.append(item)
+    give_back: list[IntakeItem] = []
+    for item in taken:
+        if isinstance(item, Request):
+            requests.append(item.request)
         else:
-            give_back.append((kind, item))
-    core._held_back = old._held_back + give_back  # oldest first
-
-    # Waits of earlier batches move over; those of the failed batch's requests are
-    # registered again below, when the new core answers their requests.
-    again = {id(req.reply_to) for req in requests}
-    for iid, watchers in old._watchers.items():
-        for watcher in watchers:
-            if id(_caller(watcher)) not in again:
-                core._add_watcher(iid, watcher)
-
-    fx = _answer_without_commit(core, requests, str(error))
-    log.warning(
-        "partition could not commit: storage full; recovered from the store",
-        hub=old.hub,
-        partition=old.index,
-        error=str(error),
-        refused_requests=sum(isinstance(res, Reply) for _, res in fx.replies),
-        given_back=len(give_back),
-        retry_in_s=delay,
-    )
-    return core, fx
+            give_back.append(item)
+    return requests, give_back
 
 
-def _answer_without_commit(
-    core: PartitionCore, requests: list[ClientRequest], message: str
+def answer_without_commit(
+    client_ops: ClientOps,
+    store: PartitionStore,
+    b: Batch,
+    requests: list[ClientRequest],
+    message: str,
 ) -> Effects:
     """Answer ``requests`` from the committed state: reads (and retries whose reply is
-    stored) as usual, state changes with ``StorageFullError``."""
-    fx = Effects()
-    core._now = core.clock()
-    core._wb = WriteBatch()
-    core._fx = fx
-    core._replied = {}
-    try:
-        for req in requests:
-            stored = req.request_id is not None and (
-                core.store.get("dedup", r.dedup_request_key(req.request_id)) is not None
-            )
-            if _is_mutating(req) and not stored:
-                fx.replies.append((req.reply_to, Reply(StorageFullError(message))))
-            else:
-                core._on_request(req)
-        if core._wb:  # a read never writes; if one did, it is not committed
-            log.warning("writes of a read dropped", partition=core.index, ops=len(core._wb))
-    finally:
-        core._wb = WriteBatch()
-        core._fx = Effects()
-    return fx
-
-
-def _abandon_callers(core: PartitionCore) -> list[Any]:
-    callers: dict[int, Any] = {}
-    if core._broken:
-        for kind, item in core._taken:
-            if kind == "request":
-                callers[id(item.reply_to)] = item.reply_to
-    kept: list[tuple[str, Any]] = []
-    while True:
-        try:
-            kind, item = core._intake.popleft()
-        except IndexError:
-            break
-        if kind == "request":
-            callers[id(item.reply_to)] = item.reply_to
+    stored) as usual, state changes with ``StorageFullError``. ``b`` is never committed."""
+    for req in requests:
+        stored = req.request_id is not None and (
+            store.get("dedup", r.dedup_request_key(req.request_id)) is not None
+        )
+        if is_mutating(req) and not stored:
+            b.fx.replies.append((req.reply_to, Reply(StorageFullError(message))))
         else:
-            kept.append((kind, item))
-    core._intake.extendleft(reversed(kept))
-    for watchers in core._watchers.values():
-        for watcher in watchers:
-            caller = _caller(watcher)
-            callers[id(caller)] = caller
-    core._watchers.clear()
-    core._watch_deadline = None
-    return list(callers.values())
+            client_ops.on_request(b, req)
+    return b.fx
+
+
+def callers_of(items: list[IntakeItem]) -> list[Any]:
+    """The callers of the client requests among ``items``."""
+    return [item.request.reply_to for item in items if isinstance(item, Request)]

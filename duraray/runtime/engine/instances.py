@@ -1,0 +1,262 @@
+"""The orchestration instances of a partition: records, histories, inboxes, executors.
+
+``InstanceTable`` owns the in-memory state of the partition's non-terminal instances
+(``LiveInstance``: the record, the replay executor while cached, the activities and
+timers it waits for) and the rows that belong to one instance in the store: its record,
+history and inbox. Reading a terminal instance goes to the store. The components that
+change instances (episodes, lifecycle, client operations) do it through these methods,
+inside the batch they are handed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from duraray._errors import InstanceNotFoundError, InstanceStateError
+from duraray.orchestrations import history as h
+from duraray.orchestrations.executor import ExecutorOptions, OrchestrationExecutor
+from duraray.runtime.engine import codec
+from duraray.runtime.engine import records as r
+from duraray.runtime.engine.batch import Batch
+from duraray.runtime.engine.records import InstanceRecord
+from duraray.runtime.engine.store import PartitionStore
+
+Status = h.OrchestrationStatus
+
+
+@dataclass(slots=True)
+class LiveInstance:
+    """In-memory state of a non-terminal instance."""
+
+    record: InstanceRecord
+    executor: OrchestrationExecutor | None = None
+    activities: set[int] = field(default_factory=set)
+    timers: set[bytes] = field(default_factory=set)
+    # True while new events must go to the inbox (suspended, delayed start, or waiting
+    # for the inbox to be drained into an episode).
+    buffering: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorFactory:
+    """How the table builds a replay executor for an instance."""
+
+    #: the registered orchestration functions by name
+    orchestrations: dict[str, Callable[..., Any]]
+    converter: codec.Converter
+    name_of: Callable[[str, Any], str]
+    options: ExecutorOptions
+
+    def build(self, record: InstanceRecord) -> OrchestrationExecutor:
+        """A fresh executor for ``record``'s orchestration (no history applied)."""
+        return OrchestrationExecutor(
+            self.orchestrations.get(record.name),
+            instance_id=record.instance_id,
+            converter=self.converter,
+            name_of=self.name_of,
+            options=self.options,
+        )
+
+
+class InstanceTable:
+    """Live instances and their stored rows (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: PartitionStore,
+        executors: ExecutorFactory,
+        *,
+        max_cached: int,
+        counters: dict[str, float],
+    ) -> None:
+        self.store = store
+        self.live: dict[str, LiveInstance] = {}
+        #: instances whose inbox is drained into an episode at the start of the next batch
+        self.ready: set[str] = set()
+        self._executors = executors
+        self._cached: OrderedDict[str, None] = OrderedDict()  # LRU of live executors
+        self._max_cached = max_cached
+        self._counters = counters
+
+    @property
+    def cached_executors(self) -> int:
+        """How many live instances hold a replay executor in memory."""
+        return len(self._cached)
+
+    # -- records ----------------------------------------------------------------------------
+
+    def get_record(self, instance_id: str) -> InstanceRecord | None:
+        """The instance's current record (live, else as stored), or None."""
+        live = self.live.get(instance_id)
+        if live is not None:
+            return live.record
+        data = self.store.get("instances", r.instance_key(instance_id))
+        return None if data is None else codec.decode_record(InstanceRecord, data)
+
+    def require_live(self, instance_id: str, op: str) -> LiveInstance:
+        """The live instance, or the error a client gets for trying to ``op`` it."""
+        live = self.live.get(instance_id)
+        if live is not None:
+            return live
+        record = self.get_record(instance_id)
+        if record is None:
+            raise InstanceNotFoundError(f"no orchestration instance with id {instance_id!r}")
+        raise InstanceStateError(
+            f"cannot {op} instance {instance_id!r}: it is {record.status.value}"
+        )
+
+    def touch(self, b: Batch, live: LiveInstance) -> None:
+        """The instance changed in this batch: stamp it, save it, let waits look."""
+        live.record.last_updated_at = b.now
+        b.dirty.add(live.record.instance_id)
+        b.changed.add(live.record.instance_id)
+
+    def put_record(self, b: Batch, record: InstanceRecord) -> None:
+        """Write ``record`` in this batch."""
+        b.wb.put("instances", r.instance_key(record.instance_id), codec.encode_record(record))
+
+    def write_dirty(self, b: Batch) -> None:
+        """Write the record of every live instance the batch changed."""
+        for iid in b.dirty:
+            live = self.live.get(iid)
+            if live is not None:
+                self.put_record(b, live.record)
+
+    # -- history and inbox ------------------------------------------------------------------
+
+    def load_history(self, instance_id: str) -> list[h.HistoryEvent]:
+        """The committed history of the instance's current execution."""
+        prefix = r.instance_prefix(instance_id)
+        return [codec.decode_event(v) for _, v in self.store.scan("history", prefix=prefix)]
+
+    def history_with_batch(self, b: Batch, instance_id: str) -> list[h.HistoryEvent]:
+        """The committed history plus the events appended to it in this batch."""
+        history = self.load_history(instance_id)
+        prefix = r.instance_prefix(instance_id)
+        for op in b.wb.ops:
+            if op[0] == "put" and op[1] == "history" and op[2].startswith(prefix):
+                history.append(codec.decode_event(op[3]))
+        return history
+
+    def children_of(self, b: Batch, instance_id: str) -> list[str]:
+        """Every sub-orchestration the instance's current execution started."""
+        return list(
+            dict.fromkeys(
+                e.instance_id
+                for e in self.history_with_batch(b, instance_id)
+                if isinstance(e, h.SubOrchestrationInstanceCreated)
+            )
+        )
+
+    def append_history(self, b: Batch, live: LiveInstance, events: list[h.HistoryEvent]) -> None:
+        """Append ``events`` to the instance's history in this batch."""
+        record = live.record
+        iid = record.instance_id
+        n = record.history_length
+        put = b.wb.put
+        for event in events:
+            put("history", r.seq_key(iid, n), codec.encode_event(event))
+            n += 1
+        record.history_length = n
+        b.dirty.add(iid)
+
+    def to_inbox(self, b: Batch, live: LiveInstance, event: h.HistoryEvent) -> None:
+        """Buffer ``event`` in the instance's inbox (applied when it is drained)."""
+        record = live.record
+        b.wb.put(
+            "inbox", r.seq_key(record.instance_id, record.inbox_length), codec.encode_event(event)
+        )
+        record.inbox_length += 1
+        b.dirty.add(record.instance_id)
+
+    def inbox_events(self, live: LiveInstance) -> list[h.HistoryEvent]:
+        """The committed inbox of the instance."""
+        if not live.record.inbox_length:
+            return []
+        prefix = r.instance_prefix(live.record.instance_id)
+        return [codec.decode_event(v) for _, v in self.store.scan("inbox", prefix=prefix)]
+
+    def clear_inbox(self, b: Batch, live: LiveInstance) -> None:
+        """Delete the instance's inbox rows in this batch."""
+        if live.record.inbox_length:
+            b.wb.delete_prefix("inbox", r.instance_prefix(live.record.instance_id))
+            live.record.inbox_length = 0
+            b.dirty.add(live.record.instance_id)
+
+    def drain_inbox(self, b: Batch, instance_id: str) -> None:
+        """Move the instance's buffered events into this batch's episode, unless it is
+        suspended or waits for locks to be granted again."""
+        live = self.live.get(instance_id)
+        if live is None or live.record.status is Status.SUSPENDED or live.record.relock:
+            return
+        live.buffering = False
+        if live.record.inbox_length:
+            events = self.inbox_events(live)
+            self.clear_inbox(b, live)
+            b.add_work(instance_id, *events)
+
+    # -- executors --------------------------------------------------------------------------
+
+    def executor_for(self, live: LiveInstance) -> OrchestrationExecutor:
+        """The instance's replay executor, rebuilt from its history if not cached."""
+        if live.executor is not None:
+            self._cached.move_to_end(live.record.instance_id)
+            return live.executor
+        record = live.record
+        executor = self._executors.build(record)
+        if record.history_length:
+            self._counters["replays"] += 1
+            executor.process(self.load_history(record.instance_id), replaying=True)
+        live.executor = executor
+        self._cached[record.instance_id] = None
+        return executor
+
+    def drop_executor(self, live: LiveInstance) -> None:
+        """Close and forget the instance's executor."""
+        if live.executor is not None:
+            live.executor.close()
+            live.executor = None
+            self._cached.pop(live.record.instance_id, None)
+
+    def evict_executors(self) -> None:
+        """Close the least recently used executors beyond the cache bound."""
+        excess = len(self._cached) - self._max_cached
+        while excess > 0 and self._cached:
+            iid, _ = self._cached.popitem(last=False)
+            live = self.live.get(iid)
+            if live is not None and live.executor is not None:
+                live.executor.close()
+                live.executor = None
+            excess -= 1
+
+    def close_executors(self) -> None:
+        """Close every executor (their generators ran ahead of the store, or we stop)."""
+        for live in self.live.values():
+            if live.executor is not None:
+                live.executor.close()
+                live.executor = None
+        self._cached.clear()
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Load the non-terminal instances from the store."""
+        # Only the ``live`` index is read: recovery time follows the unfinished instances,
+        # not every instance the partition ever ran.
+        for key, _ in self.store.scan("live"):
+            value = self.store.get("instances", key)
+            if value is None:
+                continue
+            record = codec.decode_record(InstanceRecord, value)
+            if record.status.is_terminal:
+                continue
+            live = LiveInstance(record)
+            live.buffering = record.status in (Status.SUSPENDED, Status.PENDING) or (
+                record.inbox_length > 0
+            )
+            self.live[record.instance_id] = live
+            if record.status is Status.RUNNING and record.inbox_length > 0:
+                self.ready.add(record.instance_id)
