@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import duraray as dr
-from duraray.runtime.engine import codec
+from duraray.runtime.engine import codec, codec_ext
 from duraray.runtime.http.payloads import render, to_json
 
 app = dr.App("http-degrade")
@@ -42,7 +42,7 @@ def store_unchecked(client: dr.Client, instance_id: str, value: Any) -> None:
     """Start ``hold`` with ``value`` as a codec without the new checks wrote it."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(codec, "_check", lambda value: None)
-        mp.setattr(codec, "MAX_INT_BITS", 10**9)
+        mp.setattr(codec_ext, "MAX_INT_BITS", 10**9)  # read where ints are encoded
         client.schedule_new_orchestration(hold, input=value, instance_id=instance_id)
     client.wait_for_orchestration_start(instance_id, timeout=10)
 

@@ -31,7 +31,7 @@ from duraray.orchestrations.history import EventRaised
 from duraray.runtime.cli import _app as cli
 from duraray.runtime.cli._format import _jsonable
 from duraray.runtime.client import sync
-from duraray.runtime.engine import codec
+from duraray.runtime.engine import codec, codec_ext
 from duraray.runtime.engine.codec import (
     MAX_DEPTH,
     MAX_INT_BITS,
@@ -342,7 +342,7 @@ def store_unchecked(client: dr.Client, instance_id: str, value: Any) -> None:
     """Start ``hold`` with ``value`` as written by a codec without the new checks."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(codec, "_check", lambda value: None)
-        mp.setattr(codec, "MAX_INT_BITS", 10**9)
+        mp.setattr(codec_ext, "MAX_INT_BITS", 10**9)  # read where ints are encoded
         client.schedule_new_orchestration(hold, input=value, instance_id=instance_id)
     client.wait_for_orchestration_start(instance_id, timeout=10)
 
