@@ -57,7 +57,11 @@ def run_in_process(
 
 
 def _encode_payloads(event: h.HistoryEvent) -> h.HistoryEvent:
-    changes = {f: codec.encode(getattr(event, f)) for f in h.PAYLOAD_FIELDS if hasattr(event, f)}
+    # Any: which payload fields an event has is known only at run time, so the fields'
+    # own types cannot be checked here (``HistoryEvent`` itself has none of them).
+    changes: dict[str, Any] = {
+        f: codec.encode(getattr(event, f)) for f in h.PAYLOAD_FIELDS if hasattr(event, f)
+    }
     return dataclasses.replace(event, **changes) if changes else event
 
 

@@ -16,16 +16,18 @@ Two ways to reach the same state, which must produce identical actions:
 Each episode the partition calls ``process(new_events)`` and ``take_new_events()``; the
 returned events (the actions, then the completion, if any) are appended to the history
 after the episode's input events, so that replaying the history reproduces the episode.
+
+The matching of replayed actions lives in ``matching`` (``ReplayLedger``), the external
+events waited for and buffered in ``inbox`` (``EventInbox``), what the hub supplies (the
+payload converter, ``ExecutorOptions``) in ``options``.
 """
 
 from __future__ import annotations
 
 import types
-from collections import deque
 from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, NoReturn, Protocol
+from datetime import datetime
+from typing import Any, NoReturn
 
 from duraray._errors import (
     EntityOperationFailedError,
@@ -44,6 +46,9 @@ from duraray.orchestrations.context import (
     replaying_var,
 )
 from duraray.orchestrations.hints import accepts_input, input_type_hint, return_type_hint
+from duraray.orchestrations.inbox import EventInbox
+from duraray.orchestrations.matching import ActionEvent, ReplayLedger, action_label, event_id
+from duraray.orchestrations.options import ExecutorOptions, PayloadConverter, default_name_of
 from duraray.orchestrations.task import (
     CancellableTask,
     EntityCallTask,
@@ -53,64 +58,11 @@ from duraray.orchestrations.task import (
 )
 
 
-class PayloadConverter(Protocol):
-    """Encodes and decodes payloads; ``duraray.runtime.engine.codec`` is the implementation."""
-
-    def encode(self, value: Any) -> bytes: ...
-
-    def decode(self, data: bytes | None, type_hint: Any = None) -> Any: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutorOptions:
-    """Knobs of the executor that the hub's configuration sets.
-
-    ``maximum_timer_interval`` splits timers longer than it into a chain of shorter ones
-    (each a ``TimerCreated``/``TimerFired`` pair), for backends that cap timer length.
-    """
-
-    maximum_timer_interval: timedelta | None = None
-
-
 class _StopExecution(BaseException):
     """Unwinds the executor when the execution has ended (e.g. a replay mismatch).
 
     A BaseException so that user code's ``except Exception`` cannot swallow it.
     """
-
-
-def action_label(event: h.HistoryEvent) -> str:
-    """How an action event reads in messages: ``call_activity('charge')``."""
-    if isinstance(event, h.TaskScheduled):
-        return f"call_activity({event.name!r})"
-    if isinstance(event, h.TimerCreated):
-        return "create_timer"
-    if isinstance(event, h.SubOrchestrationInstanceCreated):
-        return f"call_sub_orchestrator({event.name!r})"
-    if isinstance(event, h.EventSent):
-        return f"send_event({event.instance_id!r}, {event.name!r})"
-    if isinstance(event, h.EntityOperationCalled):
-        return f"call_entity({event.entity_id!r}, {event.operation!r})"
-    if isinstance(event, h.EntityOperationSignaled):
-        return f"signal_entity({event.entity_id!r}, {event.operation!r})"
-    if isinstance(event, h.EntityLockRequested):
-        return f"lock_entities({event.lock_set!r})"
-    if isinstance(event, h.EntityUnlockSent):
-        return "the end of a critical section"
-    return type(event).__name__
-
-
-def _action_key(event: h.HistoryEvent) -> tuple[str, str]:
-    """What must match between a recorded action and the code's: its kind and name."""
-    if isinstance(event, h.TaskScheduled | h.SubOrchestrationInstanceCreated):
-        return (type(event).__name__, event.name)
-    if isinstance(event, h.EventSent):
-        return (type(event).__name__, event.name.lower())
-    if isinstance(event, h.EntityOperationCalled | h.EntityOperationSignaled):
-        return (type(event).__name__, f"{event.entity_id}.{event.operation}")
-    if isinstance(event, h.EntityLockRequested | h.EntityUnlockSent):
-        return (type(event).__name__, ",".join(event.lock_set))
-    return (type(event).__name__, "")
 
 
 class OrchestrationExecutor:
@@ -129,7 +81,7 @@ class OrchestrationExecutor:
         self.converter = converter
         self.options = options or ExecutorOptions()
         self._fn = fn
-        self._name_of = name_of or _default_name_of
+        self._name_of = name_of or default_name_of
         self.context = OrchestrationContext(self)
 
         self.started: h.ExecutionStarted | None = None
@@ -147,25 +99,16 @@ class OrchestrationExecutor:
         self._awaited: Task[Any] | None = None
         self._sequence = 0
         self._uuid_counter = 0
-        # Actions the code produced that the history has not confirmed yet (replay), and
-        # actions produced for the current episode (live).
-        self._unmatched: dict[int, h.HistoryEvent] = {}
+        # Actions the code produced while replaying, until the history confirms them.
+        self._ledger = ReplayLedger()
+        # Actions produced for the current episode (live).
         self._new_events: list[h.HistoryEvent] = []
         # Open tasks by task id: what a completion event for that id completes.
         self._open: dict[int, Any] = {}
-        self._waiters: dict[str, deque[CancellableTask[Any]]] = {}
-        self._buffered: dict[str, deque[Any]] = {}
-        self._buffered_names: dict[str, str] = {}
-        self._arrivals = 0
-        # A completion reached while replaying: emitted (after any new actions) once the
-        # replay is over, unless the rest of the history shows that the code changed.
-        self._held: h.HistoryEvent | None = None
+        self._inbox = EventInbox(converter)
         #: the granted critical section, and one whose lock request is pending
         self.critical_section: CriticalSection | None = None
         self.lock_pending: CriticalSection | None = None
-        # Lock requests the replayed history recorded and did not unlock: what the entities
-        # really hold when the code turns out to have changed (see _non_determinism).
-        self._recorded_locks: dict[str, list[str]] = {}
         # Set while the generator is closed: code in finally/__exit__ blocks must not
         # produce actions then (eviction is not an orchestration step).
         self._closing = False
@@ -209,7 +152,7 @@ class OrchestrationExecutor:
 
     def buffered_events(self) -> list[tuple[str, Any]]:
         """External events received but not consumed: (name, encoded data), arrival order."""
-        return _merge_by_arrival(self._buffered, self._buffered_names)
+        return self._inbox.buffered()
 
     def close(self) -> None:
         """Drop the live generator (eviction); user ``finally`` blocks see GeneratorExit."""
@@ -228,14 +171,9 @@ class OrchestrationExecutor:
 
     def _begin_live(self) -> None:
         # Actions produced during replay that the history does not contain are new actions
-        # (e.g. the code schedules more work at the end of the last episode): emit them.
-        if self._unmatched:
-            for seq in sorted(self._unmatched):
-                self._new_events.append(self._unmatched[seq])
-            self._unmatched.clear()
-        if self._held is not None:
-            self._new_events.append(self._held)
-            self._held = None
+        # (e.g. the code schedules more work at the end of the last episode): emit them,
+        # then a completion held back during the replay.
+        self._new_events.extend(self._ledger.drain())
 
     def next_sequence(self) -> int:
         seq = self._sequence
@@ -247,15 +185,15 @@ class OrchestrationExecutor:
         self._uuid_counter += 1
         return value
 
-    def record_action(self, event: h.HistoryEvent, task: Any) -> None:
+    def record_action(self, event: ActionEvent, task: Any) -> None:
         """Register an action the code produced and what its completion completes."""
         if self._closing:
             return
-        seq = _event_id(event)
+        seq = event_id(event)
         if task is not None:
             self._open[seq] = task
         if self.replaying:
-            self._unmatched[seq] = event
+            self._ledger.produced(event)
         else:
             self._new_events.append(event)
 
@@ -305,7 +243,7 @@ class OrchestrationExecutor:
             self._on_entity_result(event.task_scheduled_id, None, event.failure)
         elif isinstance(event, h.EntityLockGranted):
             self._on_lock_granted(event)
-        elif isinstance(event, _ACTION_EVENTS):
+        elif isinstance(event, ActionEvent):
             self._match(event)
         # Suspension, resumption, rewind markers and unknown events carry no code-visible
         # effect: the partition decides when events reach the executor.
@@ -315,28 +253,15 @@ class OrchestrationExecutor:
             # Buffered, not dropped: continue_as_new(save_events=True) carries over events
             # that arrive in the same episode after the execution ended.
             self._on_event(event)
-        elif self._held is not None and isinstance(event, _ACTION_EVENTS):
+        elif self._ledger.held is not None and isinstance(event, ActionEvent):
             # The code ended while replaying, yet the history recorded more actions: they
             # must still match, or the code now ends where it used to go on.
             self._match(event)
 
-    def _match(self, recorded: h.HistoryEvent) -> None:
-        if isinstance(recorded, h.EntityLockRequested):
-            self._recorded_locks[recorded.critical_section_id] = list(recorded.lock_set)
-        elif isinstance(recorded, h.EntityUnlockSent):
-            self._recorded_locks.pop(recorded.critical_section_id, None)
-        seq = _event_id(recorded)
-        produced = self._unmatched.pop(seq, None)
-        if produced is None:
-            self._non_determinism(
-                f"history has {action_label(recorded)} at #{seq}, but the code no longer "
-                "schedules anything there"
-            )
-        if _action_key(produced) != _action_key(recorded):
-            self._non_determinism(
-                f"history has {action_label(recorded)} at #{seq}, the code now calls "
-                f"{action_label(produced)}"
-            )
+    def _match(self, recorded: ActionEvent) -> None:
+        mismatch = self._ledger.match(recorded)
+        if mismatch is not None:
+            self._non_determinism(mismatch)
 
     def _non_determinism(self, message: str) -> NoReturn:
         err = NonDeterminismError(
@@ -344,8 +269,8 @@ class OrchestrationExecutor:
         )
         # Actions the changed code produced during replay are not new work: drop them. A
         # completion the changed code reached during replay gives way to this failure.
-        self._unmatched.clear()
-        self.completion = self._held = None
+        self._ledger.discard()
+        self.completion = None
         # The history, not the changed code, says which locks the entities hold: the code's
         # sections may never have been requested, or their unlock was just dropped above.
         for section in (self.critical_section, self.lock_pending):
@@ -354,14 +279,7 @@ class OrchestrationExecutor:
         self.critical_section = self.lock_pending = None
         # Not record_action: these are the engine's, not the code's, so they are emitted
         # (before the failure) even when the changed code had already ended.
-        for section_id, lock_set in self._recorded_locks.items():
-            seq = self.next_sequence()
-            self._unmatched[seq] = h.EntityUnlockSent(
-                timestamp=self._timestamp(),
-                event_id=seq,
-                critical_section_id=section_id,
-                lock_set=lock_set,
-            )
+        self._ledger.unlock_recorded(self.next_sequence, self._timestamp())
         self._finish_failed(err)
         raise _StopExecution
 
@@ -407,7 +325,7 @@ class OrchestrationExecutor:
         if task is None:
             return
         details = event.failure
-        if isinstance(task, RetryableTask) and self._should_retry(task, details):
+        if isinstance(task, RetryableTask) and task.should_retry(details, self.now):
             delay = task.policy.delay_after(task.attempt)
             assert self.now is not None
             timer_seq = self.next_sequence()
@@ -456,16 +374,6 @@ class OrchestrationExecutor:
         task._complete(section)
         self._resume()
 
-    def _should_retry(self, task: RetryableTask[Any], details: FailureDetails) -> bool:
-        policy = task.policy
-        if details.non_retriable or task.attempt >= policy.max_number_of_attempts:
-            return False
-        if policy.retry_timeout is not None and self.now is not None:
-            next_start = self.now + policy.delay_after(task.attempt)
-            if next_start - task.first_attempt_at > policy.retry_timeout:
-                return False
-        return True
-
     def _on_timer(self, event: h.TimerFired) -> None:
         entry = self._open.pop(event.timer_id, None)
         if entry is None:
@@ -491,42 +399,11 @@ class OrchestrationExecutor:
         self._resume()
 
     def _on_event(self, event: h.EventRaised) -> None:
-        key = event.name.lower()
-        waiters = self._waiters.get(key)
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.is_complete:
-                waiter._complete(self._decode_event(event.input))
-                self._resume()
-                return
-        self._buffered.setdefault(key, deque()).append((self._arrival(), event.input))
-        self._buffered_names.setdefault(key, event.name)
-
-    def _arrival(self) -> int:
-        self._arrivals += 1
-        return self._arrivals
-
-    def _decode_event(self, data: bytes | None) -> Any:
-        try:
-            return self.converter.decode(data)
-        except SerializationError:
-            return None
+        if self._inbox.deliver(event.name, event.input):
+            self._resume()
 
     def wait_for_event(self, name: str, task: CancellableTask[Any]) -> None:
-        key = name.lower()
-        queue = self._buffered.get(key)
-        if queue:
-            _, data = queue.popleft()
-            task._complete(self._decode_event(data))
-            return
-        self._waiters.setdefault(key, deque()).append(task)
-
-        def _forget(t: CancellableTask[Any]) -> None:
-            waiters = self._waiters.get(key)
-            if waiters and t in waiters:
-                waiters.remove(t)
-
-        task._on_cancel = _forget
+        self._inbox.wait(name, task)
 
     # -- internal: driving the generator -------------------------------------------------
 
@@ -613,12 +490,12 @@ class OrchestrationExecutor:
         self._awaited = None
         self._open.clear()
         # Nothing can wait any more: later events must be buffered, not handed to a waiter.
-        self._waiters.clear()
+        self._inbox.stop_waiting()
         # The completion is always a new event: completed executions are never replayed.
         # One reached while replaying is held until the replay is over, since the rest of
         # the history may still show that the code changed (see _apply_after_end).
         if self.replaying:
-            self._held = event
+            self._ledger.held = event
         else:
             self._begin_live()
             self._new_events.append(event)
@@ -633,43 +510,6 @@ class OrchestrationExecutor:
     def _timestamp(self) -> datetime:
         assert self.now is not None
         return self.now
-
-
-_ACTION_EVENTS = (
-    h.TaskScheduled,
-    h.TimerCreated,
-    h.SubOrchestrationInstanceCreated,
-    h.EventSent,
-    h.EntityOperationCalled,
-    h.EntityOperationSignaled,
-    h.EntityLockRequested,
-    h.EntityUnlockSent,
-)
-
-
-def _event_id(event: h.HistoryEvent) -> int:
-    return event.event_id  # type: ignore[attr-defined]
-
-
-def _default_name_of(kind: str, target: Any) -> str:
-    if isinstance(target, str):
-        return target
-    name = getattr(target, "__name__", None)
-    if not name:
-        raise TypeError(f"expected a {kind} function or name, got {target!r}")
-    return str(name)
-
-
-def _merge_by_arrival(
-    buffered: dict[str, deque[Any]], names: dict[str, str]
-) -> list[tuple[str, Any]]:
-    rows = [
-        (arrival, names.get(key, key), data)
-        for key, queue in buffered.items()
-        for arrival, data in queue
-    ]
-    rows.sort(key=lambda row: row[0])
-    return [(name, data) for _, name, data in rows]
 
 
 def replay(

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from duraray._errors import TaskCancelledError, TaskFailedError
+from duraray._errors import FailureDetails, TaskCancelledError, TaskFailedError
 from duraray._limits import MAX_DURATION, check_seconds
 
 T = TypeVar("T")
@@ -331,6 +331,21 @@ class RetryableTask(CompletableTask[T]):
         self.first_attempt_at = first_attempt_at
         #: set by the context: schedules the next attempt and returns its task id
         self.reschedule: Any = None
+
+    def should_retry(self, details: FailureDetails, now: datetime | None) -> bool:
+        """Whether the policy retries after this failure, at orchestration time ``now``.
+
+        Not after a non-retriable failure or the last attempt, nor when the next attempt
+        would start after ``retry_timeout`` (counted from the first attempt).
+        """
+        policy = self.policy
+        if details.non_retriable or self.attempt >= policy.max_number_of_attempts:
+            return False
+        if policy.retry_timeout is not None and now is not None:
+            next_start = now + policy.delay_after(self.attempt)
+            if next_start - self.first_attempt_at > policy.retry_timeout:
+                return False
+        return True
 
 
 __all__ = [

@@ -1,7 +1,12 @@
 """The client side: what user code holds to drive a hub.
 
-- ``sync``: ``Client`` and the state records it returns (``OrchestrationState``,
-  ``EntityMetadata``, ``Page``, ...);
+- ``sync``: ``Client``, its public operations and their argument checks;
+- ``results``: the state records it returns (``OrchestrationState``, ``EntityMetadata``,
+  ``Page``, ...), also importable from ``sync``;
+- ``transport``: the ``Transport`` protocol and ``Router``, which routes, fans out and
+  batches the client's requests;
+- ``queries``: pages merged from every partition, and their continuation tokens;
+- ``entity_ops``: bulk entity signals and the entity storage clean-up;
 - ``aio``: ``AsyncClient``, every ``Client`` method as a coroutine;
 - ``mapping``: ``Client.map``, bulk orchestrations with resumable results.
 

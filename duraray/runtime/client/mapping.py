@@ -13,19 +13,46 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from duraray._errors import FailureDetails, OrchestrationFailedError
 from duraray.orchestrations.history import OrchestrationStatus
-
-if TYPE_CHECKING:
-    from duraray.runtime.client.sync import Client, OrchestrationState
+from duraray.runtime.client.results import OrchestrationState
+from duraray.runtime.client.transport import Transport
 
 #: What ``Client.map`` does with an item whose orchestration failed or was terminated.
 ON_ERROR = ("raise", "skip", "collect")
 
 #: How many instances one round trip starts or awaits.
 _CHUNK = 500
+
+
+class MapClient(Protocol):
+    """What mapping uses of a ``duraray.runtime.client.sync.Client``.
+
+    A protocol rather than the class: ``Client.map`` imports this module, so importing the
+    client here (even only for type checking) would tie the two modules in a cycle.
+    """
+
+    @property
+    def _transport(self) -> Transport: ...
+
+    def _name(self, kind: str, target: Any) -> str: ...
+
+    def _partition(self, instance_id: str) -> int: ...
+
+    def schedule_new_orchestrations(
+        self,
+        orchestrator: Any,
+        inputs: Iterable[Any],
+        *,
+        instance_ids: Iterable[str] | None = None,
+        reuse_id_policy: str | None = None,
+    ) -> list[str]: ...
+
+    def wait_for_orchestrations(
+        self, instance_ids: Iterable[str], *, timeout: float = 60
+    ) -> list[OrchestrationState]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +80,7 @@ def instance_ids_for(
 
 
 def map_orchestrations(
-    client: Client,
+    client: MapClient,
     orchestrator: Any,
     inputs: Iterable[Any],
     *,
@@ -108,7 +135,7 @@ def map_orchestrations(
 
 
 def _start_chunk(
-    client: Client,
+    client: MapClient,
     name: str,
     chunk: list[tuple[int, Any]],
     make_id: Callable[[int, Any], str | None],
@@ -141,10 +168,10 @@ def _start_chunk(
     return [(index, iid) for (index, _), iid in zip(chunk, ids, strict=True)]
 
 
-def _read_records(client: Client, ids: list[str]) -> list[Any]:
+def _read_records(client: MapClient, ids: list[str]) -> list[Any]:
     """The instance records of ``ids`` (None where absent), in order, one request per partition.
 
-    Not ``Client._batch``: that sends a request id, which makes the partition store the reply
+    Not ``Router.batch``: that sends a request id, which makes the partition store the reply
     for deduplication, and a reply holding instance records cannot be stored (nor need it
     be: a read has nothing to deduplicate).
     """

@@ -140,7 +140,8 @@ class PartitionActorImpl:
         self.registry = registry
         # Workers and peers are found by name, not passed as handles: constructor arguments
         # stay small and inline, so Ray can always restart this actor from them.
-        self.workers = [
+        # Typed Any: Ray's stubs do not model remote methods.
+        self.workers: list[Any] = [
             ray.get_actor(worker_actor_name(hub, i), namespace=NAMESPACE)
             for i in range(worker_count)
         ]

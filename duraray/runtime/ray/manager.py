@@ -315,13 +315,15 @@ def ship_app_code(registry: Registry) -> list[str]:
     """
     from ray import cloudpickle
 
-    shipped = []
+    shipped: list[str] = []
     targets: list[Any] = list(registry.orchestrations.values())
     targets += [spec.fn for spec in registry.activities.values()]
     targets += list(registry.entities.values())
     for target in targets:
-        name = getattr(target, "__module__", None)
-        module = sys.modules.get(name) if name else None
+        name: str | None = getattr(target, "__module__", None)
+        if not name:
+            continue
+        module = sys.modules.get(name)
         if module is None or name in ("__main__", "builtins") or name in shipped:
             continue
         path = getattr(module, "__file__", None) or ""
@@ -354,7 +356,8 @@ class PartitionManager:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                first = ray.get_actor(partition_actor_name(hub, 0), namespace=NAMESPACE)
+                # Typed Any: Ray's stubs do not model remote methods.
+                first: Any = ray.get_actor(partition_actor_name(hub, 0), namespace=NAMESPACE)
                 break
             except ValueError:
                 if time.monotonic() >= deadline:
@@ -405,7 +408,8 @@ class PartitionManager:
 
         lifetime = "detached" if detached else None
         worker_count = config.activity_workers or max(2, int(ray.cluster_resources().get("CPU", 2)))
-        workers = [
+        # The actor handles are typed Any: Ray's stubs do not model remote methods.
+        workers: list[Any] = [
             ActivityWorker.options(
                 name=worker_actor_name(self.hub, i),
                 namespace=NAMESPACE,
@@ -426,7 +430,7 @@ class PartitionManager:
         from duraray.runtime.ray.pools import ActivityPools, pools_actor_name
 
         # One hub-wide owner of the warm, resource-shaped worker pools (pools.py).
-        pools = ActivityPools.options(
+        pools: Any = ActivityPools.options(
             name=pools_actor_name(self.hub),
             namespace=NAMESPACE,
             lifetime=lifetime,
@@ -440,7 +444,7 @@ class PartitionManager:
         # Authenticates the partitions' direct links to each other (see peerlink.py);
         # it lives only in the actors' constructor arguments, so restarts keep it.
         link_secret = self._running_link_secret(names) or secrets.token_bytes(32)
-        partitions = [
+        partitions: list[Any] = [
             PartitionActor.options(
                 name=names[i],
                 namespace=NAMESPACE,
@@ -500,7 +504,8 @@ class PartitionManager:
 
         for name in names:
             try:
-                actor = ray.get_actor(name, namespace=NAMESPACE)
+                # Typed Any: Ray's stubs do not model remote methods.
+                actor: Any = ray.get_actor(name, namespace=NAMESPACE)
                 secret: bytes | None = ray.get(actor.link_secret.remote(), timeout=30)
             except Exception:
                 continue  # gone, or restarting: ask the next one
