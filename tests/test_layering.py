@@ -182,3 +182,81 @@ def test_the_checker_resolves_relative_imports() -> None:
     """``from ..runtime import x`` inside duraray.entities resolves to duraray.runtime.x."""
     names = [name for _, name in _imports_of("from ..runtime import x\n", "duraray.entities")]
     assert ["duraray.runtime", "duraray.runtime.x"] == names
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the duraray modules it imports (anywhere in the file).
+
+    ``from pkg import name`` depends on ``pkg.name`` when that is a module, else on ``pkg``.
+    """
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps.update(alias.name for alias in node.names if alias.name in modules)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
+                    base = ".".join([*anchor, base] if base else anchor)
+                for alias in node.names:
+                    full = f"{base}.{alias.name}"
+                    if full in modules:
+                        deps.add(full)
+                    elif base in modules:
+                        deps.add(base)
+        deps.discard(name)
+        graph[name] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for dep in sorted(graph[node]):
+            if dep not in index:
+                visit(dep)
+                low[node] = min(low[node], low[dep])
+            elif dep in on_stack:
+                low[node] = min(low[node], index[dep])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    """No two modules of duraray import each other, directly or around a loop: not at
+    module level, not in a function, not behind ``TYPE_CHECKING``. Each layer is a tree
+    its readers (and mypy) can take one module at a time."""
+    assert [] == _cycles(_module_graph())
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    """A loop of three modules is one cycle; a module importing itself is none."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert [["a", "b", "c"]] == _cycles(graph)

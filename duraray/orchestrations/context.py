@@ -11,7 +11,7 @@ import contextvars
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from duraray import _limits
 from duraray._errors import LockingRuleError
@@ -20,6 +20,8 @@ from duraray.entities.scheduler import sorted_lock_set
 from duraray.orchestrations import history as h
 from duraray.orchestrations.hints import return_type_hint
 from duraray.orchestrations.ids import validate_instance_id
+from duraray.orchestrations.matching import ActionEvent
+from duraray.orchestrations.options import ExecutorOptions, PayloadConverter
 from duraray.orchestrations.task import (
     CancellableTask,
     CompletableTask,
@@ -29,9 +31,6 @@ from duraray.orchestrations.task import (
     Task,
     TimerTask,
 )
-
-if TYPE_CHECKING:
-    from duraray.orchestrations.executor import OrchestrationExecutor
 
 #: True while orchestration code runs during replay; log processors read it to drop
 #: records that were already emitted the first time the code ran.
@@ -57,12 +56,63 @@ class TimerChunk:
     task: TimerTask
 
 
+class ExecutorPort(Protocol):
+    """What the context needs of the executor that runs it (``executor.py`` implements
+    it). A protocol, so the context does not import the executor that imports it."""
+
+    instance_id: str
+    converter: PayloadConverter
+    options: ExecutorOptions
+    started: h.ExecutionStarted | None
+    now: datetime | None
+    replaying: bool
+    custom_status: bytes | None
+    continue_as_new_input: Any
+    continue_as_new_called: bool
+    save_events: bool
+    critical_section: CriticalSection | None
+    lock_pending: CriticalSection | None
+
+    @property
+    def sequence(self) -> int:
+        """The sequence number the next action will take."""
+        ...
+
+    def name_of(self, kind: str, target: Any) -> str:
+        """The registered name of an activity or orchestration given by name or function."""
+        ...
+
+    def next_sequence(self) -> int:
+        """Take the next action sequence number."""
+        ...
+
+    def next_uuid_counter(self) -> int:
+        """Take the next ``new_uuid`` counter value."""
+        ...
+
+    def record_action(self, event: ActionEvent, task: Any) -> None:
+        """Register an action the code produced and what its completion completes."""
+        ...
+
+    def release_section(self, section: CriticalSection) -> None:
+        """Record the end of a critical section."""
+        ...
+
+    def cancel_open(self, task: CancellableTask[Any]) -> None:
+        """Forget what a cancelled task waited for."""
+        ...
+
+    def wait_for_event(self, name: str, task: CancellableTask[Any]) -> None:
+        """Complete ``task`` with the next external event ``name``."""
+        ...
+
+
 class OrchestrationContext:
     """The orchestration's view of its execution; passed as the first argument."""
 
     __slots__ = ("_ex",)
 
-    def __init__(self, executor: OrchestrationExecutor) -> None:
+    def __init__(self, executor: ExecutorPort) -> None:
         self._ex = executor
 
     # -- read-only state ---------------------------------------------------------------
@@ -144,7 +194,7 @@ class OrchestrationContext:
     ) -> CompletableTask[Any]:
         """Schedule an activity (function or registered name); the task yields its result."""
         ex = self._ex
-        name = _limits.check_name(ex._name_of("activity", activity), "activity name")
+        name = _limits.check_name(ex.name_of("activity", activity), "activity name")
         _limits.check_tags(tags)
         encoded = ex.converter.encode(input)
         hint = _result_hint(activity)
@@ -183,7 +233,7 @@ class OrchestrationContext:
         ex = self._ex
         if ex.critical_section is not None or ex.lock_pending is not None:
             raise LockingRuleError("cannot call a sub-orchestrator inside a critical section")
-        name = _limits.check_name(ex._name_of("orchestration", orchestrator), "orchestration name")
+        name = _limits.check_name(ex.name_of("orchestration", orchestrator), "orchestration name")
         _limits.check_text(version, "version")
         encoded = ex.converter.encode(input)
         hint = _result_hint(orchestrator)
@@ -191,7 +241,7 @@ class OrchestrationContext:
             validate_instance_id(instance_id)
 
         def schedule(task: CompletableTask[Any]) -> None:
-            seq = ex._sequence  # taken only once the child id is known to be valid
+            seq = ex.sequence  # taken only once the child id is known to be valid
             child_id = instance_id or _default_child_id(self.instance_id, seq)
             ex.next_sequence()
             task.description = f"call_sub_orchestrator({name!r}) #{seq}"
@@ -412,7 +462,7 @@ class CriticalSection:
     """Entities locked by one orchestration; a context manager that releases them."""
 
     def __init__(
-        self, executor: OrchestrationExecutor, section_id: str, lock_set: list[str]
+        self, executor: ExecutorPort, section_id: str, lock_set: list[str]
     ) -> None:
         self._ex = executor
         self.id = section_id

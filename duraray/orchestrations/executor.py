@@ -175,12 +175,23 @@ class OrchestrationExecutor:
         # then a completion held back during the replay.
         self._new_events.extend(self._ledger.drain())
 
+    @property
+    def sequence(self) -> int:
+        """The sequence number the next action will take."""
+        return self._sequence
+
+    def name_of(self, kind: str, target: Any) -> str:
+        """The registered name of an activity or orchestration given by name or function."""
+        return self._name_of(kind, target)
+
     def next_sequence(self) -> int:
+        """Take the next action sequence number."""
         seq = self._sequence
         self._sequence += 1
         return seq
 
     def next_uuid_counter(self) -> int:
+        """Take the next ``new_uuid`` counter value."""
         value = self._uuid_counter
         self._uuid_counter += 1
         return value
@@ -218,6 +229,7 @@ class OrchestrationExecutor:
         )
 
     def cancel_open(self, task: CancellableTask[Any]) -> None:
+        """Forget what a cancelled task waited for."""
         for seq, entry in list(self._open.items()):
             if entry is task or (isinstance(entry, TimerChunk) and entry.task is task):
                 del self._open[seq]
