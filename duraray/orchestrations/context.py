@@ -461,9 +461,7 @@ class OrchestrationContext:
 class CriticalSection:
     """Entities locked by one orchestration; a context manager that releases them."""
 
-    def __init__(
-        self, executor: ExecutorPort, section_id: str, lock_set: list[str]
-    ) -> None:
+    def __init__(self, executor: ExecutorPort, section_id: str, lock_set: list[str]) -> None:
         self._ex = executor
         self.id = section_id
         self.lock_set = list(lock_set)

@@ -135,7 +135,7 @@ class Cluster:
         """Throw core ``index`` away (a crash: its intake is lost) and recover a new one."""
         old = self.cores[index]
         if self.data_dir is None:
-            for live in old.instances.live.values():  # release generators; the store lives on
+            for live in old.instances.values():  # release generators; the store lives on
                 live.executor = None
         else:
             old.close()

@@ -220,6 +220,38 @@ def test_request_with_a_value_the_store_cannot_hold_gets_a_value_error(cluster_f
 
 
 @pytest.mark.parametrize(
+    ("op", "args", "message"),
+    [
+        ("get_state", {"instance_id": "s", "foo": 1}, "operation 'get_state' got unexpected"),
+        ("get_state", {"b": 1, "instance_id": "s"}, "got unexpected arguments ['b']"),
+        ("get_state", {}, "operation 'get_state' is missing arguments ['instance_id']"),
+        ("signal_entity", {"entity_id": "@counter@k"}, "is missing arguments ['operation']"),
+        ("batch", {"ops": [("get_state", {"nope": 1})]}, None),
+        (["get_state"], {"instance_id": "s"}, "unknown client operation"),
+    ],
+    ids=["extra", "internal-name", "missing", "entity-missing", "in-batch", "unhashable-op"],
+)
+def test_request_with_wrong_argument_names_is_refused_by_operation(
+    cluster_factory, op, args, message
+):
+    """A raw request with an argument an operation does not take (or without one it
+    needs) is answered with an error naming the operation, never an engine method, and
+    the partition keeps working."""
+    cluster = cluster_factory(registry())
+    token = cluster.submit(op, partition=0, **args)
+    cluster.step(0)
+    if message is None:  # a batch answers per operation
+        [reply] = cluster.reply(token)
+        assert isinstance(reply, Reply) and "got unexpected arguments ['nope']" in str(reply.error)
+    else:
+        error = _error(cluster, token)
+        assert isinstance(error, TypeError | ValueError) and message in str(error)
+    cluster.start("child", "after", 1)
+    cluster.run()
+    assert 2 == cluster.output("after")
+
+
+@pytest.mark.parametrize(
     "when",
     [EPOCH_MINUS, timedelta.max, -timedelta(days=365 * 60), datetime(9999, 12, 31, tzinfo=UTC)],
     ids=["1960", "timedelta.max", "before-1970", "year-9999"],

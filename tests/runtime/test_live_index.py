@@ -57,7 +57,7 @@ def test_recovery_finds_unfinished_instances_through_the_index():
     store = MemoryStore()
     _start(_core(store), "waiting", "waits")
     core = _core(store)
-    assert ["waiting"] == list(core.instances.live)
+    assert ["waiting"] == core.instances.ids()
     core.submit_request(
         ClientRequest(
             "raise_event", {"instance_id": "waiting", "name": "go", "data": codec.encode(1)}
@@ -78,7 +78,7 @@ def test_a_format_one_store_gets_its_index_built_once():
     old.put("meta", b"format_version", codec.encode(1))
     store.commit(old)
     core = _core(store)
-    assert ["waiting"] == list(core.instances.live)
+    assert ["waiting"] == core.instances.ids()
     assert FORMAT_VERSION == codec.decode(store.get("meta", b"format_version"))
     assert [b"waiting"] == [key for key, _ in store.scan("live")]
 

@@ -25,7 +25,8 @@ class Batch:
 
     #: the wall clock, read once: every timestamp the batch writes is this one
     now: datetime
-    #: the monotonic clock, read once (resend and wait deadlines)
+    #: the monotonic clock, read once (resend stamps, wait deadlines, the storage-full
+    #: back-off, cost saves): a batch is one instant
     mono: float
     wb: WriteBatch = field(default_factory=WriteBatch)
     fx: Effects = field(default_factory=Effects)

@@ -11,6 +11,7 @@ TimeoutError at their deadline).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -26,16 +27,15 @@ from duraray._errors import (
     InstanceStateError,
     SerializationError,
 )
+from duraray.entities.scheduler import EntityRecord
 from duraray.orchestrations import history as h
 from duraray.runtime.engine import codec
 from duraray.runtime.engine import records as r
 from duraray.runtime.engine.batch import Batch
-from duraray.runtime.engine.dispatch import DispatchPlan
 from duraray.runtime.engine.entity_host import EntityHost
 from duraray.runtime.engine.episodes import Episodes
 from duraray.runtime.engine.instances import InstanceTable
 from duraray.runtime.engine.lifecycle import Lifecycle
-from duraray.runtime.engine.outbox import Outbox
 from duraray.runtime.engine.records import ClientRequest, InstanceRecord, Reply, ReuseIdPolicy
 from duraray.runtime.engine.requests import (
     DEFERRED,
@@ -78,11 +78,9 @@ class ClientOps:
         lifecycle: Lifecycle,
         entities: EntityHost,
         timers: Timers,
-        outbox: Outbox,
         waits: Waits,
-        dispatch: DispatchPlan,
         counters: dict[str, float],
-        queue_depth: Callable[[], int],
+        stats: Callable[[], dict[str, Any]],
     ) -> None:
         self._index = index
         self._partitions = partitions
@@ -93,11 +91,9 @@ class ClientOps:
         self._lifecycle = lifecycle
         self._entities = entities
         self._timers = timers
-        self._outbox = outbox
         self._waits = waits
-        self._dispatch = dispatch
         self._counters = counters
-        self._queue_depth = queue_depth
+        self._stats_of_partition = stats
         #: when to look for expired request replies next (UTC micros)
         self.next_prune = 0
         self._handlers: dict[str, Handler] = {
@@ -122,6 +118,15 @@ class ClientOps:
             "clean_entities": self._clean_entities,
             "release_entity_lock": self._release_entity_lock,
         }
+        # The arguments each operation takes (and must get), so a wrong one is refused
+        # with the operation's name rather than a handler's.
+        self._params: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        for op, handler in self._handlers.items():
+            params = list(inspect.signature(handler).parameters.values())[2:]
+            self._params[op] = (
+                frozenset(p.name for p in params),
+                frozenset(p.name for p in params if p.default is inspect.Parameter.empty),
+            )
 
     # -- the request ------------------------------------------------------------------------
 
@@ -157,9 +162,16 @@ class ClientOps:
         b.fx.replies.append((req.reply_to, result))
 
     def _call(self, b: Batch, req: ClientRequest, op: str, args: dict[str, Any]) -> Any:
-        handler = self._handlers.get(op)
+        handler = self._handlers.get(op) if isinstance(op, str) else None
         if handler is None:
             raise ValueError(f"unknown client operation {op!r}")
+        accepted, required = self._params[op]
+        unknown = sorted(set(args) - accepted)
+        if unknown:
+            raise TypeError(f"operation {op!r} got unexpected arguments {unknown}")
+        missing = sorted(required - set(args))
+        if missing:
+            raise TypeError(f"operation {op!r} is missing arguments {missing}")
         check_args(args)
         self._check_owner(args)
         return handler(b, req, **args)
@@ -232,8 +244,9 @@ class ClientOps:
                 )
             if running and policy == ReuseIdPolicy.IGNORE_IF_RUNNING:
                 return instance_id
-            if running:  # TERMINATE_IF_RUNNING
-                self._lifecycle.terminate(b, self._table.live[instance_id], None, recursive=True)
+            live = self._table.get(instance_id)
+            if running and live is not None:  # TERMINATE_IF_RUNNING
+                self._lifecycle.terminate(b, live, None, recursive=True)
         self._episodes.create(
             b, instance_id, name, input, version=version, tags=tags, start_at=when
         )
@@ -249,7 +262,7 @@ class ClientOps:
         results: list[Any] = []
         for op, args in ops:
             try:
-                if op in UNBATCHABLE or op not in self._handlers:
+                if not isinstance(op, str) or op in UNBATCHABLE or op not in self._handlers:
                     raise ValueError(f"operation {op!r} cannot be batched")
                 results.append(self._call(b, req, op, args))
             except (DurableError, ValueError, TypeError, LookupError) as exc:
@@ -320,7 +333,7 @@ class ClientOps:
         output: bytes | None = None,
         recursive: bool = True,
     ) -> bool:
-        live = self._table.live.get(instance_id)
+        live = self._table.get(instance_id)
         if live is None:
             if self._table.get_record(instance_id) is None:
                 raise InstanceNotFoundError(f"no orchestration instance with id {instance_id!r}")
@@ -344,7 +357,7 @@ class ClientOps:
         # (and a continue-as-new in it would make it RUNNING and overwrite those rows).
         for event in b.work.pop(instance_id, []):
             table.to_inbox(b, live, event)
-        table.ready.discard(instance_id)
+        table.unmark_ready(instance_id)
         table.touch(b, live)
         return True
 
@@ -363,7 +376,7 @@ class ClientOps:
         else:
             record.status = Status.RUNNING
             # Drained next batch, after this one commits, so buffered events keep their order.
-            table.ready.add(instance_id)
+            table.mark_ready(instance_id)
         table.touch(b, live)
         return True
 
@@ -433,23 +446,7 @@ class ClientOps:
         return out
 
     def _stats(self, b: Batch, req: ClientRequest) -> dict[str, Any]:
-        live = self._table.live
-        by_status: dict[str, int] = {}
-        for instance in live.values():
-            status = instance.record.status.value
-            by_status[status] = by_status.get(status, 0) + 1
-        return {
-            "partition": self._index,
-            "counters": dict(self._counters),
-            "live_instances": by_status,
-            "cached_executors": self._table.cached_executors,
-            "timers": len(self._timers),
-            "activities_in_flight": sum(len(v.activities) for v in live.values()),
-            # Activities of unknown cost waiting for a probe of their kind (dispatch.py).
-            "activities_held": self._dispatch.held,
-            "outbox": len(self._outbox),
-            "queue_depth": self._queue_depth(),
-        }
+        return self._stats_of_partition()
 
     def _scan_records(
         self,
@@ -472,17 +469,45 @@ class ClientOps:
 
     # -- entities ---------------------------------------------------------------------------
 
-    def _signal_entity(self, b: Batch, req: ClientRequest, **args: Any) -> None:
-        self._entities.signal(b, **args)
+    def _signal_entity(
+        self,
+        b: Batch,
+        req: ClientRequest,
+        *,
+        entity_id: str,
+        operation: str,
+        input: bytes | None = None,
+        signal_time: datetime | timedelta | None = None,
+    ) -> None:
+        self._entities.signal(
+            b, entity_id=entity_id, operation=operation, input=input, signal_time=signal_time
+        )
 
-    def _get_entity(self, b: Batch, req: ClientRequest, **args: Any) -> Any:
-        return self._entities.get(**args)
+    def _get_entity(
+        self, b: Batch, req: ClientRequest, *, entity_id: str, include_state: bool = True
+    ) -> EntityRecord | None:
+        return self._entities.get(entity_id=entity_id, include_state=include_state)
 
-    def _query_entities(self, b: Batch, req: ClientRequest, **args: Any) -> Any:
-        return self._entities.query(**args)
+    def _query_entities(
+        self,
+        b: Batch,
+        req: ClientRequest,
+        *,
+        prefix: str = "@",
+        after: str | None = None,
+        limit: int = 100,
+        include_state: bool = True,
+    ) -> list[EntityRecord]:
+        return self._entities.query(
+            prefix=prefix, after=after, limit=limit, include_state=include_state
+        )
 
-    def _clean_entities(self, b: Batch, req: ClientRequest, **args: Any) -> Any:
-        return self._entities.clean(b, **args)
+    def _clean_entities(
+        self, b: Batch, req: ClientRequest, *, remove_empty: bool = True
+    ) -> tuple[int, list[tuple[str, str, str]]]:
+        return self._entities.clean(b, remove_empty=remove_empty)
 
-    def _release_entity_lock(self, b: Batch, req: ClientRequest, **args: Any) -> bool:
-        return self._entities.release_lock(b, **args)
+    def _release_entity_lock(
+        self, b: Batch, req: ClientRequest, *, entity_id: str, owner: str
+    ) -> bool:
+        return self._entities.release_lock(b, entity_id=entity_id, owner=owner)

@@ -31,8 +31,10 @@ class Clock:
 
     def __init__(self, wall: Callable[[], datetime] = utc_now, *, seed: int | None = None) -> None:
         self._wall = wall
-        # Without a seed ids come from the OS: two processes recovering the same store
-        # must never mint the same execution id.
+        # Without a seed, ids are uuid4 (from the OS) and random bits come from the
+        # process's generator: two processes recovering the same store must never mint
+        # the same execution id. A seeded clock (tests, simulations) mints plain 128-bit
+        # hex ids, not valid UUID4s.
         self._random: random.Random | None = None if seed is None else random.Random(seed)
 
     def now(self) -> datetime:

@@ -121,7 +121,7 @@ class Episodes:
             record.parent_execution_id = parent.execution_id
             record.parent_task_id = parent.task_id
         live = LiveInstance(record)
-        table.live[instance_id] = live
+        table.add(live)
         b.wb.put("by_created", r.created_key(codec.utc_micros(now), instance_id), b"")
         b.wb.put("live", r.live_key(instance_id), b"")
         started = h.ExecutionStarted(
@@ -149,7 +149,7 @@ class Episodes:
 
     def start(self, b: Batch, start: StartOrchestration) -> None:
         """A start from a parent orchestration or an entity operation."""
-        existing = self._table.live.get(start.instance_id)
+        existing = self._table.get(start.instance_id)
         parent = start.parent
         if parent is None:
             # Started by an entity operation: a running instance with that id is kept.
@@ -179,7 +179,7 @@ class Episodes:
     ) -> None:
         """Give ``event`` to the instance: to this batch's episode, or to its inbox."""
         table = self._table
-        live = table.live.get(instance_id)
+        live = table.get(instance_id)
         if live is None or (execution_id is not None and live.record.execution_id != execution_id):
             # Unknown, finished or an earlier execution: events to it are dropped (so
             # send_event never fails), but a lock granted to it must be given back.
@@ -197,7 +197,7 @@ class Episodes:
             live.record.relock = relock or None
             b.dirty.add(instance_id)
             if not relock:
-                table.ready.add(instance_id)
+                table.mark_ready(instance_id)
             return
         if live.buffering:
             table.to_inbox(b, live, event)
@@ -206,7 +206,7 @@ class Episodes:
 
     def on_timer(self, b: Batch, key: bytes, row: TimerRow) -> None:
         """An orchestration timer or a delayed start is due."""
-        live = self._table.live.get(row.instance_id)
+        live = self._table.get(row.instance_id)
         if live is None or live.record.execution_id != row.execution_id:
             return
         live.timers.discard(key)
@@ -214,7 +214,7 @@ class Episodes:
             # Drained next batch, after this one commits: events raised to the pending
             # instance in this batch sit in uncommitted inbox rows.
             if live.record.status is Status.PENDING:
-                self._table.ready.add(row.instance_id)
+                self._table.mark_ready(row.instance_id)
         else:
             fired = h.TimerFired(timestamp=b.now, timer_id=row.timer_id, fire_at=row.fire_at)
             self.deliver(b, row.instance_id, fired, row.execution_id)
@@ -228,7 +228,7 @@ class Episodes:
                 # A failure says little of what a run costs (it may fail fast while a
                 # dependency is down); it ends a probe all the same.
                 self._dispatch.forget(result.name)
-        live = self._table.live.get(result.instance_id)
+        live = self._table.get(result.instance_id)
         if (
             live is None
             or live.record.execution_id != result.execution_id
@@ -270,7 +270,7 @@ class Episodes:
         """Run an episode for every instance with work in this batch."""
         work, b.work = b.work, {}
         for iid, events in work.items():
-            live = self._table.live.get(iid)
+            live = self._table.get(iid)
             if live is not None:
                 self._run_episode(b, live, events)
 

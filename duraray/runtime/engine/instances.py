@@ -73,13 +73,58 @@ class InstanceTable:
         counters: dict[str, float],
     ) -> None:
         self.store = store
-        self.live: dict[str, LiveInstance] = {}
-        #: instances whose inbox is drained into an episode at the start of the next batch
-        self.ready: set[str] = set()
+        self._live: dict[str, LiveInstance] = {}
+        # Instances whose inbox is drained into an episode at the start of the next batch.
+        self._ready: set[str] = set()
         self._executors = executors
         self._cached: OrderedDict[str, None] = OrderedDict()  # LRU of live executors
         self._max_cached = max_cached
         self._counters = counters
+
+    # -- the live set -----------------------------------------------------------------------
+
+    def get(self, instance_id: str) -> LiveInstance | None:
+        """The live (non-terminal) instance, or None."""
+        return self._live.get(instance_id)
+
+    def add(self, live: LiveInstance) -> None:
+        """A new live instance (created, rewound, or recovered)."""
+        self._live[live.record.instance_id] = live
+
+    def remove(self, instance_id: str) -> None:
+        """The instance is no longer live (it ended)."""
+        del self._live[instance_id]
+        self._ready.discard(instance_id)
+
+    def values(self) -> list[LiveInstance]:
+        """Every live instance."""
+        return list(self._live.values())
+
+    def ids(self) -> list[str]:
+        """The ids of the live instances."""
+        return list(self._live)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def mark_ready(self, instance_id: str) -> None:
+        """Drain the instance's inbox into an episode at the start of the next batch."""
+        self._ready.add(instance_id)
+
+    def unmark_ready(self, instance_id: str) -> None:
+        """Do not drain the instance next batch (it was suspended)."""
+        self._ready.discard(instance_id)
+
+    @property
+    def has_ready(self) -> bool:
+        """True if some instance waits to be drained."""
+        return bool(self._ready)
+
+    def take_ready(self) -> list[str]:
+        """The instances to drain now, in id order; the set is emptied."""
+        ready = sorted(self._ready)
+        self._ready.clear()
+        return ready
 
     @property
     def cached_executors(self) -> int:
@@ -90,7 +135,7 @@ class InstanceTable:
 
     def get_record(self, instance_id: str) -> InstanceRecord | None:
         """The instance's current record (live, else as stored), or None."""
-        live = self.live.get(instance_id)
+        live = self._live.get(instance_id)
         if live is not None:
             return live.record
         data = self.store.get("instances", r.instance_key(instance_id))
@@ -98,7 +143,7 @@ class InstanceTable:
 
     def require_live(self, instance_id: str, op: str) -> LiveInstance:
         """The live instance, or the error a client gets for trying to ``op`` it."""
-        live = self.live.get(instance_id)
+        live = self._live.get(instance_id)
         if live is not None:
             return live
         record = self.get_record(instance_id)
@@ -121,7 +166,7 @@ class InstanceTable:
     def write_dirty(self, b: Batch) -> None:
         """Write the record of every live instance the batch changed."""
         for iid in b.dirty:
-            live = self.live.get(iid)
+            live = self._live.get(iid)
             if live is not None:
                 self.put_record(b, live.record)
 
@@ -189,7 +234,7 @@ class InstanceTable:
     def drain_inbox(self, b: Batch, instance_id: str) -> None:
         """Move the instance's buffered events into this batch's episode, unless it is
         suspended or waits for locks to be granted again."""
-        live = self.live.get(instance_id)
+        live = self._live.get(instance_id)
         if live is None or live.record.status is Status.SUSPENDED or live.record.relock:
             return
         live.buffering = False
@@ -226,7 +271,7 @@ class InstanceTable:
         excess = len(self._cached) - self._max_cached
         while excess > 0 and self._cached:
             iid, _ = self._cached.popitem(last=False)
-            live = self.live.get(iid)
+            live = self._live.get(iid)
             if live is not None and live.executor is not None:
                 live.executor.close()
                 live.executor = None
@@ -234,7 +279,7 @@ class InstanceTable:
 
     def close_executors(self) -> None:
         """Close every executor (their generators ran ahead of the store, or we stop)."""
-        for live in self.live.values():
+        for live in self._live.values():
             if live.executor is not None:
                 live.executor.close()
                 live.executor = None
@@ -257,6 +302,6 @@ class InstanceTable:
             live.buffering = record.status in (Status.SUSPENDED, Status.PENDING) or (
                 record.inbox_length > 0
             )
-            self.live[record.instance_id] = live
+            self._live[record.instance_id] = live
             if record.status is Status.RUNNING and record.inbox_length > 0:
-                self.ready.add(record.instance_id)
+                self._ready.add(record.instance_id)

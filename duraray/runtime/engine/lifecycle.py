@@ -148,11 +148,10 @@ class Lifecycle:
         self._drop_pending_work(b, live)
         table.clear_inbox(b, live)
         table.drop_executor(live)
-        table.ready.discard(iid)
         table.touch(b, live)
         table.put_record(b, record)
         b.wb.delete("live", r.live_key(iid))
-        del table.live[iid]
+        table.remove(iid)
         b.work.pop(iid, None)
 
     def _drop_pending_work(self, b: Batch, live: LiveInstance) -> None:
@@ -205,7 +204,7 @@ class Lifecycle:
             table.to_inbox(b, live, event)
         # Run the next generation in the next batch: its start is durable first, and an
         # orchestration that continues as new in a tight loop cannot starve the partition.
-        table.ready.add(iid)
+        table.mark_ready(iid)
         table.touch(b, live)
 
     def terminate(
@@ -266,9 +265,9 @@ class Lifecycle:
         # Buffer until the next batch: the rewritten history is not committed yet, and an
         # executor rebuilt in this batch would replay the old one from the store.
         live = LiveInstance(record, buffering=True)
-        table.live[instance_id] = live
+        table.add(live)
         b.wb.put("live", r.live_key(instance_id), b"")
-        table.ready.add(instance_id)
+        table.mark_ready(instance_id)
         table.append_history(b, live, kept)
         # The rewind marker goes through the inbox, not straight into the history: the
         # next batch then runs an episode even when nothing else is pending (the code

@@ -104,6 +104,10 @@ class EntityDelivery:
     at: datetime | None = None
 
 
+class UnknownMessageKind(ValueError):
+    """A stored or received message of a kind this code does not know (a newer peer)."""
+
+
 PartitionMessage = (
     StartOrchestration | DeliverEvent | TerminateInstance | RewindInstance | EntityDelivery
 )
@@ -157,7 +161,8 @@ def to_wire(payload: PartitionMessage, seq: int, source: int) -> Message:
 
 
 def from_wire(msg: Message) -> PartitionMessage:
-    """The typed form of a received or stored message; ValueError for an unknown kind."""
+    """The typed form of a received or stored message; ``UnknownMessageKind`` for a
+    kind this code does not know."""
     body = msg.body or {}
     iid = msg.instance_id
     match msg.kind:
@@ -183,4 +188,4 @@ def from_wire(msg: Message) -> PartitionMessage:
             at = body.get("at")
             when = None if at is None else codec.from_utc_micros(at)
             return EntityDelivery(iid, unpack_message(body["m"]), when)
-    raise ValueError(f"unknown partition message kind {msg.kind!r}")
+    raise UnknownMessageKind(f"unknown partition message kind {msg.kind!r}")

@@ -37,7 +37,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from datetime import datetime
-from typing import Any
+from typing import Any, assert_never
 
 import structlog
 
@@ -63,6 +63,7 @@ from duraray.runtime.engine.messages import (
     RewindInstance,
     StartOrchestration,
     TerminateInstance,
+    UnknownMessageKind,
     from_wire,
 )
 from duraray.runtime.engine.migrations import open_store
@@ -161,14 +162,19 @@ class PartitionCore:
         }
         # Which activities run inline, in batches or alone (see dispatch.py); its learned
         # costs are kept in ``meta`` so a restart does not start from nothing.
-        self.dispatch = dispatch or DispatchPlan(
-            registry,
-            inline=cfg.inline_activities,
-            inline_max_s=cfg.inline_activity_max_ms / 1000,
+        self.dispatch = (
+            dispatch
+            if dispatch is not None
+            else DispatchPlan(
+                registry,
+                inline=cfg.inline_activities,
+                inline_max_s=cfg.inline_activity_max_ms / 1000,
+            )
         )
         self._costs_saved = 0.0
 
-        # The components, each over its own state; see the module docstring.
+        # The components, each over its own state; see the module docstring. They share
+        # the counters dict: it is changed in place, never replaced.
         counters = self.counters
         self.outbox = Outbox(index, self.partition_count, cfg.resend_interval, counters)
         self.timers = Timers()
@@ -224,11 +230,9 @@ class PartitionCore:
             lifecycle=self.lifecycle,
             entities=self.entities,
             timers=self.timers,
-            outbox=self.outbox,
             waits=self.waits,
-            dispatch=self.dispatch,
             counters=counters,
-            queue_depth=lambda: len(self._intake),
+            stats=self.stats,
         )
 
         open_store(store, hub=hub, index=index, partitions=self.partition_count, clock=self.clock)
@@ -267,7 +271,7 @@ class PartitionCore:
             return self.requests_queued()  # backing off after a commit that did not fit
         if self.hold.held:
             return True
-        if self._intake or self.instances.ready or self._pending_effects:
+        if self._intake or self.instances.has_ready or self._pending_effects:
             return True
         deadline = self.waits.deadline
         if deadline is not None and deadline <= self.clock.monotonic():
@@ -318,10 +322,8 @@ class PartitionCore:
             self._intake.extendleft(reversed(self.hold.held))  # retried now, in order
             self.hold.held = []
 
-        ready = self.instances.ready
-        for iid in sorted(ready):
+        for iid in self.instances.take_ready():
             self.instances.drain_inbox(b, iid)
-        ready.clear()
 
         taken = 0
         limit = self.config.max_batch_items
@@ -396,11 +398,13 @@ class PartitionCore:
                     self.episodes.on_activity_result(b, result)
             case Resend(destination):
                 self.outbox.resend_all(b, destination)
+            case _:
+                assert_never(item)
 
     def _apply_message(self, b: Batch, msg: Message) -> None:
         try:
             payload = from_wire(msg)
-        except ValueError:
+        except UnknownMessageKind:
             self._log.warning("unknown message kind dropped", kind=msg.kind)
             return
         match payload:
@@ -409,15 +413,38 @@ class PartitionCore:
             case DeliverEvent(instance_id, event, execution_id):
                 self.episodes.deliver(b, instance_id, event, execution_id)
             case TerminateInstance(instance_id, output, recursive):
-                live = self.instances.live.get(instance_id)
+                live = self.instances.get(instance_id)
                 if live is not None:
                     self.lifecycle.terminate(b, live, output, recursive)
             case EntityDelivery():
                 self.entities.on_message(b, payload)
-            case RewindInstance(instance_id, reason, None):
-                self.lifecycle.rewind(b, instance_id, reason)
-            case RewindInstance(instance_id, reason, parent) if parent is not None:
-                self.lifecycle.rewind_child(b, instance_id, reason, parent)
+            case RewindInstance(instance_id, reason, parent):
+                if parent is None:
+                    self.lifecycle.rewind(b, instance_id, reason)
+                else:  # a rewound parent asks this child for its outcome
+                    self.lifecycle.rewind_child(b, instance_id, reason, parent)
+            case _:
+                assert_never(payload)
+
+    def stats(self) -> dict[str, Any]:
+        """What the partition holds and has done (the ``stats`` client operation)."""
+        live = self.instances.values()
+        by_status: dict[str, int] = {}
+        for instance in live:
+            status = instance.record.status.value
+            by_status[status] = by_status.get(status, 0) + 1
+        return {
+            "partition": self.index,
+            "counters": dict(self.counters),
+            "live_instances": by_status,
+            "cached_executors": self.instances.cached_executors,
+            "timers": len(self.timers),
+            "activities_in_flight": sum(len(v.activities) for v in live),
+            # Activities of unknown cost waiting for a probe of their kind (dispatch.py).
+            "activities_held": self.dispatch.held,
+            "outbox": len(self.outbox),
+            "queue_depth": len(self._intake),
+        }
 
     # == learned activity costs ===========================================================
 
@@ -448,21 +475,21 @@ class PartitionCore:
         table = self.instances
         table.recover()
         for key, timer in self.timers.recover(self.store):
-            live = table.live.get(timer.instance_id)
+            live = table.get(timer.instance_id)
             if live is not None:
                 live.timers.add(key)
-        for iid, live in table.live.items():
+        for live in table.values():
             # A PENDING instance without its start timer had it fire in a committed batch
             # whose in-memory "drain next batch" was lost with the crash: start it now.
             rows = (self.timers.get(key) for key in live.timers)
             if live.record.status is OrchestrationStatus.PENDING and not any(
                 row is not None and row.kind == "start" for row in rows
             ):
-                table.ready.add(iid)
+                table.mark_ready(live.record.instance_id)
         pending = self._pending_effects
         for _, value in self.store.scan("activities"):
             task = codec.decode_record(ActivityTask, value)
-            live = table.live.get(task.instance_id)
+            live = table.get(task.instance_id)
             if live is None or live.record.execution_id != task.execution_id:
                 continue
             live.activities.add(task.task_id)
@@ -471,7 +498,7 @@ class PartitionCore:
         if pending:
             self._log.info(
                 "partition recovered",
-                instances=len(table.live),
+                instances=len(table),
                 timers=len(self.timers),
                 activities=len(pending.activities),
                 messages=resent,
@@ -491,7 +518,7 @@ class PartitionCore:
         # again. One intake serves both cores: a thread still holding this core (an
         # activity delivering its result) appends to the queue the new core drains.
         self.dispatch.dirty = True
-        core = PartitionCore(
+        core = type(self)(
             hub=self.hub,
             index=self.index,
             store=self.store,

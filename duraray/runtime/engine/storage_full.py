@@ -1,14 +1,13 @@
 """A batch whose commit did not fit: answer its callers, rebuild the core, keep going.
 
-When ``run_batch``'s commit fails for lack of space (the
-disk is full, or the store reached ``max_map_size``: ``StorageFullError``), nothing of
-the batch was written, but the batch had already changed the core's memory (live
-generators advanced, sequence numbers taken, timers popped). That memory is thrown away:
-``recover_from_storage_full`` builds a new core over the same store, which recovers from
-it exactly as a restarted partition does (``PartitionCore.__init__``; ``PartitionCore.recover_from_storage_full``
-uses the helpers here), and the shell
-carries on with the new core instead of dying (a crash would only repeat the failure,
-each restart re-running every pending activity).
+When ``run_batch``'s commit fails for lack of space (the disk is full, or the store
+reached ``max_map_size``: ``StorageFullError``), nothing of the batch was written, but
+the batch had already changed the core's memory (live generators advanced, sequence
+numbers taken, timers popped). That memory is thrown away:
+``PartitionCore.recover_from_storage_full`` builds a new core over the same store, which
+recovers from it exactly as a restarted partition does (``PartitionCore.__init__``), with
+the helpers here, and the shell carries on with the new core instead of dying (a crash
+would only repeat the failure, each restart re-running every pending activity).
 
 What the failed batch had taken from the intake is dealt with as follows:
 

@@ -46,7 +46,11 @@ class Timers:
             b.wb.delete("timers", key)
 
     def pop_due(self, b: Batch) -> list[tuple[bytes, TimerRow]]:
-        """Take every timer due at the batch's time, earliest first (deleted in ``b``)."""
+        """Take every timer due at the batch's time, earliest first (deleted in ``b``).
+
+        All are taken before any is handled: handling one (a TimerFired, a signal) must not
+        add or remove timers due in this batch, which holds for every caller today.
+        """
         now = b.now_micros
         heap = self._heap
         due: list[tuple[bytes, TimerRow]] = []
