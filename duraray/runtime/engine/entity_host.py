@@ -76,6 +76,7 @@ class EntityHost:
         self._entities: dict[str, EntityRecord] = {}
         self._inbox: dict[str, list[EntityMessage]] = {}
         self._dirty: set[str] = set()
+        self._gone: set[str] = set()  # deleted in this batch: dropped after its commit
         # Entity state, results and signal inputs obey the hub's max_payload_bytes, like
         # the payloads made by orchestrations.
         self._converter = codec.Converter(config.max_payload_bytes)
@@ -111,13 +112,26 @@ class EntityHost:
                 continue
             if record.exists:
                 b.wb.put("entities", entity_key(entity_id), _encode_entity(record))
+                self._gone.discard(entity_id)
             else:
                 # An entity without state, lock or waiting messages does not exist.
                 b.wb.delete("entities", entity_key(entity_id))
-                del self._entities[entity_id]
+                self._gone.add(entity_id)
         self._dirty = set()
-        # Every cached record is saved now: drop the least recently used beyond the bound
-        # (they are read back from the store when next needed).
+
+    def trim_cache(self) -> None:
+        """After the batch's commit: forget the entities it deleted, and the least
+        recently used beyond the bound (read back from the store when next needed).
+
+        Not before the commit: a later local round of the same batch would read the row
+        as the store still holds it, without this batch's changes (a released lock would
+        come back, an update would be lost).
+        """
+        for entity_id in self._gone:
+            record = self._entities.get(entity_id)
+            if record is not None and not record.exists:
+                del self._entities[entity_id]
+        self._gone = set()
         excess = len(self._entities) - self._max_cached
         if excess > 0:
             for entity_id in list(itertools.islice(self._entities, excess)):

@@ -380,6 +380,7 @@ class PartitionCore:
         self.outbox.resend_overdue(b)
         self.waits.notify(b, self.instances.get_record)
         self.instances.evict_executors()
+        self.entities.trim_cache()
         fx = b.fx
         self.counters["activities_dispatched"] += len(fx.activities)
         fx.dispatches = self.dispatch.plan(fx.activities)
