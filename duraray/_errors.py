@@ -184,6 +184,15 @@ class StorageFullError(DurableError):
     __module__ = "duraray"
 
 
+class PartitionFailureError(DurableError):
+    """Applying the request raised inside the partition (a defect, or a value no check
+    foresaw). Nothing of the request was stored; the partition went on serving the rest.
+    The partition's parked items (``Client.get_parked_items``) and its log say more.
+    """
+
+    __module__ = "duraray"
+
+
 class SerializationError(DurableError, TypeError):
     """A payload cannot be encoded (unsupported type or too large) or decoded."""
 

@@ -192,6 +192,13 @@ class InProcessHub:
                                 # rebuilt from the store (engine/storage_full.py).
                                 core, fx = core.recover_from_storage_full(exc)
                                 self.cores[index] = core
+                            except Exception as exc:
+                                # Not committed: go on with a core rebuilt from the store
+                                # that applies the batch's items one at a time and sets
+                                # aside the one that fails (engine/poison.py). It raises
+                                # again when failures look systemic: the engine then stops.
+                                core, fx = core.recover_from_failure(exc)
+                                self.cores[index] = core
                             self._release(core, fx)
                             busy = True
                 if busy:

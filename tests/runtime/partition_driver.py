@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,20 +39,57 @@ class SimulatedCrash(Exception):
     """Raised by a FaultyStore commit told to fail: the process 'died' before committing."""
 
 
+class InjectedFault(Exception):
+    """Raised by a FaultyStore read or commit chosen by its ``FaultInjector``."""
+
+
+@dataclass
+class FaultInjector:
+    """Makes a store's reads and commits raise at random, while a batch runs only, and
+    never in two batches of one partition in a row (so no item fails twice alone: each
+    fault must cost one rebuild of the core and nothing else)."""
+
+    rng: random.Random
+    rate: float
+    armed: bool = False  # set by the driver around run_batch
+    injected: int = 0
+    cooling: bool = False  # the batch after a fault runs clean
+
+    def maybe(self, where: str) -> None:
+        if self.armed and not self.cooling and self.rng.random() < self.rate:
+            self.injected += 1
+            self.cooling = True
+            raise InjectedFault(f"injected store fault in {where}")
+
+
 class FaultyStore:
-    """A store proxy that counts commits and fails the next ``fail_next`` of them."""
+    """A store proxy that counts commits, fails the next ``fail_next`` of them, and lets
+    a ``FaultInjector`` make reads and commits raise."""
 
     def __init__(self, inner: PartitionStore) -> None:
         self.inner = inner
         self.commits = 0
         self.fail_next = 0
+        self.injector: FaultInjector | None = None
 
     def commit(self, batch: WriteBatch) -> None:
         if self.fail_next:
             self.fail_next -= 1
             raise SimulatedCrash("simulated crash before commit")
+        if self.injector is not None:
+            self.injector.maybe("commit")
         self.inner.commit(batch)
         self.commits += 1
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        if self.injector is not None:
+            self.injector.maybe("get")
+        return self.inner.get(db, key)
+
+    def scan(self, db: str, *args: Any, **kwargs: Any) -> list[tuple[bytes, bytes]]:
+        if self.injector is not None:
+            self.injector.maybe("scan")
+        return self.inner.scan(db, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -92,12 +130,15 @@ class Cluster:
     hold_messages: bool = False
     auto_advance: bool = False
     seed: int = 0
+    #: rebuild a core whose batch raised, as the shells do (else the error propagates)
+    isolate_failures: bool = True
 
     def __post_init__(self) -> None:
         self.config = self.config.with_options(partitions=self.partitions)
         self.now = T0
         self.mono = ManualTime()
         self.core_clock = DriverClock(self, self.seed)
+        self.rebuilds = 0  # cores rebuilt after a batch raised
         self._memory: dict[int, MemoryStore] = {}
         self._tokens = itertools.count(1)
         self.stores: list[FaultyStore] = []
@@ -194,9 +235,36 @@ class Cluster:
         self.executions[(task.instance_id, task.task_id)] += 1
         self.cores[task.partition].submit_activity_results([execute_activity(self.registry, task)])
 
+    def batch(self, index: int) -> Effects:
+        """One batch of core ``index``, as a shell runs it: a batch that raises is
+        followed by a core rebuilt from the store that isolates its work (poison.py);
+        a ``SimulatedCrash`` is left to the caller. Effects are not released."""
+        core = self.cores[index]
+        injector = self.stores[index].injector
+        if injector is not None:
+            injector.armed = True
+        try:
+            fx = core.run_batch()
+        except SimulatedCrash:
+            raise
+        except Exception as exc:
+            if not self.isolate_failures:
+                raise
+            self.rebuilds += 1
+            if injector is not None:
+                injector.armed = False  # the rebuild reads the store: no fault there
+            self.cores[index], fx = core.recover_from_failure(exc)
+            return fx
+        finally:
+            if injector is not None:
+                injector.armed = False
+        if injector is not None:
+            injector.cooling = False
+        return fx
+
     def step(self, index: int) -> Effects:
         """One batch of core ``index``, effects released."""
-        fx = self.cores[index].run_batch()
+        fx = self.batch(index)
         self.release(index, fx)
         return fx
 
@@ -226,7 +294,7 @@ class Cluster:
                     on_batch(batches, index)
                 core = self.cores[index]  # the hook may have replaced it
                 if core.has_work() or core.resend_due():
-                    self.release(index, core.run_batch())
+                    self.release(index, self.batch(index))
             if busy:
                 quiet_rounds = 0
                 continue

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from partition_driver import Cluster, completions
+from partition_driver import Cluster, FaultInjector, completions
 
 from duraray import when_all
 from duraray._registry import Registry
@@ -62,6 +62,7 @@ CRASH_HORIZON = 60
 
 MEMORY_SEEDS = list(range(50))
 LMDB_SEEDS = [1000, 1001, 1002]
+STORE_FAULT_SEEDS = list(range(2000, 2020))
 
 
 # -- activities, orchestrations and entities of the workload -----------------------------
@@ -341,7 +342,9 @@ class Simulation:
     runs of one seed must reproduce exactly.
     """
 
-    def __init__(self, seed: int, *, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, seed: int, *, data_dir: Path | None = None, store_faults: float = 0.0
+    ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.partitions = self.rng.choice([3, 4])
@@ -357,6 +360,14 @@ class Simulation:
             auto_advance=True,
             seed=seed,
         )
+        # Store reads and commits that raise at random while batches run (memory stores
+        # only: a reopened LMDB store would come without its injector).
+        self.injectors = [
+            FaultInjector(random.Random(seed * 1000 + index), store_faults)
+            for index in range(self.partitions if store_faults else 0)
+        ]
+        for store, injector in zip(self.cluster.stores, self.injectors, strict=False):
+            store.injector = injector
         self.workload = build_workload(self.rng, self.partitions)
         kinds = list(CRASH_KINDS)
         self.rng.shuffle(kinds)  # every kind at least once, then any
@@ -695,13 +706,18 @@ class Outcome:
     stats: dict[str, int]
 
 
-def simulate(seed: int, data_dir: Path | None = None) -> Outcome:
+def simulate(seed: int, data_dir: Path | None = None, store_faults: float = 0.0) -> Outcome:
     """Run seed ``seed`` to quiescence and check every invariant."""
-    sim = Simulation(seed, data_dir=data_dir)
+    sim = Simulation(seed, data_dir=data_dir, store_faults=store_faults)
     try:
         sim.run()
+        for injector in sim.injectors:
+            injector.rate = 0.0  # the checks read the stores: no more faults
         stores = sim.dump()  # before the checks' own requests run batches
-        return Outcome(sim.log, stores, sim.check())
+        stats = sim.check()
+        stats["store_faults"] = sum(i.injected for i in sim.injectors)
+        stats["rebuilds"] = sim.cluster.rebuilds
+        return Outcome(sim.log, stores, stats)
     except Exception as exc:  # an engine error mid-run: say which seed replays it
         exc.add_note(f"seed {seed}: replay with simulate({seed})")
         raise
@@ -736,6 +752,21 @@ def test_simulated_hub_on_lmdb_keeps_every_invariant(
     in_memory = simulate(seed)
     assert in_memory.log == outcome.log, f"seed {seed}: LMDB and memory runs diverge"
     assert in_memory.stores == outcome.stores, f"seed {seed}: LMDB and memory stores differ"
+
+
+@pytest.mark.parametrize("seed", STORE_FAULT_SEEDS)
+def test_store_faults_cost_one_rebuild_each_and_lose_nothing(
+    seed: int, record_property: Any
+) -> None:
+    """The same simulation over stores whose reads and commits raise at random while a
+    batch runs (engine/poison.py): every instance still completes with its output, every
+    result is recorded once, and each injected fault cost exactly one in-process rebuild
+    of its partition: no restart, no item taken for poison."""
+    stats = simulate(seed, store_faults=0.03).stats
+    for name, value in stats.items():
+        record_property(name, value)
+    assert stats["store_faults"] > 0, f"seed {seed}: no fault injected"
+    assert stats["rebuilds"] == stats["store_faults"], f"seed {seed}: {stats}"
 
 
 @pytest.mark.parametrize("seed", [7, 23])

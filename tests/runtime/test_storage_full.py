@@ -319,7 +319,9 @@ def test_calls_fail_when_the_in_process_engine_dies() -> None:
         def boom() -> Any:
             raise RuntimeError("injected engine failure")
 
-        core.run_batch = boom  # type: ignore[method-assign]
+        # Outside a batch: a batch that raises is rebuilt and isolated (poison.py); an
+        # exception in the engine's own loop is what kills it.
+        core.has_work = boom  # type: ignore[method-assign]
         raising, raise_errors = _in_thread(lambda: client.raise_orchestration_event(waiter, "go"))
         raising.join(TIMEOUT)
         waiting.join(TIMEOUT)

@@ -36,6 +36,7 @@ from duraray.runtime.engine.entity_host import EntityHost
 from duraray.runtime.engine.episodes import Episodes
 from duraray.runtime.engine.instances import InstanceTable
 from duraray.runtime.engine.lifecycle import Lifecycle
+from duraray.runtime.engine.poison import ParkedItem, ParkedItems
 from duraray.runtime.engine.records import ClientRequest, InstanceRecord, Reply, ReuseIdPolicy
 from duraray.runtime.engine.requests import (
     DEFERRED,
@@ -81,6 +82,7 @@ class ClientOps:
         waits: Waits,
         counters: dict[str, float],
         stats: Callable[[], dict[str, Any]],
+        parked: ParkedItems,
     ) -> None:
         self._index = index
         self._partitions = partitions
@@ -94,6 +96,7 @@ class ClientOps:
         self._waits = waits
         self._counters = counters
         self._stats_of_partition = stats
+        self._parked_items = parked
         #: when to look for expired request replies next (UTC micros)
         self.next_prune = 0
         self._handlers: dict[str, Handler] = {
@@ -112,6 +115,7 @@ class ClientOps:
             "purge_by": self._purge_by,
             "query": self._query,
             "stats": self._stats,
+            "parked": self._parked,
             "signal_entity": self._signal_entity,
             "get_entity": self._get_entity,
             "query_entities": self._query_entities,
@@ -447,6 +451,11 @@ class ClientOps:
 
     def _stats(self, b: Batch, req: ClientRequest) -> dict[str, Any]:
         return self._stats_of_partition()
+
+    def _parked(
+        self, b: Batch, req: ClientRequest, *, after: bytes | None = None, limit: int = 100
+    ) -> list[tuple[bytes, ParkedItem]]:
+        return self._parked_items.list(after, limit)
 
     def _scan_records(
         self,

@@ -287,15 +287,20 @@ class InstanceTable:
 
     # -- recovery ---------------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """Load the non-terminal instances from the store."""
+    def recover(self, bad: list[tuple[str, bytes, BaseException]]) -> None:
+        """Load the non-terminal instances from the store; rows it cannot read are
+        skipped and listed in ``bad`` (db, key, error)."""
         # Only the ``live`` index is read: recovery time follows the unfinished instances,
         # not every instance the partition ever ran.
         for key, _ in self.store.scan("live"):
             value = self.store.get("instances", key)
             if value is None:
                 continue
-            record = codec.decode_record(InstanceRecord, value)
+            try:
+                record = codec.decode_record(InstanceRecord, value)
+            except Exception as exc:
+                bad.append(("instances", key, exc))
+                continue
             if record.status.is_terminal:
                 continue
             live = LiveInstance(record)

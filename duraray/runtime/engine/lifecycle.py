@@ -133,6 +133,31 @@ class Lifecycle:
                 )
             self._report(b, record, event)
 
+    def fail(self, b: Batch, live: LiveInstance, failure: FailureDetails) -> None:
+        """Fail the execution from outside its code (work for it raised inside the
+        partition): as if the orchestration had failed, with ``failure``."""
+        self._table.drop_executor(live)  # it may be what raised; never resumed again
+        completion = h.ExecutionCompleted(timestamp=b.now, status=Status.FAILED, failure=failure)
+        self._table.append_history(b, live, [completion])
+        self.complete(b, live, completion)
+
+    def quarantine(self, b: Batch, live: LiveInstance, failure: FailureDetails) -> None:
+        """Take the instance out with the fewest reads and writes, when failing it the
+        usual way failed too: its record says FAILED, it leaves the live set, its timers
+        and activities are dropped; its history is left as it is (it may be what fails)."""
+        table = self._table
+        record = live.record
+        record.status = Status.FAILED
+        record.failure = failure
+        record.completed_at = b.now
+        self._drop_pending_work(b, live)
+        table.drop_executor(live)
+        table.put_record(b, record)
+        b.wb.delete("live", r.live_key(record.instance_id))
+        table.remove(record.instance_id)
+        b.work.pop(record.instance_id, None)
+        b.changed.add(record.instance_id)
+
     def _report(self, b: Batch, record: InstanceRecord, event: h.HistoryEvent) -> None:
         assert record.parent_instance_id is not None
         self._outbox.send(

@@ -128,15 +128,38 @@ class Outbox:
         if applied:
             b.fx.acks[source] = applied
 
+    def skip(self, b: Batch, source: int, seq: int) -> bool:
+        """Count message ``seq`` from ``source`` as applied without applying it (it was
+        parked): later messages from that sender must not wait behind it. False if it is
+        not the next one expected."""
+        if seq != self._dedup.get(source, 0) + 1:
+            return False
+        self._dedup[source] = seq
+        self._early.get(source, {}).pop(seq, None)
+        b.wb.put("dedup", r.dedup_partition_key(source), codec.encode(seq))
+        b.fx.acks[source] = seq
+        return True
+
     # -- recovery ---------------------------------------------------------------------------
 
-    def recover(self, store: PartitionStore, mono: float, pending: Effects) -> int:
+    def recover(
+        self,
+        store: PartitionStore,
+        mono: float,
+        pending: Effects,
+        bad: list[tuple[str, bytes, BaseException]],
+    ) -> int:
         """Load the outbox and dedup state from ``store``; every unacknowledged message
-        is queued in ``pending`` to be sent again. Returns how many."""
+        is queued in ``pending`` to be sent again. Returns how many. Outbox rows it
+        cannot read are skipped and listed in ``bad``."""
         resent = 0
         for key, value in store.scan("outbox"):
-            msg = codec.decode_record(Message, value)
-            destination = r.read_u32(key)
+            try:
+                msg = codec.decode_record(Message, value)
+                destination = r.read_u32(key)
+            except Exception as exc:
+                bad.append(("outbox", key, exc))
+                continue
             self._boxes.setdefault(destination, {})[msg.seq] = (msg, mono)
             self._out_seq[destination] = max(self._out_seq.get(destination, 0), msg.seq)
             pending.messages.setdefault(destination, []).append(msg)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from datetime import datetime
-from typing import Any, assert_never
+from typing import Any
 
 import structlog
 
@@ -45,42 +45,43 @@ from duraray._errors import StorageFullError
 from duraray._registry import Registry
 from duraray.config import HubConfig
 from duraray.orchestrations.executor import ExecutorOptions
-from duraray.orchestrations.history import OrchestrationStatus
 from duraray.runtime.engine import codec
 from duraray.runtime.engine.actions import Actions
 from duraray.runtime.engine.batch import Batch
 from duraray.runtime.engine.client_ops import MUTATING_OPS, ClientOps
 from duraray.runtime.engine.clock import Clock, ClockLike, as_clock, utc_now
+from duraray.runtime.engine.costs import COSTS_KEY, LearnedCosts
 from duraray.runtime.engine.dispatch import DispatchPlan
 from duraray.runtime.engine.entity_host import EntityHost
 from duraray.runtime.engine.episodes import Episodes, version_mismatch
 from duraray.runtime.engine.instances import ExecutorFactory, InstanceTable
 from duraray.runtime.engine.intake import Ack, IntakeItem, Messages, Request, Resend, Results
 from duraray.runtime.engine.lifecycle import Lifecycle
-from duraray.runtime.engine.messages import (
-    DeliverEvent,
-    EntityDelivery,
-    RewindInstance,
-    StartOrchestration,
-    TerminateInstance,
-    UnknownMessageKind,
-    from_wire,
-)
 from duraray.runtime.engine.migrations import open_store
 from duraray.runtime.engine.outbox import Outbox
+from duraray.runtime.engine.poison import (
+    Isolation,
+    ParkedItems,
+    PoisonHandler,
+    ReadyUnit,
+    TimerUnit,
+    Unit,
+    row_target,
+    split_units,
+)
 from duraray.runtime.engine.records import (
     ActivityResult,
-    ActivityTask,
     ClientRequest,
     Effects,
     Message,
     Reply,
     ReuseIdPolicy,
 )
+from duraray.runtime.engine.recovery import recover
 from duraray.runtime.engine.storage_full import (
     HoldBack,
+    abandon_callers,
     answer_without_commit,
-    callers_of,
     copy_effects,
     split_taken,
     storage_full_error,
@@ -88,9 +89,11 @@ from duraray.runtime.engine.storage_full import (
 from duraray.runtime.engine.store import PartitionStore
 from duraray.runtime.engine.timers import Timers
 from duraray.runtime.engine.waits import Waits
+from duraray.runtime.engine.work import Work
 
 # Re-exported: imported from here by the shells and by earlier code.
 __all__ = [
+    "COSTS_KEY",
     "MUTATING_OPS",
     "PartitionCore",
     "ReuseIdPolicy",
@@ -100,9 +103,6 @@ __all__ = [
 
 #: Rounds of same-batch delivery of a partition's messages to itself (see run_batch).
 LOCAL_ROUNDS = 16
-#: Where the dispatch plan's learned activity costs are kept, and how often they are saved.
-COSTS_KEY = b"activity_costs"
-COSTS_SAVE_INTERVAL = 5.0
 log = structlog.get_logger("duraray.partition")
 
 
@@ -139,6 +139,7 @@ class PartitionCore:
 
         self._intake: deque[IntakeItem] = intake if intake is not None else deque()
         self._pending_effects = Effects()
+        self._bad_rows: list[tuple[str, bytes, BaseException]] = []  # parked next batch
         # Set while a batch runs and cleared by its commit: a batch that raised left memory
         # ahead of the store (live generators advanced, sequences taken), so the core must
         # not run another batch; a new core recovers from the store instead.
@@ -171,7 +172,9 @@ class PartitionCore:
                 inline_max_s=cfg.inline_activity_max_ms / 1000,
             )
         )
-        self._costs_saved = 0.0
+        self.costs = LearnedCosts(store, self.dispatch)
+        # One unit per batch while the work of a failed batch is applied alone (poison.py).
+        self.isolation = Isolation()
 
         # The components, each over its own state; see the module docstring. They share
         # the counters dict: it is changed in place, never replaced.
@@ -220,6 +223,15 @@ class PartitionCore:
             clock=self.clock,
             counters=counters,
         )
+        self.parked = ParkedItems(store, index)
+        self.poison = PoisonHandler(
+            table=self.instances,
+            lifecycle=self.lifecycle,
+            outbox=self.outbox,
+            timers=self.timers,
+            parked=self.parked,
+            counters=counters,
+        )
         self.client_ops = ClientOps(
             index=index,
             partitions=self.partition_count,
@@ -233,11 +245,22 @@ class PartitionCore:
             waits=self.waits,
             counters=counters,
             stats=self.stats,
+            parked=self.parked,
+        )
+
+        self.work = Work(
+            client_ops=self.client_ops,
+            outbox=self.outbox,
+            timers=self.timers,
+            table=self.instances,
+            episodes=self.episodes,
+            lifecycle=self.lifecycle,
+            entities=self.entities,
         )
 
         open_store(store, hub=hub, index=index, partitions=self.partition_count, clock=self.clock)
         if dispatch is None:
-            self._restore_costs()
+            self.costs.restore()
         self._recover()
 
     # == intake (thread-safe: deque appends) ==============================================
@@ -269,7 +292,7 @@ class PartitionCore:
         """True if ``run_batch`` would do something now."""
         if self.holding_back():
             return self.requests_queued()  # backing off after a commit that did not fit
-        if self.hold.held:
+        if self.hold.held or self.isolation.active or self._bad_rows:
             return True
         if self._intake or self.instances.has_ready or self._pending_effects:
             return True
@@ -321,22 +344,23 @@ class PartitionCore:
         if self.hold.held and not self.hold.holding(b.mono):
             self._intake.extendleft(reversed(self.hold.held))  # retried now, in order
             self.hold.held = []
-
-        for iid in self.instances.take_ready():
-            self.instances.drain_inbox(b, iid)
+        if self._bad_rows:
+            self._park_bad_rows(b)
 
         taken = 0
-        limit = self.config.max_batch_items
-        while self._intake and taken < limit:
-            item = self._intake.popleft()
-            self._taken.append(item)
-            taken += 1
-            self._apply_item(b, item)
-        for key, row in self.timers.pop_due(b):
-            if row.kind == "signal":
-                self.entities.fire_signal(row)
-            else:
-                self.episodes.on_timer(b, key, row)
+        if self.isolation.active:
+            taken = self._run_isolated(b)
+        else:
+            for iid in self.instances.take_ready():
+                self.instances.drain_inbox(b, iid)
+            limit = self.config.max_batch_items
+            while self._intake and taken < limit:
+                item = self._intake.popleft()
+                self._taken.append(item)
+                taken += 1
+                self.work.item(b, item)
+            for key, row in self.timers.pop_due(b):
+                self.work.timer(b, key, row)
         self.entities.process(b)
         self.client_ops.prune_request_replies(b)
 
@@ -351,7 +375,7 @@ class PartitionCore:
             if not local:
                 break
             self.counters["local_rounds"] = self.counters.get("local_rounds", 0) + 1
-            self.outbox.receive(b, self.index, local, lambda msg: self._apply_message(b, msg))
+            self.outbox.receive(b, self.index, local, lambda msg: self.work.message(b, msg))
             upto = b.fx.acks.pop(self.index, None)
             if upto is not None:
                 self.outbox.acknowledged(b, self.index, upto)
@@ -359,7 +383,7 @@ class PartitionCore:
             self.episodes.run_all(b)
 
         self.instances.write_dirty(b)
-        self._save_costs(b)
+        self.costs.save(b)
 
         if b.wb:
             # A metric only, so the process clock: it never steers the core.
@@ -374,6 +398,7 @@ class PartitionCore:
             self.counters["commit_seconds"] += time.perf_counter() - started
         self._broken = False
         self._taken, self._carried = [], None
+        self.isolation.applied()
         self.counters["batches"] += 1
         self.counters["items"] += taken
 
@@ -386,46 +411,19 @@ class PartitionCore:
         fx.dispatches = self.dispatch.plan(fx.activities)
         return fx
 
-    def _apply_item(self, b: Batch, item: IntakeItem) -> None:
-        match item:
-            case Request(request):
-                self.client_ops.on_request(b, request)
-            case Messages(source, messages):
-                self.outbox.receive(b, source, messages, lambda msg: self._apply_message(b, msg))
-            case Ack(destination, upto):
-                self.outbox.acknowledged(b, destination, upto)
-            case Results(results):
-                for result in results:
-                    self.episodes.on_activity_result(b, result)
-            case Resend(destination):
-                self.outbox.resend_all(b, destination)
-            case _:
-                assert_never(item)
-
-    def _apply_message(self, b: Batch, msg: Message) -> None:
-        try:
-            payload = from_wire(msg)
-        except UnknownMessageKind:
-            self._log.warning("unknown message kind dropped", kind=msg.kind)
-            return
-        match payload:
-            case StartOrchestration():
-                self.episodes.start(b, payload)
-            case DeliverEvent(instance_id, event, execution_id):
-                self.episodes.deliver(b, instance_id, event, execution_id)
-            case TerminateInstance(instance_id, output, recursive):
-                live = self.instances.get(instance_id)
-                if live is not None:
-                    self.lifecycle.terminate(b, live, output, recursive)
-            case EntityDelivery():
-                self.entities.on_message(b, payload)
-            case RewindInstance(instance_id, reason, parent):
-                if parent is None:
-                    self.lifecycle.rewind(b, instance_id, reason)
-                else:  # a rewound parent asks this child for its outcome
-                    self.lifecycle.rewind_child(b, instance_id, reason, parent)
-            case _:
-                assert_never(payload)
+    def _run_isolated(self, b: Batch) -> int:
+        """Apply one unit of a failed batch's work, or deal with a poison unit."""
+        iso = self.isolation
+        if iso.poison is not None:
+            unit, exc, tries = iso.poison
+            self.poison.deal(b, unit, exc, tries)
+            return 1
+        unit = iso.queue.popleft()
+        iso.current = unit
+        if not isinstance(unit, ReadyUnit | TimerUnit):
+            self._taken.append(unit)
+        self.work.unit(b, unit)
+        return 1
 
     def stats(self) -> dict[str, Any]:
         """What the partition holds and has done (the ``stats`` client operation)."""
@@ -447,71 +445,39 @@ class PartitionCore:
             "queue_depth": len(self._intake),
         }
 
-    # == learned activity costs ===========================================================
-
-    def _restore_costs(self) -> None:
-        stored_costs = self.store.get("meta", COSTS_KEY)
-        if stored_costs is not None:
-            try:
-                self.dispatch.restore(codec.decode(stored_costs))
-            except Exception:  # only a hint: a record that cannot be read is relearned
-                self._log.warning("stored activity costs unreadable; learning them anew")
-
-    def _save_costs(self, b: Batch) -> None:
-        """Store the dispatch plan's learned costs, riding on a batch that commits anyway,
-        at most every few seconds."""
-        if not self.dispatch.dirty or not b.wb:
-            return
-        if b.mono - self._costs_saved < COSTS_SAVE_INTERVAL:
-            return
-        self._costs_saved = b.mono
-        try:
-            b.wb.put("meta", COSTS_KEY, codec.encode(self.dispatch.snapshot()))
-        except Exception:  # only a hint: never let it fail the batch
-            self._log.warning("activity costs not saved", exc_info=True)
-
     # == recovery =========================================================================
 
     def _recover(self) -> None:
-        table = self.instances
-        table.recover()
-        for key, timer in self.timers.recover(self.store):
-            live = table.get(timer.instance_id)
-            if live is not None:
-                live.timers.add(key)
-        for live in table.values():
-            # A PENDING instance without its start timer had it fire in a committed batch
-            # whose in-memory "drain next batch" was lost with the crash: start it now.
-            rows = (self.timers.get(key) for key in live.timers)
-            if live.record.status is OrchestrationStatus.PENDING and not any(
-                row is not None and row.kind == "start" for row in rows
-            ):
-                table.mark_ready(live.record.instance_id)
-        pending = self._pending_effects
-        for _, value in self.store.scan("activities"):
-            task = codec.decode_record(ActivityTask, value)
-            live = table.get(task.instance_id)
-            if live is None or live.record.execution_id != task.execution_id:
-                continue
-            live.activities.add(task.task_id)
-            pending.activities.append(task)
-        resent = self.outbox.recover(self.store, self.clock.monotonic(), pending)
-        if pending:
+        found = recover(
+            self.store,
+            self.instances,
+            self.timers,
+            self.outbox,
+            mono=self.clock.monotonic(),
+            pending=self._pending_effects,
+        )
+        self._bad_rows = found.bad_rows
+        for db, key, exc in found.bad_rows:
+            self._log.error("unreadable row skipped", db=db, key=key[:64], error=repr(exc))
+        if self._pending_effects:
             self._log.info(
                 "partition recovered",
-                instances=len(table),
+                instances=len(self.instances),
                 timers=len(self.timers),
-                activities=len(pending.activities),
-                messages=resent,
+                activities=len(self._pending_effects.activities),
+                messages=found.resent,
             )
+
+    def _park_bad_rows(self, b: Batch) -> None:
+        for db, key, exc in self._bad_rows:
+            self.parked.park(b, "row", row_target(db, key), exc, key=f"row:{db}:{key.hex()}")
+        self._bad_rows = []
 
     # == a batch that did not fit (storage_full.py) =========================================
 
-    def recover_from_storage_full(self, error: StorageFullError) -> tuple[PartitionCore, Effects]:
-        """After ``run_batch`` raised ``error``: a new core over the same store, recovered
-        from it, taking over this core's intake, and the effects to release now (the
-        answers to the failed batch's client requests). This core must not be used again.
-        See storage_full.py for what happens to each item of the failed batch."""
+    def _successor(self) -> PartitionCore:
+        """A new core over the same store, recovered from it, taking over what this one
+        holds in memory only (this core must not be used again)."""
         # Live generators ran ahead of the store: close them (as an eviction would).
         self.instances.close_executors()
         # Learned activity costs and the activities held for a probe stay (memory only,
@@ -531,20 +497,67 @@ class PartitionCore:
         )
         core._pending_effects = self._carried if self._carried is not None else Effects()
         core.counters.clear()  # as they were before the failed batch (the dict is shared)
-        core.counters.update(self._counters_before)
-        core.counters["storage_full"] = core.counters.get("storage_full", 0) + 1
-        core._costs_saved = self._costs_saved
+        core.counters.update(self._counters_before or self.counters)
+        core.costs.saved_at = self.costs.saved_at
         core.client_ops.next_prune = self.client_ops.next_prune
-        delay = core.hold.failed_again(self.hold, self.clock.monotonic())
-        requests, give_back = split_taken(self._taken)
-        core.hold.held = self.hold.held + give_back  # oldest first
+        return core
 
+    def _move_waits(self, core: PartitionCore, requests: list[ClientRequest]) -> None:
         # Waits of earlier batches move over; those of the failed batch's requests are
         # registered again when the new core answers their requests.
         again = {id(req.reply_to) for req in requests}
         for iid, watcher in self.waits.items():
             if id(watcher.caller) not in again:
                 core.waits.add(iid, watcher)
+
+    def recover_from_failure(self, error: Exception) -> tuple[PartitionCore, Effects]:
+        """After ``run_batch`` raised ``error`` (anything but ``StorageFullError``): a new
+        core rebuilt from the store that applies the failed batch's work one unit per
+        batch, and deals with a unit that fails alone (poison.py). Returns it and the
+        effects to release now (none). Raises ``error`` again when failures no longer
+        look like one bad item (several poison units in a row): the shell then restarts
+        the partition, as it would have before."""
+        iso = self.isolation
+        isolation = iso.after_failure(error)  # raises it again if it looks systemic
+        log_fields: dict[str, Any] = {"error": f"{type(error).__name__}: {error}"}
+        core = self._successor()
+        core.counters["rebuilds"] = core.counters.get("rebuilds", 0) + 1
+        core.hold = HoldBack(self.hold.failures, self.hold.until, list(self.hold.held))
+        if iso.poison is None and iso.current is None:
+            # A batch of many items failed: its work is applied again, one unit per batch:
+            # the runnable instances, the due timers, then what it took from the intake.
+            units: list[Unit] = [ReadyUnit(i) for i in core.instances.take_ready()]
+            units += [TimerUnit(k) for k in core.timers.due_keys(core.clock.now())]
+            units += split_units(self._taken)
+            isolation.queue = deque(units)
+            log_fields["units"] = len(units)
+        core.isolation = isolation
+        self._move_waits(core, [i.request for i in self._taken if isinstance(i, Request)])
+        core._log.error(
+            "partition batch failed; rebuilt from the store, applying its work one item at a time",
+            exc_info=error,
+            **log_fields,
+        )
+        return core, Effects()
+
+    def recover_from_storage_full(self, error: StorageFullError) -> tuple[PartitionCore, Effects]:
+        """After ``run_batch`` raised ``error``: a new core over the same store, recovered
+        from it, taking over this core's intake, and the effects to release now (the
+        answers to the failed batch's client requests). This core must not be used again.
+        See storage_full.py for what happens to each item of the failed batch."""
+        core = self._successor()
+        core.counters["storage_full"] = core.counters.get("storage_full", 0) + 1
+        # Isolated work goes on after the back-off; the unit being applied is among the
+        # items taken (requests answered, the rest held back) unless it was no intake item.
+        iso = self.isolation
+        core.isolation = Isolation(iso.queue, poison=iso.poison)
+        if iso.current is not None and not self._taken:
+            core.isolation.queue.appendleft(iso.current)
+        delay = core.hold.failed_again(self.hold, self.clock.monotonic())
+        requests, give_back = split_taken(self._taken)
+        core.hold.held = self.hold.held + give_back  # oldest first
+
+        self._move_waits(core, requests)
 
         b = Batch(now=core.clock.now(), mono=core.clock.monotonic())
         fx = answer_without_commit(core.client_ops, core.store, b, requests, str(error))
@@ -563,24 +576,8 @@ class PartitionCore:
         """The callers this core holds and will now never answer, because its shell cannot
         go on: those of the batch that failed, of the queued requests and of the waits.
         Queued requests are taken out of the intake."""
-        callers: dict[int, Any] = {}
-        if self._broken:
-            for caller in callers_of(self._taken):
-                callers[id(caller)] = caller
-        kept: list[IntakeItem] = []
-        while True:
-            try:
-                item = self._intake.popleft()
-            except IndexError:
-                break
-            if isinstance(item, Request):
-                callers[id(item.request.reply_to)] = item.request.reply_to
-            else:
-                kept.append(item)
-        self._intake.extendleft(reversed(kept))
-        for watcher in self.waits.take_all():
-            callers[id(watcher.caller)] = watcher.caller
-        return list(callers.values())
+        failed = self._taken if self._broken else []
+        return abandon_callers(failed, self._intake, self.waits)
 
     def close(self) -> None:
         """Drop live generators and close the store."""

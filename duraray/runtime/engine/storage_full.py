@@ -42,6 +42,7 @@ held back stay out of those batches, so what did not fit does not make a small w
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ from duraray.runtime.engine.intake import IntakeItem, Request
 from duraray.runtime.engine.records import ClientRequest, Effects, Reply
 from duraray.runtime.engine.requests import is_mutating
 from duraray.runtime.engine.store import PartitionStore
+from duraray.runtime.engine.waits import Waits
 
 #: Seconds before held work is retried after the first failed commit, and at most.
 FULL_RETRY_MIN_S = 0.5
@@ -135,6 +137,24 @@ def answer_without_commit(
     return b.fx
 
 
-def callers_of(items: list[IntakeItem]) -> list[Any]:
-    """The callers of the client requests among ``items``."""
-    return [item.request.reply_to for item in items if isinstance(item, Request)]
+def abandon_callers(failed: list[IntakeItem], intake: deque[IntakeItem], waits: Waits) -> list[Any]:
+    """The callers a core that cannot go on will never answer: those of the batch that
+    failed, of the requests queued in ``intake`` (taken out of it) and of the waits."""
+    callers: dict[int, Any] = {}
+    for item in failed:
+        if isinstance(item, Request):
+            callers[id(item.request.reply_to)] = item.request.reply_to
+    kept: list[IntakeItem] = []
+    while True:
+        try:
+            item = intake.popleft()
+        except IndexError:
+            break
+        if isinstance(item, Request):
+            callers[id(item.request.reply_to)] = item.request.reply_to
+        else:
+            kept.append(item)
+    intake.extendleft(reversed(kept))
+    for watcher in waits.take_all():
+        callers[id(watcher.caller)] = watcher.caller
+    return list(callers.values())

@@ -17,7 +17,7 @@ from duraray._errors import StorageFullError
 
 DATABASES: tuple[str, ...] = (
     "meta", "instances", "by_created", "history", "inbox", "timers",
-    "activities", "entities", "outbox", "dedup", "live",
+    "activities", "entities", "outbox", "dedup", "live", "parked",
 )  # fmt: skip
 
 # LMDB 0.9's compile-time key limit. Both stores enforce it so that code tested against

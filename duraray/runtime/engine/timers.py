@@ -40,6 +40,18 @@ class Timers:
         heapq.heappush(self._heap, (due, key))
         return key
 
+    def take(self, b: Batch, key: bytes) -> TimerRow | None:
+        """Take one timer out (deleted in ``b``), whether due or not; None if gone."""
+        row = self._rows.pop(key, None)
+        if row is not None:
+            b.wb.delete("timers", key)
+        return row
+
+    def due_keys(self, now: datetime) -> list[bytes]:
+        """The keys of the timers due at ``now``, earliest first (none taken)."""
+        limit = codec.utc_micros(now)
+        return [key for due, key in sorted(self._heap) if due <= limit and key in self._rows]
+
     def remove(self, b: Batch, key: bytes) -> None:
         """Forget a timer that has not fired (its instance ended)."""
         if self._rows.pop(key, None) is not None:
@@ -70,12 +82,20 @@ class Timers:
             heapq.heappop(heap)
         return codec.from_utc_micros(heap[0][0]) if heap else None
 
-    def recover(self, store: PartitionStore) -> list[tuple[bytes, TimerRow]]:
-        """Load every stored timer; returns them (their instances take their keys)."""
+    def recover(
+        self, store: PartitionStore, bad: list[tuple[str, bytes, BaseException]]
+    ) -> list[tuple[bytes, TimerRow]]:
+        """Load every stored timer; returns them (their instances take their keys).
+        Rows it cannot read are skipped and listed in ``bad``."""
         loaded = []
         for key, value in store.scan("timers"):
-            row = codec.decode_record(TimerRow, value)
+            try:
+                row = codec.decode_record(TimerRow, value)
+                due = codec.utc_micros(row.fire_at)
+            except Exception as exc:
+                bad.append(("timers", key, exc))
+                continue
             self._rows[key] = row
-            heapq.heappush(self._heap, (codec.utc_micros(row.fire_at), key))
+            heapq.heappush(self._heap, (due, key))
             loaded.append((key, row))
         return loaded

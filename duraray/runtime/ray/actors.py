@@ -233,6 +233,15 @@ class PartitionActorImpl:
                             self._committer, core.recover_from_storage_full, exc
                         )
                         self.core = core
+                    except Exception as exc:
+                        # Not committed: a restart would apply the same items and fail the
+                        # same way. Go on with a core rebuilt from the store that applies
+                        # them one at a time and sets aside the one that fails
+                        # (engine/poison.py); it raises again if the failure is systemic.
+                        core, fx = await loop.run_in_executor(
+                            self._committer, core.recover_from_failure, exc
+                        )
+                        self.core = core
                     self._release(fx)
                     await asyncio.sleep(0)  # let queued calls land in the next batch
                     continue
@@ -248,8 +257,9 @@ class PartitionActorImpl:
                         pass
                 self._wake.clear()
             except Exception:
-                # A failed batch was not committed; nothing was released. Crash the actor so
-                # Ray restarts it and the core recovers from its last commit.
+                # A failed batch was not committed, nothing was released, and rebuilding
+                # the core failed too (or failures look systemic). Crash the actor so Ray
+                # restarts it and the core recovers from its last commit.
                 self._log.exception("partition batch failed; restarting the actor")
                 os._exit(1)
 
