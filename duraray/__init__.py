@@ -18,6 +18,7 @@ from duraray._errors import (
     NonDeterminismError,
     OrchestrationFailedError,
     OrchestratorNotRegisteredError,
+    PartitionFailureError,
     SerializationError,
     StorageFullError,
     TaskCancelledError,
@@ -66,6 +67,7 @@ from duraray.runtime.client.sync import (
     EntityMetadata,
     OrchestrationState,
     Page,
+    ParkedItem,
     PurgeResult,
 )
 from duraray.runtime.engine.activity import ActivityContext
@@ -122,6 +124,8 @@ __all__ = [
     "OrchestratorNotRegisteredError",
     "OrchestratorStarted",
     "Page",
+    "ParkedItem",
+    "PartitionFailureError",
     "PurgeResult",
     "ReplaySafeLogger",
     "RetryPolicy",

@@ -9,7 +9,8 @@ import pytest
 import duraray as dr
 import duraray.testing
 
-#: Names from API.md (and the history classes the engine-core issue makes public).
+#: Names from API.md (and the history classes the engine-core issue makes public, and
+#: what an operator meets when a partition runs short of space or isolates poison).
 API_NAMES = """
 App Client AsyncClient OrchestrationContext ActivityContext EntityContext DurableEntity
 EntityId EntityInstanceId RetryPolicy when_all when_any OrchestrationState OrchestrationStatus
@@ -20,6 +21,7 @@ ExecutionStarted OrchestratorStarted TaskScheduled TaskCompleted TaskFailed Time
 TimerFired EventRaised EventSent SubOrchestrationInstanceCreated
 SubOrchestrationInstanceCompleted SubOrchestrationInstanceFailed ExecutionSuspended
 ExecutionResumed ExecutionTerminated ExecutionCompleted ContinueAsNew
+StorageFullError PartitionFailureError ParkedItem
 """.split()  # noqa: SIM905 (one name per word reads best)
 
 CLIENT_METHODS = """
@@ -28,6 +30,7 @@ wait_for_orchestration_start wait_for_orchestration_completion raise_orchestrati
 terminate_orchestration suspend_orchestration resume_orchestration rewind_orchestration
 restart_orchestration purge_orchestration purge_orchestrations_by query_instances
 signal_entity get_entity query_entities clean_entity_storage map attach shutdown_hub
+partition_stats get_parked_items
 """.split()  # noqa: SIM905 (one name per word reads best)
 
 CONTEXT_MEMBERS = """

@@ -631,6 +631,61 @@ def test_entity_needs_an_id_or_list(run: Invoke) -> None:
     assert expected == run("entity").exit_code
 
 
+# -- parked (poison isolation) ---------------------------------------------------------------
+
+
+@pytest.fixture
+def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signals to ``@counter@bad`` raise inside the partition (poison), every time."""
+    from duraray.runtime.engine.entity_host import EntityHost
+
+    original = EntityHost.signal
+
+    def signal(self: EntityHost, b: Any, *, entity_id: str, **kwargs: Any) -> None:
+        if entity_id == "@counter@bad":
+            raise RuntimeError("no signal for you")
+        original(self, b, entity_id=entity_id, **kwargs)
+
+    monkeypatch.setattr(EntityHost, "signal", signal)
+
+
+def test_parked_lists_what_a_partition_set_aside(
+    client: dr.Client, run: Invoke, poisoned: None
+) -> None:
+    """A signal that fails inside its partition exits 1 with the engine's reason; `parked`
+    then lists it as a table, and with --json in full."""
+    assert "no parked items" == run("parked").stdout.strip()
+    failed = run("signal", "@counter@bad", "add", "--input", "1")
+    assert 1 == failed.exit_code
+    assert "failed inside the partition: RuntimeError: no signal for you" in failed.stderr
+    assert 0 == run("signal", "@counter@good", "add", "--input", "1").exit_code  # goes on
+    table = run("parked").stdout.splitlines()
+    assert ["PARTITION", "KIND", "TARGET", "PARKED", "AT", "ERROR"] == table[0].split()
+    assert 2 == len(table)
+    assert "request" in table[1] and "signal_entity @counter@bad" in table[1]
+    assert "RuntimeError: no signal for you" in table[1]
+    [item] = parsed(run("parked", "--json", "--top", "5"))
+    expected = {"partition", "kind", "target", "parked_at", "error", "detail"}
+    assert expected == set(item)
+    assert ("request", "signal_entity @counter@bad") == (item["kind"], item["target"])
+    assert "Traceback" in item["detail"]
+
+
+def test_parked_says_when_top_cut_the_list(run: Invoke, poisoned: None) -> None:
+    """With as many items as --top, a note on stderr says more may be parked."""
+    run("signal", "@counter@bad", "add")
+    result = run("parked", "--top", "1")
+    assert (0, True) == (result.exit_code, "more may be parked" in result.stderr)
+
+
+def test_parked_top_out_of_range_exits_2(run: Invoke) -> None:
+    """--top outside 1 to 10,000 is a usage error."""
+    assert (2, 2) == (
+        run("parked", "--top", "0").exit_code,
+        run("parked", "--top", "10001").exit_code,
+    )
+
+
 # -- reaching a hub ------------------------------------------------------------------------
 
 

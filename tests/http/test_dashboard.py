@@ -97,3 +97,13 @@ def test_static_files_ship_as_package_data():
     shipped = {path for pattern in globs for path in package.glob(pattern)}
     files = {path for path in STATIC_DIR.rglob("*") if path.is_file()}
     assert [] == sorted(str(path.relative_to(package)) for path in files - shipped)
+
+
+def test_partitions_view_shows_and_flags_parked_items():
+    """The Partitions view reads each partition's ``parked`` count (a column and a total
+    card) and flags a non-zero one with a class the stylesheet colours."""
+    view = (STATIC_DIR / "views" / "partitions.js").read_text()
+    css = (STATIC_DIR / "dashboard.css").read_text()
+    assert "p.parked" in view and '"Parked items"' in view
+    for flag in ("parked-alert", "card-alert"):
+        assert flag in view and f".{flag}" in css

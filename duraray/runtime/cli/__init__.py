@@ -1,6 +1,6 @@
 """The ``duraray`` command.
 
-``_app`` assembles the group from the commands of ``_hub`` (start, stop, serve),
+``_app`` assembles the group from the commands of ``_hub`` (start, stop, serve, parked),
 ``_instances`` and ``_entities``, which share ``_common`` (the connection options and
 ``CliError``) and ``_connect`` (reaching a hub and its Ray cluster); ``_format`` holds the
 parameter types, output and exit codes; ``_demo`` and ``_bench`` their commands, which

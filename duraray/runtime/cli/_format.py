@@ -21,7 +21,7 @@ import click
 from duraray.entities.ids import EntityId
 from duraray.orchestrations.history import OrchestrationStatus
 from duraray.orchestrations.ids import validate_instance_id
-from duraray.runtime.client.sync import EntityMetadata, OrchestrationState
+from duraray.runtime.client.sync import EntityMetadata, OrchestrationState, ParkedItem
 from duraray.runtime.engine.codec import MAX_DEPTH
 
 EXIT_OK = 0
@@ -348,6 +348,33 @@ def _entity_json(meta: EntityMetadata) -> dict[str, Any]:
         "backlog_queue_size": meta.backlog_queue_size,
         "state": meta.state,
     }
+
+
+def _parked_json(item: ParkedItem) -> dict[str, Any]:
+    # The payload (an encoded message, up to max_payload_bytes) is left out, as over HTTP
+    # by default: Client.get_parked_items has it for whoever replays one by hand.
+    return {
+        "partition": item.partition,
+        "kind": item.kind,
+        "target": item.target,
+        "parked_at": item.parked_at,
+        "error": item.error,
+        "detail": item.detail,
+    }
+
+
+def _parked_table(items: list[ParkedItem]) -> str:
+    rows = [
+        [
+            str(item.partition),
+            item.kind,
+            _clip(item.target, 60),
+            _htime(item.parked_at),
+            _clip(item.error, _DETAIL_WIDTH),
+        ]
+        for item in items
+    ]
+    return _table(["PARTITION", "KIND", "TARGET", "PARKED AT", "ERROR"], rows)
 
 
 def _progress_enabled(ctx: click.Context) -> bool:

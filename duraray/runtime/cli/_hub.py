@@ -1,4 +1,5 @@
-"""The hub commands: ``start`` and ``stop`` a hub on Ray, ``serve`` its HTTP API."""
+"""The hub commands: ``start`` and ``stop`` a hub on Ray, ``serve`` its HTTP API, list
+what its partitions ``parked``."""
 
 from __future__ import annotations
 
@@ -18,7 +19,15 @@ from duraray.runtime.cli._connect import (
     _load_app,
     _setup_logging,
 )
-from duraray.runtime.cli._format import EXIT_FAILED, EXIT_UNREACHABLE, _done, _emit_json, _json_mode
+from duraray.runtime.cli._format import (
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    _done,
+    _emit_json,
+    _json_mode,
+    _parked_json,
+    _parked_table,
+)
 
 
 def _start_hub(
@@ -223,4 +232,34 @@ def _no_cluster_for(ctx: click.Context) -> bool:
     return False
 
 
-COMMANDS = (start, stop, serve)
+@click.command("parked", cls=_Command)
+@click.option(
+    "--top",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    show_default=True,
+    help="At most N items.",
+)
+@_hub_options
+@click.pass_context
+def parked(ctx: click.Context, top: int) -> None:
+    """List the work the hub's partitions set aside because applying it failed.
+
+    A partition applies the work of a batch that raised one item at a time; an item that
+    fails on its own twice (a defect, a value no check foresaw) is parked, so that the
+    partition goes on. Listed by partition, then key; --json adds each item's traceback
+    (detail).
+    """
+    items = _client(ctx).get_parked_items(top)
+    if _json_mode(ctx):
+        _emit_json([_parked_json(item) for item in items])
+        return
+    if not items:
+        click.echo("no parked items")
+        return
+    click.echo(_parked_table(items))
+    if len(items) >= top:
+        click.echo(f"(showing the first {len(items)}; more may be parked: use --top N)", err=True)
+
+
+COMMANDS = (start, stop, serve, parked)

@@ -2,7 +2,7 @@
 
 - ``sync``: ``Client``, its public operations and their argument checks;
 - ``results``: the state records it returns (``OrchestrationState``, ``EntityMetadata``,
-  ``Page``, ...), also importable from ``sync``;
+  ``Page``, ``ParkedItem``, ...), also importable from ``sync``;
 - ``transport``: the ``Transport`` protocol and ``Router``, which routes, fans out and
   batches the client's requests;
 - ``queries``: pages merged from every partition, and their continuation tokens;
@@ -22,6 +22,7 @@ from duraray.runtime.client.sync import (
     EntityMetadata,
     OrchestrationState,
     Page,
+    ParkedItem,
     PurgeResult,
     Transport,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "EntityMetadata",
     "OrchestrationState",
     "Page",
+    "ParkedItem",
     "PurgeResult",
     "Transport",
 ]

@@ -39,6 +39,7 @@ ASYNC_METHODS = (
     "get_all_entities",
     "clean_entity_storage",
     "partition_stats",
+    "get_parked_items",
     "shutdown_hub",
 )
 

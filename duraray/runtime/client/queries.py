@@ -20,8 +20,10 @@ from duraray.runtime.client.results import (
     OrchestrationState,
     OrchestrationStatus,
     Page,
+    ParkedItem,
     entity_metadata,
     orchestration_state,
+    parked_item,
 )
 from duraray.runtime.client.transport import Router
 from duraray.runtime.engine import codec
@@ -101,6 +103,26 @@ def query_entities(
     more = len(merged) > page_size or any(len(part) >= page_size for part in results)
     token = _encode_token(page[-1].entity_id.encode(), _ENTITY_TOKEN) if page and more else None
     return Page([entity_metadata(rec) for rec in page], token)
+
+
+def parked_items(router: Router, limit: int) -> list[ParkedItem]:
+    """At most ``limit`` parked items of the hub, by partition then key
+    (``Client.get_parked_items``).
+
+    Every partition is asked at once for at most ``limit`` of its rows (the engine's
+    ``parked`` operation, in key order) and the answers are joined in partition order:
+    exact, since each partition's first ``limit`` rows are all a cut at ``limit`` can
+    keep. Newest first is not offered: a partition lists its rows by key, not by time, so
+    it could only be had by reading every row of every partition.
+    """
+    _limits.check_page_size(limit, "limit")
+    answers = router.call_all("parked", {"after": None, "limit": limit})
+    items = [
+        parked_item(record, partition)
+        for partition, rows in enumerate(answers)
+        for _key, record in rows
+    ]
+    return items[:limit]
 
 
 def all_pages(query: Callable[..., Page[T]], filters: dict[str, Any]) -> list[T]:

@@ -31,6 +31,7 @@ from duraray.runtime.client.results import (
     OrchestrationState,
     OrchestrationStatus,
     Page,
+    ParkedItem,
     PurgeResult,
     decode_payloads,
     orchestration_state,
@@ -49,6 +50,7 @@ __all__ = [
     "OrchestrationState",
     "OrchestrationStatus",
     "Page",
+    "ParkedItem",
     "PurgeResult",
     "Transport",
 ]
@@ -493,8 +495,27 @@ class Client:
         )
 
     def partition_stats(self) -> list[dict[str, Any]]:
-        """Counters and load of every partition."""
+        """Counters and load of every partition.
+
+        Among them ``parked`` (rows set aside in the partition, see ``get_parked_items``)
+        and the counters ``poison_items`` (items found poison since the partition started)
+        and ``rebuilds`` (times its core was rebuilt after a batch failed).
+        """
         return self._router.call_all("stats", {})
+
+    def get_parked_items(self, limit: int = 100) -> list[ParkedItem]:
+        """What the partitions set aside because applying it failed (poison), at most
+        ``limit`` (1 to 10,000; ValueError otherwise), by partition then by key.
+
+        A partition applies the work of a batch that raised one item at a time; an item
+        that fails alone twice is dealt with so that the partition goes on: a client
+        request is answered with ``PartitionFailureError``, orchestration work fails its
+        instance, a message or scheduled signal is parked. Each such item (and a stored
+        row the partition could not read) is kept as a ``ParkedItem`` until the store is
+        cleared; nothing replays it. ``partition_stats()`` counts them per partition
+        (``parked``), including any past ``limit``.
+        """
+        return queries.parked_items(self._router, limit)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -443,6 +443,8 @@ class PartitionCore:
             "activities_held": self.dispatch.held,
             "outbox": len(self.outbox),
             "queue_depth": len(self._intake),
+            # Items set aside because applying them failed (poison.py).
+            "parked": self.parked.count,
         }
 
     # == recovery =========================================================================

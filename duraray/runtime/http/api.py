@@ -49,6 +49,10 @@ addressed by URL and are refused at start):
                                                          (``includeState=false`` omits
                                                          state)
 ``GET /api/partitions``                                  -> 200 ``Client.partition_stats()``
+``GET /api/parked[?top=&showPayload=]``                  items the partitions set aside
+                                                         (poison; ``top`` 1-1000, default
+                                                         100) -> 200 list of parked-item
+                                                         payloads, by partition then key
 ``GET /metrics``                                         Prometheus text (see metrics.py)
 ``GET /healthz``                                         200 ``{"status": "ok", "hub"}``
 =======================================================  ==================================
@@ -65,8 +69,11 @@ instance's state forbids the operation (raiseEvent, terminate, suspend or resume
 finished instance, rewind of one that did not fail, restart or purge of a running one),
 413 body over the size limit, 415 a body not declared JSON (``Content-Type:
 application/json`` or ``application/*+json``; a POST without a body needs none), 500 an
-unexpected error (the server keeps serving), 507 a partition had no space to store the
-change (``StorageFullError``: disk or ``max_map_size`` full; nothing was applied).
+unexpected error (the server keeps serving), also a request that failed inside its
+partition (``PartitionFailureError``: a defect met applying it; nothing of it was stored,
+the partition goes on, and ``/api/parked`` lists it), 507 a partition had no space to
+store the change (``StorageFullError``: disk or ``max_map_size`` full; nothing was
+applied).
 Every error body is ``{"error": "<message>"}``. 202 responses of start, restart and
 status carry ``Location`` (the status URL) and ``Retry-After: 1``.
 
@@ -95,9 +102,16 @@ base64, see ``payloads.to_json``):
   before the codec's limits can hold such payloads; one never fails a listing or a status;
 - ``/api/partitions``: a list, one object per partition: ``{partition, counters: {batches,
   items, episodes, commit_seconds, replays, activities_dispatched, messages_sent,
-  entity_operations?, link_frames_sent?, link_frames_received?, link_declined?,
-  link_rejected?}, live_instances: {STATUS: n}, cached_executors, timers,
-  activities_in_flight, outbox, queue_depth}``.
+  entity_operations?, poison_items?, rebuilds?, link_frames_sent?, link_frames_received?,
+  link_declined?, link_rejected?}, live_instances: {STATUS: n}, cached_executors, timers,
+  activities_in_flight, outbox, queue_depth, parked}`` (``parked``: rows set aside in the
+  partition, see below; ``poison_items``: items found poison, ``rebuilds``: rebuilds of
+  the partition's core after a failed batch, both since the partition started);
+- parked-item payload: ``{partition, kind ("message", "signal", "instance", "row" or
+  "request"), target (the instance or entity it was for), parkedAt, error (one line),
+  detail (the traceback, shortened)}``, plus ``payload`` with ``showPayload=true`` (the
+  engine's encoding of a parked message, base64; null for other kinds). Payloads are left
+  out by default: a message can be as large as ``max_payload_bytes``.
 """
 
 from __future__ import annotations
@@ -256,6 +270,7 @@ class HttpApi:
             Route("/api/entities/{name}/{key}", self.signal_entity, methods=["POST"]),
             Route("/api/entities/{name}/{key}", self.get_entity, methods=["GET"]),
             Route("/api/partitions", self.partitions, methods=["GET"]),
+            Route("/api/parked", self.parked, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
         ]
@@ -468,6 +483,14 @@ class HttpApi:
     async def partitions(self, request: Request) -> Response:
         """Counters and load of every partition."""
         return JSONResponse(p.to_json(await self.client.partition_stats()))
+
+    async def parked(self, request: Request) -> Response:
+        """What the partitions set aside because applying it failed (poison items)."""
+        show_payload = q.query_bool(request, "showPayload", False)
+        items = await call(
+            self.client.get_parked_items, q.query_int(request, "top", 100, 1, MAX_PAGE_SIZE)
+        )
+        return JSONResponse([p.parked_json(item, show_payload=show_payload) for item in items])
 
     async def metrics(self, request: Request) -> Response:
         """Prometheus exposition of the partitions' counters and load."""

@@ -1,5 +1,6 @@
 """How the HTTP API answers an exception that reaches Starlette: the exception handlers
-(``ApiError``, ``HTTPException``, ``StorageFullError``, anything else) and
+(``ApiError``, ``HTTPException``, ``StorageFullError``, ``PartitionFailureError``,
+anything else) and
 ``CatchAllMiddleware``, which answers a bug with a 500 JSON body and keeps serving.
 
 Client errors become ``ApiError`` earlier, in ``parsing.call``; ``create_app`` (``api.py``)
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
-from duraray._errors import StorageFullError
+from duraray._errors import PartitionFailureError, StorageFullError
 from duraray.runtime.http import parsing as q
 from duraray.runtime.http.parsing import ApiError
 
@@ -41,6 +42,21 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _storage_full(request: Request, exc: Exception) -> Response:
     # 507 Insufficient Storage: the write was not applied; retry once space is freed.
     return q.error_response(507, str(exc))
+
+
+async def _partition_failure(request: Request, exc: Exception) -> Response:
+    # A defect met inside a partition, not a bad request: 500, though with the engine's own
+    # words (which operation failed, and that nothing of it was stored) rather than the
+    # bare "internal error" of a bug here. The partition and this server go on. Clipped:
+    # the words end with the failing exception's own text, which may be any length.
+    text = str(exc)
+    if len(text) > 1000:
+        text = text[:1000] + "..."
+    return q.error_response(
+        500,
+        f"partition failure: {text} (the partition goes on serving; GET /api/parked "
+        "lists what it set aside)",
+    )
 
 
 def _internal_error(exc: BaseException) -> JSONResponse:
@@ -102,5 +118,6 @@ EXCEPTION_HANDLERS: Mapping[Any, ExceptionHandler] = {
     ApiError: _api_error,
     HTTPException: _http_error,
     StorageFullError: _storage_full,
+    PartitionFailureError: _partition_failure,
     Exception: _server_error,
 }

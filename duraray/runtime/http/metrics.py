@@ -17,6 +17,9 @@ Series (all prefixed ``duraray_``):
   ``messages_sent_total``, ``entity_operations_total``;
 - ``queue_depth`` (work waiting for the next batch), ``timers``, ``activities_in_flight``,
   ``outbox_messages`` (partition messages not yet acknowledged), ``cached_executors``;
+- ``parked_items`` (work set aside as poison, kept in the store: a gauge that only grows,
+  so alert on ``> 0`` or on ``increase()``), ``poison_items_total`` (items found poison)
+  and ``rebuilds_total`` (the partition's core rebuilt after a failed batch);
 - ``stats_up{hub}``: 1 when every partition answered, else 0 (and no other series).
 
 Counters the engine adds later appear as ``duraray_<name>_total`` without a change here.
@@ -61,6 +64,17 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "Batches not committed for lack of space (full disk or max_map_size): their writes "
         "were refused with StorageFullError (HTTP 507).",
     ),
+    "poison_items": (
+        "duraray_poison_items",
+        "Items that failed on their own, twice, inside the partition (poison): a client "
+        "request answered with PartitionFailureError (HTTP 500), an instance failed, or a "
+        "message parked (see duraray_parked_items).",
+    ),
+    "rebuilds": (
+        "duraray_rebuilds",
+        "Times the partition's core was rebuilt from its store, in process, after applying "
+        "a batch raised; the batch's work is then applied one item at a time.",
+    ),
     "link_frames_sent": (
         "duraray_link_frames_sent",
         "Frames (messages and acks for one peer) sent on direct partition links.",
@@ -91,6 +105,11 @@ GAUGES: dict[str, tuple[str, str]] = {
     "cached_executors": (
         "duraray_cached_executors",
         "Live orchestration generators cached in memory.",
+    ),
+    "parked": (
+        "duraray_parked_items",
+        "Items the partition set aside because applying them failed (poison), kept in its "
+        "store; list them with GET /api/parked or `duraray parked`.",
     ),
 }
 

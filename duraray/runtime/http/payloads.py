@@ -1,4 +1,5 @@
-"""The JSON shapes of the HTTP API: instance status, history events, entities, management URLs.
+"""The JSON shapes of the HTTP API: instance status, history events, entities, parked
+items, management URLs.
 
 Pure functions from the client's records to JSON-ready dicts; no Starlette, no I/O, so the
 shapes can be tested (and reused by the CLI) without a server. ``api.py`` documents them.
@@ -30,7 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 from duraray.orchestrations.history import HistoryEvent, OrchestrationStatus
-from duraray.runtime.client.sync import EntityMetadata, OrchestrationState
+from duraray.runtime.client.sync import EntityMetadata, OrchestrationState, ParkedItem
 from duraray.runtime.engine.codec import MAX_DEPTH, UndecodablePayload
 
 #: OrchestrationStatus -> the Durable Functions ``runtimeStatus`` spelling.
@@ -239,6 +240,25 @@ def entity_json(entity: EntityMetadata) -> dict[str, Any]:
     }
     if errors:
         out["payloadErrors"] = errors
+    return out
+
+
+def parked_json(item: ParkedItem, *, show_payload: bool = False) -> dict[str, Any]:
+    """A parked item: ``{partition, kind, target, parkedAt, error, detail}``, and with
+    ``show_payload`` its ``payload`` (the engine's encoding of the parked message, base64;
+    null when there is none)."""
+    out: dict[str, Any] = {
+        "partition": item.partition,
+        "kind": item.kind,
+        "target": item.target,
+        "parkedAt": iso(item.parked_at),
+        "error": item.error,
+        "detail": item.detail,
+    }
+    if show_payload:
+        out["payload"] = (
+            None if item.payload is None else base64.b64encode(item.payload).decode("ascii")
+        )
     return out
 
 

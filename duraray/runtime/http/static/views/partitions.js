@@ -1,6 +1,8 @@
 // Partition load: queue depth, batch size, commit latency and instance counts per
 // partition, with totals. Counters are cumulative since the partition started; rates
-// come from the difference between two refreshes.
+// come from the difference between two refreshes. Parked items (work a partition set
+// aside because applying it failed) are shown per partition and in total, flagged when
+// there are any: they never go away by themselves, so one is worth an operator's look.
 
 import { listPartitions } from "../api.js";
 import { badge, errorText, fill, formatDuration, h } from "../ui.js";
@@ -29,8 +31,16 @@ function liveBadges(live) {
   return h("span", { class: "badges" }, entries.map(([status, n]) => h("span", { class: "badge-count" }, badge(status), h("span", { class: "count" }, n))));
 }
 
-function card(label, value, hint) {
-  return h("div", { class: "card" }, h("div", { class: "card-label" }, label), h("div", { class: "card-value" }, value), hint ? h("div", { class: "card-hint muted" }, hint) : null);
+function card(label, value, hint, extraClass = "") {
+  return h("div", { class: `card ${extraClass}`.trim() }, h("div", { class: "card-label" }, label), h("div", { class: "card-value" }, value), hint ? h("div", { class: "card-hint muted" }, hint) : null);
+}
+
+/** The partition's parked count, flagged when non-zero; poison and rebuild counters in the tooltip. */
+function parkedCell(p) {
+  const parked = num(p.parked);
+  const c = p.counters || {};
+  const title = `${fmt(c.poison_items)} poison items, ${fmt(c.rebuilds)} rebuilds since the partition started`;
+  return h("td", { class: parked > 0 ? "num parked-alert" : "num", title, "data-parked": parked }, fmt(parked));
 }
 
 export function partitionsView() {
@@ -44,7 +54,7 @@ export function partitionsView() {
     status,
     cards,
     table,
-    h("p", { class: "muted footnote" }, "Batch size is items per committed batch; commit latency is the mean time to commit a batch to the log. Counters are totals since each partition started; rates compare the last two refreshes."),
+    h("p", { class: "muted footnote" }, "Batch size is items per committed batch; commit latency is the mean time to commit a batch to the log. Counters are totals since each partition started; rates compare the last two refreshes. Parked items failed on their own inside a partition and were set aside; list them with GET /api/parked or `duraray parked`."),
   );
   let previous = null; // {at, byPartition} of the last refresh, for rates
 
@@ -65,6 +75,7 @@ export function partitionsView() {
     const live = {};
     for (const p of stats) for (const [s, n] of Object.entries(p.live_instances || {})) live[s] = (live[s] || 0) + num(n);
     const itemsRate = before ? stats.reduce((sum, p) => sum + (rate(p, "items") || 0), 0) : null;
+    const parkedTotal = total((p) => p.parked);
 
     fill(
       cards,
@@ -74,6 +85,7 @@ export function partitionsView() {
       card("Activities in flight", fmt(total((p) => p.activities_in_flight))),
       card("Avg batch size", fmt(overall.batchSize, 1), itemsRate === null ? "items per batch" : `${fmt(itemsRate, 1)} items/s now`),
       card("Commit latency", latency(overall.commitMs), "mean per batch"),
+      card("Parked items", fmt(parkedTotal), parkedTotal > 0 ? "set aside: see GET /api/parked" : "none set aside", parkedTotal > 0 ? "card-alert" : ""),
     );
 
     const maxQueue = Math.max(1, ...stats.map((p) => num(p.queue_depth)));
@@ -86,7 +98,8 @@ export function partitionsView() {
           h("th", { class: "num" }, "Episodes"), h("th", { class: "num" }, "Replays"),
           h("th", { class: "num" }, "Activities"), h("th", { class: "num" }, "In flight"),
           h("th", { class: "num" }, "Timers"), h("th", { class: "num" }, "Outbox"),
-          h("th", { class: "num" }, "Cached"), h("th", {}, "Live instances"))),
+          h("th", { class: "num" }, "Cached"), h("th", { class: "num" }, "Parked"),
+          h("th", {}, "Live instances"))),
         h("tbody", {}, stats.map((p) => {
           const c = p.counters || {};
           const d = derived(c);
@@ -108,6 +121,7 @@ export function partitionsView() {
             h("td", { class: "num" }, fmt(p.timers)),
             h("td", { class: "num" }, fmt(p.outbox)),
             h("td", { class: "num", title: "cached executors" }, fmt(p.cached_executors)),
+            parkedCell(p),
             h("td", {}, liveBadges(p.live_instances)));
         }))),
     );
