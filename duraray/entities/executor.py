@@ -91,7 +91,7 @@ def execute_batch(
             value = _invoke(impl, ctx, op)
             result = converter.encode(value)
             op_changed, new_state = ctx._final_state()
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit & co. from user code fail the operation
             # Roll back this operation only: its state writes and its actions are dropped.
             outcomes.append(Outcome(op, failure=FailureDetails.from_exception(exc)))
             continue

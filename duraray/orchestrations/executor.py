@@ -310,7 +310,9 @@ class OrchestrationExecutor:
         try:
             value = self.converter.decode(event.input, input_type_hint(fn))
             result = fn(self.context, value) if accepts_input(fn) else fn(self.context)
-        except Exception as exc:
+        except _StopExecution:
+            raise
+        except BaseException as exc:  # SystemExit & co. from user code fail the instance
             self._finish_failed(exc)
             return
         if isinstance(result, types.GeneratorType):
@@ -440,7 +442,9 @@ class OrchestrationExecutor:
                 return
             except _StopExecution:
                 raise
-            except Exception as error:
+            except BaseException as error:
+                # SystemExit, KeyboardInterrupt, GeneratorExit raised by orchestration code
+                # fail the instance like any error: they must not unwind the partition.
                 self._finish_failed(error)
                 return
             if self.continue_as_new_called:

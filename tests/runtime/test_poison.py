@@ -102,20 +102,19 @@ def _parked(cluster: Cluster) -> list[Any]:
     return items
 
 
-def test_a_request_that_raises_is_answered_and_its_batch_applies(cluster_factory, poison):
-    """A read that raises inside the partition gets PartitionFailureError; the starts
-    queued in the same batch run to completion; nothing restarts the partition."""
+def test_a_read_that_raises_is_answered_in_place(cluster_factory, poison):
+    """A read that raises inside the partition changed nothing: it is answered with
+    PartitionFailureError at once, with no rebuild; the starts queued in the same batch
+    run to completion."""
     poison(InstanceTable, "get_record", lambda iid: iid == "poison")
     cluster = cluster_factory(registry())
     starts = [cluster.start("one_step", f"i{n}", n) for n in range(3)]
     bad = cluster.submit("get_state", instance_id="poison", partition=0)
     cluster.run()
     assert isinstance(_error(cluster, bad), PartitionFailureError)
-    assert "nothing of it was stored" in str(_error(cluster, bad))
     assert [f"i{n}" for n in range(3)] == [cluster.reply(t) for t in starts]
     assert [1, 2, 3] == [cluster.output(f"i{n}") for n in range(3)]
-    assert 1 == cluster.cores[0].counters["poison_items"]
-    assert ["request"] == [item.kind for item in _parked(cluster)]
+    assert 0 == cluster.rebuilds
 
 
 def test_a_start_that_raises_stores_nothing(cluster_factory, poison):
@@ -123,10 +122,18 @@ def test_a_start_that_raises_stores_nothing(cluster_factory, poison):
     poison(Episodes, "create", lambda b, iid, *a, **k: iid == "poison")
     cluster = cluster_factory(registry())
     token = cluster.start("one_step", "poison", 1)
+    others = [cluster.start("one_step", f"i{n}", n) for n in range(3)]
     cluster.run()
-    assert isinstance(_error(cluster, token), PartitionFailureError)
+    error = _error(cluster, token)
+    assert isinstance(error, PartitionFailureError)
+    assert "nothing of it was stored" in str(error)
     assert cluster.state("poison") is None
-    assert [] == cluster.call("query", partition=0)
+    assert [f"i{n}" for n in range(3)] == [cluster.reply(t) for t in others]
+    assert ["i0", "i1", "i2"] == sorted(
+        rec.instance_id for rec in cluster.call("query", partition=0)
+    )
+    assert 1 == cluster.cores[0].counters["poison_items"]
+    assert [("request", "start poison")] == [(i.kind, i.target) for i in _parked(cluster)]
 
 
 def test_a_start_whose_first_step_raises_is_refused(cluster_factory, poison):
@@ -273,3 +280,101 @@ def test_an_unreadable_row_is_parked_and_the_partition_opens(cluster_factory):
     assert "woke" == cluster.output("fine")
     [item] = _parked(cluster)
     assert "row" == item.kind and "instances" in item.target
+
+
+def parent(ctx: Any, child_id: str) -> Any:
+    try:
+        return (yield ctx.call_sub_orchestrator("one_step", input=1, instance_id=child_id))
+    except Exception as exc:  # the child failed: the parent hears of it
+        return "child failed: " + type(exc).__name__
+
+
+def exits(ctx: Any, _: Any) -> Any:
+    yield ctx.call_activity("inc", input=1)
+    raise SystemExit("orchestration code called sys.exit")
+
+
+def test_a_step_after_the_commit_that_raises_loses_nothing(cluster_factory, poison):
+    """The batch is durable once committed: a step after the commit that raises (here
+    the waits' notification, once) is logged, and the batch's replies and activities
+    still go out."""
+    failures = iter([True])
+    poison(
+        __import__("duraray.runtime.engine.waits", fromlist=["Waits"]).Waits,
+        "notify",
+        lambda b, get_record: next(failures, False),
+    )
+    cluster = cluster_factory(registry())
+    token = cluster.start("one_step", "i", 1)
+    cluster.run()
+    assert "i" == cluster.reply(token)
+    assert 2 == cluster.output("i")
+    assert 0 == cluster.rebuilds
+
+
+def test_system_exit_in_orchestration_code_fails_only_its_instance(cluster_factory):
+    """SystemExit (or any BaseException) raised by orchestration code fails its instance
+    like an error; it never unwinds the partition."""
+    reg = registry()
+    reg.add_orchestration(exits, "exits")
+    cluster = cluster_factory(reg)
+    cluster.start("exits", "x", None)
+    cluster.start("one_step", "fine", 1)
+    cluster.run()
+    state = cluster.state("x")
+    assert Status.FAILED == state.status and "SystemExit" in state.failure.error_type
+    assert 2 == cluster.output("fine")
+    assert 0 == cluster.rebuilds
+
+
+def test_many_poison_messages_to_one_entity_count_once(cluster_factory, poison):
+    """Several callers of one broken entity: each call is parked and fails its caller;
+    one broken target is no sign the partition itself is broken, so it goes on."""
+    bad_entity = str(EntityId("counter", "poison"))
+    poison(EntityHost, "on_message", lambda b, delivery: delivery.entity_id == bad_entity)
+    cluster = cluster_factory(registry())
+    for n in range(5):
+        cluster.start("calls", f"c{n}", [bad_entity])
+    cluster.run()
+    outputs = [cluster.output(f"c{n}") for n in range(5)]
+    assert all(out[0].startswith("failed:") for out in outputs)
+    assert 5 == len(_parked(cluster))
+
+
+def test_a_quarantined_child_tells_its_parent(cluster_factory, poison):
+    """A child whose failure could only be recorded the minimal way still reports to its
+    parent, which goes on."""
+    poison(Episodes, "on_activity_result", lambda b, result: result.instance_id == "kid")
+    poison(Lifecycle, "fail", lambda b, live, failure: live.record.instance_id == "kid")
+    reg = registry()
+    reg.add_orchestration(parent, "parent")
+    cluster = cluster_factory(reg)
+    cluster.start("parent", "mom", "kid")
+    cluster.run()
+    assert cluster.output("mom").startswith("child failed:")
+    assert Status.FAILED == cluster.state("kid").status
+
+
+def test_an_unreadable_outbox_row_does_not_block_its_channel(cluster_factory):
+    """An outbox row the sender cannot read goes out as a placeholder no partition
+    applies: the receiver's sequence moves past it and the later messages arrive."""
+    cluster = cluster_factory(registry(), partitions=2, hold_messages=True)
+    target = id_on(1, 2, "@counter@e")
+    for _ in range(3):
+        cluster.submit(
+            "signal_entity", entity_id=target, operation="add", input=codec.encode(1), partition=1
+        )
+    sender = id_on(0, 2, "s")
+    cluster.start("calls", sender, [target, target])
+    cluster.run(resend=False)
+    cluster.in_transit.clear()  # lost on the way
+    [(key, _)] = cluster.stores[0].scan("outbox")[:1]
+    wb = WriteBatch()
+    wb.put("outbox", key, b"\xc1 unreadable")
+    cluster.stores[0].inner.commit(wb)
+    cluster.reopen(0)
+    cluster.hold_messages = False
+    cluster.run()
+    [item] = _parked(cluster)
+    assert "row" == item.kind and "outbox" in item.target
+    assert all(0 == store.count("outbox") for store in cluster.stores)

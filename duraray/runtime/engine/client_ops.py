@@ -25,6 +25,7 @@ from duraray._errors import (
     InstanceAlreadyExistsError,
     InstanceNotFoundError,
     InstanceStateError,
+    PartitionFailureError,
     SerializationError,
 )
 from duraray.entities.scheduler import EntityRecord
@@ -148,6 +149,16 @@ class ClientOps:
             result = self._call(b, req, req.op, req.args)
         except (DurableError, ValueError, TypeError, LookupError) as exc:
             result = Reply(exc)
+        except Exception as exc:
+            if is_mutating(req):
+                raise  # it may have changed memory: the batch is isolated (poison.py)
+            # A read changed nothing: answer it here, no rebuild needed.
+            log.error("a read failed inside the partition", op=req.op, exc_info=exc)
+            result = Reply(
+                PartitionFailureError(
+                    f"operation {req.op!r} failed inside the partition: {type(exc).__name__}: {exc}"
+                )
+            )
         if result is DEFERRED:
             return
         if req.request_id is not None and is_mutating(req):

@@ -152,11 +152,24 @@ class Lifecycle:
         record.completed_at = b.now
         self._drop_pending_work(b, live)
         table.drop_executor(live)
+        b.wb.delete_prefix("inbox", r.instance_prefix(record.instance_id))
+        record.inbox_length = 0
         table.put_record(b, record)
         b.wb.delete("live", r.live_key(record.instance_id))
         table.remove(record.instance_id)
         b.work.pop(record.instance_id, None)
         b.changed.add(record.instance_id)
+        if record.parent_instance_id is not None and record.parent_task_id is not None:
+            # The parent waits for it: it learns from the record alone (no history read).
+            event = h.SubOrchestrationInstanceFailed(
+                timestamp=b.now, task_scheduled_id=record.parent_task_id, failure=failure
+            )
+            self._report(b, record, event)
+        try:  # best effort: the history may be what cannot be read
+            history = table.history_with_batch(b, record.instance_id)
+            self._entities.release_held_locks(b, history)
+        except Exception:
+            pass
 
     def _report(self, b: Batch, record: InstanceRecord, event: h.HistoryEvent) -> None:
         assert record.parent_instance_id is not None

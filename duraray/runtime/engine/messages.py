@@ -104,6 +104,11 @@ class EntityDelivery:
     at: datetime | None = None
 
 
+#: The kind of the placeholder a sender resends for an outbox row it cannot read: no
+#: partition applies it, so the receiver's sequence moves on past it.
+UNREADABLE_KIND = "unreadable"
+
+
 class UnknownMessageKind(ValueError):
     """A stored or received message of a kind this code does not know (a newer peer)."""
 

@@ -15,7 +15,12 @@ from collections.abc import Callable
 from duraray.runtime.engine import codec
 from duraray.runtime.engine import records as r
 from duraray.runtime.engine.batch import Batch
-from duraray.runtime.engine.messages import PartitionMessage, target_of, to_wire
+from duraray.runtime.engine.messages import (
+    UNREADABLE_KIND,
+    PartitionMessage,
+    target_of,
+    to_wire,
+)
 from duraray.runtime.engine.records import Effects, Message
 from duraray.runtime.engine.routing import partition_for
 from duraray.runtime.engine.store import PartitionStore
@@ -155,11 +160,19 @@ class Outbox:
         resent = 0
         for key, value in store.scan("outbox"):
             try:
-                msg = codec.decode_record(Message, value)
                 destination = r.read_u32(key)
+                seq = r.read_u64(key, 4)
             except Exception as exc:
                 bad.append(("outbox", key, exc))
                 continue
+            try:
+                msg = codec.decode_record(Message, value)
+            except Exception as exc:
+                # Its sequence number must still reach the receiver, or every later
+                # message would wait behind the gap: a placeholder of a kind no partition
+                # applies goes out in its place (dropped on arrival, counted as applied).
+                bad.append(("outbox", key, exc))
+                msg = Message(seq, self.index, UNREADABLE_KIND, "")
             self._boxes.setdefault(destination, {})[msg.seq] = (msg, mono)
             self._out_seq[destination] = max(self._out_seq.get(destination, 0), msg.seq)
             pending.messages.setdefault(destination, []).append(msg)

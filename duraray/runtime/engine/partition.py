@@ -23,12 +23,16 @@ Guarantees built here (DESIGN.md §5-6):
   the outbox resent, and instances with buffered events made runnable.
 - a batch whose commit does not fit (full disk, or ``max_map_size``) raises
   ``StorageFullError``; ``recover_from_storage_full`` (storage_full.py) answers its
-  callers and rebuilds the core from the store, so the partition goes on instead of dying.
+  callers and rebuilds the core from the store, so the partition goes on instead of dying;
+- a batch that raises anything else is answered by ``recover_from_failure`` (poison.py):
+  a core rebuilt from the store applies its work one item at a time and sets aside the
+  item that fails alone, so one bad item cannot crash-loop the partition.
 
-The core is composed of components that each own their state (docs/ARCHITECTURE.md):
-the outbox (the exactly-once channel), the timers, the instance table, the entity host,
-the actions, the lifecycle, the episodes, the client operations and the parked waits,
-plus the dispatch plan. ``run_batch`` makes one ``Batch`` value and hands it to them; no
+The core is composed of components that each own their state (components.py and
+docs/ARCHITECTURE.md): the outbox (the exactly-once channel), the timers, the instance
+table, the entity host, the actions, the lifecycle, the episodes, the client operations,
+the parked waits, the parked items and the poison handler, plus the dispatch plan.
+``run_batch`` makes one ``Batch`` value and hands it to them through ``Work``; no
 component reads another's fields. Time and ids come from one injected ``Clock``.
 """
 
@@ -44,25 +48,18 @@ import structlog
 from duraray._errors import StorageFullError
 from duraray._registry import Registry
 from duraray.config import HubConfig
-from duraray.orchestrations.executor import ExecutorOptions
-from duraray.runtime.engine import codec
-from duraray.runtime.engine.actions import Actions
 from duraray.runtime.engine.batch import Batch
-from duraray.runtime.engine.client_ops import MUTATING_OPS, ClientOps
+from duraray.runtime.engine.client_ops import MUTATING_OPS
 from duraray.runtime.engine.clock import Clock, ClockLike, as_clock, utc_now
-from duraray.runtime.engine.costs import COSTS_KEY, LearnedCosts
+from duraray.runtime.engine.components import compose
+from duraray.runtime.engine.costs import COSTS_KEY
 from duraray.runtime.engine.dispatch import DispatchPlan
-from duraray.runtime.engine.entity_host import EntityHost
-from duraray.runtime.engine.episodes import Episodes, version_mismatch
-from duraray.runtime.engine.instances import ExecutorFactory, InstanceTable
+from duraray.runtime.engine.episodes import version_mismatch
 from duraray.runtime.engine.intake import Ack, IntakeItem, Messages, Request, Resend, Results
-from duraray.runtime.engine.lifecycle import Lifecycle
 from duraray.runtime.engine.migrations import open_store
-from duraray.runtime.engine.outbox import Outbox
 from duraray.runtime.engine.poison import (
+    MAX_POISON_IN_A_ROW,
     Isolation,
-    ParkedItems,
-    PoisonHandler,
     ReadyUnit,
     TimerUnit,
     Unit,
@@ -87,9 +84,6 @@ from duraray.runtime.engine.storage_full import (
     storage_full_error,
 )
 from duraray.runtime.engine.store import PartitionStore
-from duraray.runtime.engine.timers import Timers
-from duraray.runtime.engine.waits import Waits
-from duraray.runtime.engine.work import Work
 
 # Re-exported: imported from here by the shells and by earlier code.
 __all__ = [
@@ -104,6 +98,11 @@ __all__ = [
 #: Rounds of same-batch delivery of a partition's messages to itself (see run_batch).
 LOCAL_ROUNDS = 16
 log = structlog.get_logger("duraray.partition")
+
+
+def _progress(taken: list[IntakeItem]) -> bool:
+    """True if a committed batch applied real work (not only acks and resend requests)."""
+    return any(not isinstance(item, Ack | Resend) for item in taken)
 
 
 class PartitionCore:
@@ -125,7 +124,8 @@ class PartitionCore:
 
         ``clock`` is the source of time and ids (a bare function is the wall clock).
         ``dispatch`` and ``intake`` are taken over from an earlier core of the same
-        partition (``recover_from_storage_full``); a new core has its own.
+        partition (``recover_from_failure``, ``recover_from_storage_full``); a new core
+        has its own.
         """
         self.hub = hub
         self.index = index
@@ -161,102 +161,33 @@ class PartitionCore:
             "activities_completed": 0,
             "activity_seconds": 0.0,
         }
-        # Which activities run inline, in batches or alone (see dispatch.py); its learned
-        # costs are kept in ``meta`` so a restart does not start from nothing.
-        self.dispatch = (
-            dispatch
-            if dispatch is not None
-            else DispatchPlan(
-                registry,
-                inline=cfg.inline_activities,
-                inline_max_s=cfg.inline_activity_max_ms / 1000,
-            )
-        )
-        self.costs = LearnedCosts(store, self.dispatch)
         # One unit per batch while the work of a failed batch is applied alone (poison.py).
         self.isolation = Isolation()
-
-        # The components, each over its own state; see the module docstring. They share
-        # the counters dict: it is changed in place, never replaced.
-        counters = self.counters
-        self.outbox = Outbox(index, self.partition_count, cfg.resend_interval, counters)
-        self.timers = Timers()
-        self.waits = Waits()
-        # Payloads made inside the hub (activity inputs, outputs, custom status, sent
-        # events) obey the same max_payload_bytes as the client's.
-        executors = ExecutorFactory(
-            registry.orchestrations,
-            codec.Converter(cfg.max_payload_bytes),
-            registry.name_of,
-            ExecutorOptions(maximum_timer_interval=cfg.maximum_timer_interval),
-        )
-        self.instances = InstanceTable(
-            store, executors, max_cached=cfg.max_cached_orchestrations, counters=counters
-        )
-        self.entities = EntityHost(
+        # The components, each over its own state (components.py); see the module
+        # docstring. They share the counters dict: it is changed in place, never replaced.
+        c = compose(
+            index=index,
             store=store,
             registry=registry,
             config=cfg,
-            outbox=self.outbox,
-            timers=self.timers,
             clock=self.clock,
-            counters=counters,
-        )
-        self.actions = Actions(index, self.outbox, self.timers, self.entities)
-        self.lifecycle = Lifecycle(
-            table=self.instances,
-            actions=self.actions,
-            outbox=self.outbox,
-            timers=self.timers,
-            entities=self.entities,
-            clock=self.clock,
-        )
-        self.episodes = Episodes(
-            config=cfg,
-            table=self.instances,
-            actions=self.actions,
-            lifecycle=self.lifecycle,
-            entities=self.entities,
-            outbox=self.outbox,
-            dispatch=self.dispatch,
-            activity_names=registry.activities,
-            clock=self.clock,
-            counters=counters,
-        )
-        self.parked = ParkedItems(store, index)
-        self.poison = PoisonHandler(
-            table=self.instances,
-            lifecycle=self.lifecycle,
-            outbox=self.outbox,
-            timers=self.timers,
-            parked=self.parked,
-            counters=counters,
-        )
-        self.client_ops = ClientOps(
-            index=index,
-            partitions=self.partition_count,
-            request_dedup_seconds=cfg.request_dedup_seconds,
-            store=store,
-            table=self.instances,
-            episodes=self.episodes,
-            lifecycle=self.lifecycle,
-            entities=self.entities,
-            timers=self.timers,
-            waits=self.waits,
-            counters=counters,
+            counters=self.counters,
+            dispatch=dispatch,
             stats=self.stats,
-            parked=self.parked,
         )
-
-        self.work = Work(
-            client_ops=self.client_ops,
-            outbox=self.outbox,
-            timers=self.timers,
-            table=self.instances,
-            episodes=self.episodes,
-            lifecycle=self.lifecycle,
-            entities=self.entities,
-        )
+        self.dispatch = c.dispatch
+        self.costs = c.costs
+        self.outbox = c.outbox
+        self.timers = c.timers
+        self.waits = c.waits
+        self.instances = c.instances
+        self.entities = c.entities
+        self.lifecycle = c.lifecycle
+        self.episodes = c.episodes
+        self.parked = c.parked
+        self.poison = c.poison
+        self.client_ops = c.client_ops
+        self.work = c.work
 
         open_store(store, hub=hub, index=index, partitions=self.partition_count, clock=self.clock)
         if dispatch is None:
@@ -348,10 +279,15 @@ class PartitionCore:
             self._park_bad_rows(b)
 
         taken = 0
-        if self.isolation.active:
+        isolated = self.isolation.active
+        progress = False  # whether this batch applies real work (see Isolation.applied)
+        if isolated:
             taken = self._run_isolated(b)
+            current = self.isolation.current
+            progress = current is not None and not isinstance(current, Ack | Resend)
         else:
             for iid in self.instances.take_ready():
+                progress = True
                 self.instances.drain_inbox(b, iid)
             limit = self.config.max_batch_items
             while self._intake and taken < limit:
@@ -360,7 +296,9 @@ class PartitionCore:
                 taken += 1
                 self.work.item(b, item)
             for key, row in self.timers.pop_due(b):
+                progress = True
                 self.work.timer(b, key, row)
+            progress = progress or _progress(self._taken)
         self.entities.process(b)
         self.client_ops.prune_request_replies(b)
 
@@ -369,8 +307,10 @@ class PartitionCore:
         # rounds deep: a call to a local entity, its reply and the caller's next step then
         # cost one commit instead of one per hop. They still pass through the outbox and
         # dedup (written and acknowledged in this transaction), so nothing changes for
-        # recovery; what is left after the last round goes out as usual.
-        for _ in range(LOCAL_ROUNDS):
+        # recovery; what is left after the last round goes out as usual. Not while work is
+        # applied alone: a message to itself is then a unit of its own (it comes back
+        # through the intake), so a poison one is not blamed on the unit that sent it.
+        for _ in range(0 if isolated else LOCAL_ROUNDS):
             local = b.fx.messages.pop(self.index, None)
             if not local:
                 break
@@ -397,18 +337,34 @@ class PartitionCore:
             self.hold.committed()
             self.counters["commit_seconds"] += time.perf_counter() - started
         self._broken = False
+        self.isolation.applied(progress)
         self._taken, self._carried = [], None
-        self.isolation.applied()
         self.counters["batches"] += 1
         self.counters["items"] += taken
+        return self._after_commit(b)
 
-        self.outbox.resend_overdue(b)
-        self.waits.notify(b, self.instances.get_record)
-        self.instances.evict_executors()
-        self.entities.trim_cache()
+    def _after_commit(self, b: Batch) -> Effects:
+        """The committed batch's effects, made ready to release. Nothing here may raise:
+        the batch is durable, and its effects must go out whatever fails now."""
+        for step in (
+            lambda: self.outbox.resend_overdue(b),
+            lambda: self.waits.notify(b, self.instances.get_record),
+            self.instances.evict_executors,
+            self.entities.trim_cache,
+        ):
+            try:
+                step()
+            except Exception:
+                self._log.exception("a step after the commit failed; the batch stands")
         fx = b.fx
         self.counters["activities_dispatched"] += len(fx.activities)
-        fx.dispatches = self.dispatch.plan(fx.activities)
+        try:
+            fx.dispatches = self.dispatch.plan(fx.activities)
+        except Exception:
+            # Their rows are stored: they go out with the next batch's plan.
+            self._log.exception("activity dispatch plan failed; retried next batch")
+            self._pending_effects.activities.extend(fx.activities)
+            fx.activities = []
         return fx
 
     def _run_isolated(self, b: Batch) -> int:
@@ -533,6 +489,12 @@ class PartitionCore:
             units += split_units(self._taken)
             isolation.queue = deque(units)
             log_fields["units"] = len(units)
+            if not units:
+                # Nothing to blame: the batch's own steps failed. A few such in a row are
+                # the partition's failure, not an item's.
+                isolation.failures_without_progress += 1
+                if isolation.failures_without_progress >= MAX_POISON_IN_A_ROW:
+                    raise error
         core.isolation = isolation
         self._move_waits(core, [i.request for i in self._taken if isinstance(i, Request)])
         core._log.error(
@@ -552,9 +514,15 @@ class PartitionCore:
         # Isolated work goes on after the back-off; the unit being applied is among the
         # items taken (requests answered, the rest held back) unless it was no intake item.
         iso = self.isolation
-        core.isolation = Isolation(iso.queue, poison=iso.poison)
+        core.isolation = Isolation(
+            iso.queue,
+            poison=iso.poison,
+            poison_targets=set(iso.poison_targets),
+            failures_without_progress=iso.failures_without_progress,
+        )
         if iso.current is not None and not self._taken:
             core.isolation.queue.appendleft(iso.current)
+            core.isolation.attempts = iso.attempts
         delay = core.hold.failed_again(self.hold, self.clock.monotonic())
         requests, give_back = split_taken(self._taken)
         core.hold.held = self.hold.held + give_back  # oldest first
@@ -578,7 +546,12 @@ class PartitionCore:
         """The callers this core holds and will now never answer, because its shell cannot
         go on: those of the batch that failed, of the queued requests and of the waits.
         Queued requests are taken out of the intake."""
-        failed = self._taken if self._broken else []
+        failed: list[IntakeItem] = list(self._taken) if self._broken else []
+        # Requests of a failed batch still waiting to be applied alone (poison.py).
+        iso = self.isolation
+        failed += [unit for unit in iso.queue if isinstance(unit, Request)]
+        if iso.poison is not None and isinstance(iso.poison[0], Request):
+            failed.append(iso.poison[0])
         return abandon_callers(failed, self._intake, self.waits)
 
     def close(self) -> None:

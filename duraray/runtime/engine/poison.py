@@ -1,4 +1,4 @@
-"""No single item can crash-loop a partition: isolation of a failed batch, and parked items.
+"""One bad item does not take its partition down: isolation of a failed batch, and parked items.
 
 When applying a batch raises (a bug, a value no check foresaw), nothing of the batch was
 committed but the core's memory ran ahead of its store. Instead of dying (a Ray restart
@@ -19,11 +19,17 @@ with it:
   call, lock or sub-orchestration task fails;
 - a scheduled entity signal that fails is parked the same way.
 
-Should dealing with the poison fail as well, the instance is quarantined (taken out of the
-live set, its record marked failed, parked); should that fail, the unit is dropped with a
-log line. Rows that recovery cannot read are skipped and parked. ``ParkedItems`` lists what
-was parked, for operators (``Client.get_parked_items``, ``GET /api/parked``,
-``duraray parked``).
+A read that raises changed nothing and is answered in place, with no rebuild. Should
+dealing with the poison fail as well, an instance is quarantined (its record marked
+failed, its parent told, taken out of the live set, parked) and a message only counted as
+applied; should that fail too, the unit is dropped with a log line (a request is still
+answered). Rows that recovery cannot read are skipped and parked (an unreadable outbox row
+goes out as a placeholder, so its receiver's sequence moves on). Several distinct poison
+targets with no real work applied in between, or batches failing with no work to blame,
+are no bad item but the partition's own failure: ``recover_from_failure`` raises, and the
+shell gives up on the core as before (a Ray actor restarts; the in-process engine stops).
+``ParkedItems`` lists what was parked, for operators (``Client.get_parked_items``,
+``GET /api/parked``, ``duraray parked``).
 """
 
 from __future__ import annotations
@@ -62,9 +68,11 @@ from duraray.runtime.engine.timers import Timers
 POISON_ATTEMPTS = 2
 #: Most characters of an error's traceback kept with a parked item.
 MAX_DETAIL_CHARS = 4000
-#: Units found poison one after another, with no unit applied in between, before the
-#: failure counts as the partition's own (a broken store, a bug hitting everything): the
-#: shell then restarts it rather than fail every instance one by one.
+#: Instances, entities or requests found poison with no real work applied in between,
+#: before the failure counts as the partition's own (a broken store, a bug hitting
+#: everything): ``recover_from_failure`` raises it again and the shell gives up on the
+#: core (a Ray partition actor restarts; the in-process engine stops) rather than fail
+#: every instance one by one. Several poison items for one target count once.
 MAX_POISON_IN_A_ROW = 3
 
 log = structlog.get_logger("duraray.partition")
@@ -85,6 +93,22 @@ class TimerUnit:
 
 
 Unit = IntakeItem | ReadyUnit | TimerUnit
+
+
+def target_of_unit(unit: Unit) -> str:
+    """What a unit is for: an instance, an entity, a request's target, or a timer."""
+    match unit:
+        case Request(req):
+            return str(req.args.get("instance_id") or req.args.get("entity_id") or req.op)
+        case Messages(_, [msg, *_]):
+            return msg.instance_id
+        case Results([result, *_]):
+            return result.instance_id
+        case ReadyUnit(instance_id):
+            return instance_id
+        case TimerUnit(key):
+            return key.hex()
+    return type(unit).__name__
 
 
 def split_units(items: list[IntakeItem]) -> list[Unit]:
@@ -122,16 +146,19 @@ class Isolation:
     #: a unit that failed alone POISON_ATTEMPTS times, with its error, and how many
     #: times dealing with it failed too (0: not yet tried)
     poison: tuple[Unit, BaseException, int] | None = None
-    #: units found poison since a unit was last applied
-    poison_in_a_row: int = 0
+    #: what the units found poison since real work was last applied were for
+    poison_targets: set[str] = field(default_factory=set)
+    #: batches that failed with no unit to blame since real work was last applied
+    failures_without_progress: int = 0
 
-    def applied(self) -> None:
-        """A batch committed: the poison it dealt with, or the work it applied (a unit,
-        or a whole batch outside isolation), is done."""
-        if self.poison is not None:
-            self.poison = None  # dealing with poison is no sign of health
-        else:
-            self.poison_in_a_row = 0
+    def applied(self, progress: bool) -> None:
+        """A batch committed: the poison it dealt with, or the unit it applied, is done.
+        ``progress``: it applied real work (not only poison, acks or resend requests),
+        a sign the partition itself is healthy."""
+        if progress:
+            self.poison_targets = set()
+            self.failures_without_progress = 0
+        self.poison = None
         self.current = None
         self.attempts = 0
 
@@ -141,25 +168,23 @@ class Isolation:
         the poison, or (outside isolation) nothing yet: the caller fills the queue.
         Raises ``error`` when units keep turning out poison one after another: that is
         no bad item but the partition's own failure."""
+        targets = set(self.poison_targets)
+        failures = self.failures_without_progress
         if self.poison is not None:
             unit, first, tries = self.poison
-            return Isolation(
-                self.queue, poison=(unit, first, tries + 1), poison_in_a_row=self.poison_in_a_row
-            )
+            return Isolation(self.queue, None, 0, (unit, first, tries + 1), targets, failures)
         if self.current is None:
-            return Isolation(poison_in_a_row=self.poison_in_a_row)
+            # A whole batch failed: the caller isolates its work, and counts the failure
+            # as the partition's own when there was no work to blame.
+            return Isolation(poison_targets=targets, failures_without_progress=failures)
         attempts = self.attempts + 1
         if attempts < POISON_ATTEMPTS:
-            return Isolation(
-                deque([self.current, *self.queue]),
-                attempts=attempts,
-                poison_in_a_row=self.poison_in_a_row,
-            )
-        if self.poison_in_a_row + 1 >= MAX_POISON_IN_A_ROW:
+            queue = deque([self.current, *self.queue])
+            return Isolation(queue, None, attempts, None, targets, failures)
+        targets.add(target_of_unit(self.current))
+        if len(targets) >= MAX_POISON_IN_A_ROW:
             raise error
-        return Isolation(
-            self.queue, poison=(self.current, error, 0), poison_in_a_row=self.poison_in_a_row + 1
-        )
+        return Isolation(self.queue, None, 0, (self.current, error, 0), targets, failures)
 
     @property
     def active(self) -> bool:
@@ -272,7 +297,15 @@ class PoisonHandler:
 
     def deal(self, b: Batch, unit: Unit, exc: BaseException, tries: int) -> None:
         """Answer, fail or park ``unit``; ``tries`` is how often this already failed
-        (1: fall back to the fewest writes, 2 or more: drop it, log only)."""
+        (1: fall back to the fewest writes; 2 or more: drop it with a log line, though a
+        request is still answered)."""
+        if isinstance(unit, Request):  # answered whatever else fails: it needs no commit
+            req = unit.request
+            error = PartitionFailureError(
+                f"operation {req.op!r} failed inside the partition: "
+                f"{type(exc).__name__}: {exc}; nothing of it was stored"
+            )
+            b.fx.replies.append((req.reply_to, Reply(error)))
         if tries >= 2:
             log.error("poison item dropped: dealing with it failed", unit=_describe(unit))
             return
@@ -286,18 +319,13 @@ class PoisonHandler:
         )
         match unit:
             case Request(req):
-                error = PartitionFailureError(
-                    f"operation {req.op!r} failed inside the partition: "
-                    f"{type(exc).__name__}: {exc}; nothing of it was stored"
-                )
-                b.fx.replies.append((req.reply_to, Reply(error)))
                 if not minimal:
                     target = str(req.args.get("instance_id") or req.args.get("entity_id") or "")
                     self._parked.park(b, "request", f"{req.op} {target}".strip(), exc)
             case Messages(source, [msg]):
                 self._park_message(b, source, msg, exc, minimal)
             case Results([result]):
-                self._fail_instance(b, result.instance_id, exc, minimal)
+                self._fail_instance(b, result.instance_id, exc, minimal, result.execution_id)
             case ReadyUnit(instance_id):
                 self._fail_instance(b, instance_id, exc, minimal)
             case TimerUnit(key):
@@ -307,14 +335,21 @@ class PoisonHandler:
                 if row.kind == "signal":
                     self._parked.park(b, "signal", row.instance_id, exc, key=f"signal:{key.hex()}")
                 else:
-                    self._fail_instance(b, row.instance_id, exc, minimal)
+                    self._fail_instance(b, row.instance_id, exc, minimal, row.execution_id)
             case _:  # an ack or a resend request: nothing awaits it
                 return
 
-    def _fail_instance(self, b: Batch, instance_id: str, exc: BaseException, minimal: bool) -> None:
+    def _fail_instance(
+        self,
+        b: Batch,
+        instance_id: str,
+        exc: BaseException,
+        minimal: bool,
+        execution_id: str | None = None,
+    ) -> None:
         live = self._table.get(instance_id)
-        if live is None:
-            return
+        if live is None or execution_id not in (None, live.record.execution_id):
+            return  # gone, or the work was for an execution that has ended
         failure = failure_of(exc, "work for this orchestration")
         if minimal:
             self._lifecycle.quarantine(b, live, failure)
@@ -326,9 +361,9 @@ class PoisonHandler:
         self, b: Batch, source: int, msg: Message, exc: BaseException, minimal: bool
     ) -> None:
         # Counted as applied first: whatever else fails, the sender's later messages
-        # no longer wait behind this one.
-        self._outbox.skip(b, source, msg.seq)
-        if minimal:
+        # no longer wait behind this one. One that is not next in sequence was applied
+        # already (a duplicate) or waits for its turn: it is no poison.
+        if not self._outbox.skip(b, source, msg.seq) or minimal:
             return
         self._parked.park(
             b,
@@ -365,8 +400,8 @@ class PoisonHandler:
                     timestamp=b.now, task_scheduled_id=parent.task_id, failure=failure
                 )
                 notice = DeliverEvent(parent.instance_id, event, parent.execution_id)
-            case DeliverEvent(instance_id, _, _):
-                self._fail_instance(b, instance_id, exc, minimal=False)
+            case DeliverEvent(instance_id, _, execution_id):
+                self._fail_instance(b, instance_id, exc, False, execution_id)
         if notice is not None:
             self._outbox.send(b, notice)
 
