@@ -256,7 +256,9 @@ class PartitionActorImpl:
                     except TimeoutError:
                         pass
                 self._wake.clear()
-            except Exception:
+            except asyncio.CancelledError:
+                raise  # the actor is stopping
+            except BaseException:
                 # A failed batch was not committed, nothing was released, and rebuilding
                 # the core failed too (or failures look systemic). Crash the actor so Ray
                 # restarts it and the core recovers from its last commit.
