@@ -128,7 +128,10 @@ def check_timeout(value: Any, what: str = "timeout") -> float:
     ``MAX_TIMEOUT_SECONDS`` (NaN and infinity are refused: no deadline could be kept)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{what} must be a number of seconds, got {type(value).__name__}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float
+        seconds = math.inf
     if not (math.isfinite(seconds) and 0 <= seconds <= MAX_TIMEOUT_SECONDS):
         raise ValueError(
             f"{what} {value!r} is out of range: a finite number of seconds from 0 to "

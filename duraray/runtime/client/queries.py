@@ -146,8 +146,21 @@ def statuses(value: Any) -> list[str] | None:
     """A status filter (one status or name, or several) as status values; None: any."""
     if value is None:
         return None
+    if isinstance(value, bytes):
+        raise TypeError("runtime_status must be an OrchestrationStatus, a name, or several")
     items = [value] if isinstance(value, OrchestrationStatus | str) else list(value)
-    return [OrchestrationStatus(s).value if isinstance(s, str) else s.value for s in items]
+    out = []
+    for item in items:
+        if isinstance(item, OrchestrationStatus):
+            out.append(item.value)
+        elif isinstance(item, str):
+            out.append(OrchestrationStatus(item).value)
+        else:
+            raise TypeError(
+                f"runtime_status items must be OrchestrationStatus or names, got "
+                f"{type(item).__name__}"
+            )
+    return out
 
 
 def _record_key(record: InstanceRecord) -> bytes:

@@ -24,4 +24,6 @@ def partition_for(key: str, partition_count: int) -> int:
     """The partition that owns ``key`` (an instance id or an entity id string)."""
     if partition_count == 1:
         return 0
-    return fnv1a_64(key.encode()) % partition_count
+    # surrogatepass: an id with a lone surrogate (a forged EntityId) still has a home, where
+    # the partition refuses it with a clear error, instead of failing here.
+    return fnv1a_64(key.encode("utf-8", "surrogatepass")) % partition_count
