@@ -580,5 +580,9 @@ def test_fuzzed_requests_never_answer_5xx(fuzz_apps):
                 status.status_code,
                 status.json()["output"],
             )
+            # No request made a batch raise: no partition was rebuilt, nothing parked.
+            for part in client.partition_stats():
+                assert 0 == part["counters"].get("rebuilds", 0), part
+                assert 0 == part.get("parked", 0), part
         finally:
             fuzzer.close()
