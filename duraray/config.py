@@ -45,6 +45,11 @@ class HubConfig:
     - ``request_dedup_seconds``: how long a partition keeps the reply of a state-changing
       client request, so a retry of that request (same request id) gets the reply instead
       of applying it twice. Older replies are deleted; a retry after that applies anew.
+    - ``max_activities_in_flight``: most activities one partition has out at once (on Ray
+      or in the in-process pool); the rest wait in the partition, durably, and go out as
+      results come back, round-robin over the instances waiting. The default sits above
+      what a cluster runs at once, so it bounds what a huge fan-out hands Ray without
+      hiding demand from an autoscaler.
     - ``activity_threads``: threads executing activities in the in-process runtime.
     - ``activity_workers``: activity worker actors on Ray (None: one per cluster CPU, >= 2).
     - ``inline_activities``: let partitions run activities that proved cheap (see
@@ -89,6 +94,7 @@ class HubConfig:
     max_payload_bytes: int = 16 * 1024 * 1024
     resend_interval: float = 5.0
     request_dedup_seconds: float = 3600.0
+    max_activities_in_flight: int = 10000
     activity_threads: int = 8
     activity_workers: int | None = None
     worker_concurrency: int = 4
@@ -122,6 +128,12 @@ class HubConfig:
             raise ValueError(f"max_map_size must be an integer of at least {MIN_MAP_SIZE} bytes")
         if self.max_batch_items < 1:
             raise ValueError("max_batch_items must be >= 1")
+        if (
+            isinstance(self.max_activities_in_flight, bool)
+            or not isinstance(self.max_activities_in_flight, int)
+            or self.max_activities_in_flight < 1
+        ):
+            raise ValueError("max_activities_in_flight must be an integer >= 1")
         if self.max_cached_entities < 0:
             raise ValueError("max_cached_entities must be >= 0")
         if self.max_cached_orchestrations < 0:

@@ -23,6 +23,7 @@ from duraray.runtime.engine.costs import LearnedCosts
 from duraray.runtime.engine.dispatch import DispatchPlan
 from duraray.runtime.engine.entity_host import EntityHost
 from duraray.runtime.engine.episodes import Episodes
+from duraray.runtime.engine.gate import ActivityGate
 from duraray.runtime.engine.instances import ExecutorFactory, InstanceTable
 from duraray.runtime.engine.lifecycle import Lifecycle
 from duraray.runtime.engine.outbox import Outbox
@@ -38,6 +39,7 @@ class Components:
     """Every component of one partition core."""
 
     dispatch: DispatchPlan
+    gate: ActivityGate
     costs: LearnedCosts
     outbox: Outbox
     timers: Timers
@@ -62,13 +64,17 @@ def compose(
     clock: Clock,
     counters: dict[str, float],
     dispatch: DispatchPlan | None,
+    gate: ActivityGate | None,
     stats: Callable[[], dict[str, Any]],
 ) -> Components:
     """Build and wire the components of partition ``index`` over ``store``.
 
     They share ``counters``, which is changed in place and never replaced. ``dispatch``
-    is taken over from an earlier core of the partition, else a new plan is made.
+    and ``gate`` are taken over from an earlier core of the partition (what they hold is
+    memory only), else new ones are made.
     """
+    if gate is None:
+        gate = ActivityGate(config.max_activities_in_flight)
     # Which activities run inline, in batches or alone (see dispatch.py); its learned
     # costs are kept in ``meta`` so a restart does not start from nothing.
     if dispatch is None:
@@ -146,6 +152,7 @@ def compose(
         parked=parked,
     )
     work = Work(
+        gate=gate,
         client_ops=client_ops,
         outbox=outbox,
         timers=timers,
@@ -156,6 +163,7 @@ def compose(
     )
     return Components(
         dispatch=dispatch,
+        gate=gate,
         costs=LearnedCosts(store, dispatch),
         outbox=outbox,
         timers=timers,

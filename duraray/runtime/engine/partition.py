@@ -55,6 +55,7 @@ from duraray.runtime.engine.components import compose
 from duraray.runtime.engine.costs import COSTS_KEY
 from duraray.runtime.engine.dispatch import DispatchPlan
 from duraray.runtime.engine.episodes import version_mismatch
+from duraray.runtime.engine.gate import ActivityGate
 from duraray.runtime.engine.intake import Ack, IntakeItem, Messages, Request, Resend, Results
 from duraray.runtime.engine.migrations import open_store
 from duraray.runtime.engine.poison import (
@@ -68,6 +69,7 @@ from duraray.runtime.engine.poison import (
 )
 from duraray.runtime.engine.records import (
     ActivityResult,
+    ActivityTask,
     ClientRequest,
     Effects,
     Message,
@@ -119,11 +121,12 @@ class PartitionCore:
         clock: ClockLike | None = None,
         dispatch: DispatchPlan | None = None,
         intake: deque[IntakeItem] | None = None,
+        gate: ActivityGate | None = None,
     ) -> None:
         """Open the partition over ``store`` and recover what it holds.
 
         ``clock`` is the source of time and ids (a bare function is the wall clock).
-        ``dispatch`` and ``intake`` are taken over from an earlier core of the same
+        ``dispatch``, ``intake`` and ``gate`` are taken over from an earlier core of the same
         partition (``recover_from_failure``, ``recover_from_storage_full``); a new core
         has its own.
         """
@@ -173,9 +176,11 @@ class PartitionCore:
             clock=self.clock,
             counters=self.counters,
             dispatch=dispatch,
+            gate=gate,
             stats=self.stats,
         )
         self.dispatch = c.dispatch
+        self.gate = c.gate
         self.costs = c.costs
         self.outbox = c.outbox
         self.timers = c.timers
@@ -357,6 +362,10 @@ class PartitionCore:
             except Exception:
                 self._log.exception("a step after the commit failed; the batch stands")
         fx = b.fx
+        try:  # at most max_activities_in_flight out at once (gate.py)
+            fx.activities = self.gate.admit(fx.activities, self._still_pending)
+        except Exception:
+            self._log.exception("activity gate failed; its activities go out unchecked")
         self.counters["activities_dispatched"] += len(fx.activities)
         try:
             fx.dispatches = self.dispatch.plan(fx.activities)
@@ -366,6 +375,16 @@ class PartitionCore:
             self._pending_effects.activities.extend(fx.activities)
             fx.activities = []
         return fx
+
+    def _still_pending(self, task: ActivityTask) -> bool:
+        """True if the activity's instance still waits for it (it may have ended while
+        the activity waited for a slot)."""
+        live = self.instances.get(task.instance_id)
+        return (
+            live is not None
+            and live.record.execution_id == task.execution_id
+            and task.task_id in live.activities
+        )
 
     def _run_isolated(self, b: Batch) -> int:
         """Apply one unit of a failed batch's work, or deal with a poison unit."""
@@ -397,6 +416,8 @@ class PartitionCore:
             "activities_in_flight": sum(len(v.activities) for v in live),
             # Activities of unknown cost waiting for a probe of their kind (dispatch.py).
             "activities_held": self.dispatch.held,
+            # Activities beyond max_activities_in_flight, waiting for a slot (gate.py).
+            "activities_waiting": self.gate.waiting,
             "outbox": len(self.outbox),
             "queue_depth": len(self._intake),
             # Items set aside because applying them failed (poison.py).
@@ -452,6 +473,7 @@ class PartitionCore:
             clock=self.clock,
             dispatch=self.dispatch,
             intake=self._intake,
+            gate=self.gate,
         )
         core._pending_effects = self._carried if self._carried is not None else Effects()
         core.counters.clear()  # as they were before the failed batch (the dict is shared)

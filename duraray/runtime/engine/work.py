@@ -15,6 +15,7 @@ from duraray.runtime.engine.batch import Batch
 from duraray.runtime.engine.client_ops import ClientOps
 from duraray.runtime.engine.entity_host import EntityHost
 from duraray.runtime.engine.episodes import Episodes
+from duraray.runtime.engine.gate import ActivityGate
 from duraray.runtime.engine.instances import InstanceTable
 from duraray.runtime.engine.intake import Ack, IntakeItem, Messages, Request, Resend, Results
 from duraray.runtime.engine.lifecycle import Lifecycle
@@ -41,6 +42,7 @@ class Work:
     def __init__(
         self,
         *,
+        gate: ActivityGate,
         client_ops: ClientOps,
         outbox: Outbox,
         timers: Timers,
@@ -49,6 +51,7 @@ class Work:
         lifecycle: Lifecycle,
         entities: EntityHost,
     ) -> None:
+        self._gate = gate
         self._client_ops = client_ops
         self._outbox = outbox
         self._timers = timers
@@ -68,6 +71,7 @@ class Work:
                 self._outbox.acknowledged(b, destination, upto)
             case Results(results):
                 for result in results:
+                    self._gate.finished(result)
                     self._episodes.on_activity_result(b, result)
             case Resend(destination):
                 self._outbox.resend_all(b, destination)

@@ -16,7 +16,7 @@ Series (all prefixed ``duraray_``):
 - ``episodes_total``, ``replays_total``, ``activities_dispatched_total``,
   ``messages_sent_total``, ``entity_operations_total``;
 - ``queue_depth`` (work waiting for the next batch), ``timers``, ``activities_in_flight``,
-  ``outbox_messages`` (partition messages not yet acknowledged), ``cached_executors``;
+  ``activities_waiting`` (beyond ``max_activities_in_flight``), ``outbox_messages`` (partition messages not yet acknowledged), ``cached_executors``;
 - ``parked_items`` (work set aside as poison, kept in the store: a gauge that only grows,
   so alert on ``> 0`` or on ``increase()``), ``poison_items_total`` (items found poison)
   and ``rebuilds_total`` (the partition's core rebuilt after a failed batch);
@@ -100,6 +100,10 @@ GAUGES: dict[str, tuple[str, str]] = {
     "activities_in_flight": (
         "duraray_activities_in_flight",
         "Activities dispatched and not yet answered.",
+    ),
+    "activities_waiting": (
+        "duraray_activities_waiting",
+        "Activities beyond max_activities_in_flight, waiting in the partition for a slot.",
     ),
     "outbox": ("duraray_outbox_messages", "Partition messages sent and not yet acknowledged."),
     "cached_executors": (

@@ -1,0 +1,83 @@
+"""Backpressure on activities: at most ``max_activities_in_flight`` of a partition out at once.
+
+Every activity an orchestration schedules is written to the partition's ``activities``
+table in the batch that scheduled it; the gate only decides when it leaves the partition.
+Beyond the limit, activities wait here (in memory; their rows are the durable record, so
+a restart finds them again) and go out as results come back. A 1,000,000-activity fan-out
+thus neither floods Ray's scheduler and object store nor starves the partition's other
+instances: waiting activities are released round-robin over the instances that wait, one
+activity of each in turn, so a small instance is not queued behind a huge fan-out.
+
+The default limit sits above what a cluster runs at once, so it never hides demand from
+the autoscaler (activities out on Ray are pending tasks it sees); it exists to bound the
+work a partition hands Ray, not to schedule it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+
+from duraray.runtime.engine.records import ActivityResult, ActivityTask
+
+_Key = tuple[str, str, int]
+
+
+def _key(item: ActivityTask | ActivityResult) -> _Key:
+    return (item.instance_id, item.execution_id, item.task_id)
+
+
+class ActivityGate:
+    """Holds back the activities beyond the limit (see the module docstring)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._out: set[_Key] = set()
+        self._waiting: OrderedDict[str, deque[ActivityTask]] = OrderedDict()
+        self._count = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Activities released and not yet answered."""
+        return len(self._out)
+
+    @property
+    def waiting(self) -> int:
+        """Activities held back for want of a free slot."""
+        return self._count
+
+    def admit(
+        self, tasks: Iterable[ActivityTask], still_pending: Callable[[ActivityTask], bool]
+    ) -> list[ActivityTask]:
+        """Queue ``tasks`` and return those that go out now: as many waiting ones as
+        there are free slots, round-robin over their instances. ``still_pending`` says
+        whether a waiting activity's instance still waits for it (else it is dropped)."""
+        tasks = list(tasks)
+        if not self._waiting and len(self._out) + len(tasks) <= self.limit:
+            # The common case: nothing waits and all fit.
+            self._out.update(_key(task) for task in tasks)
+            return tasks
+        for task in tasks:
+            self._waiting.setdefault(task.instance_id, deque()).append(task)
+        self._count += len(tasks)
+        released: list[ActivityTask] = []
+        free = self.limit - len(self._out)
+        waiting = self._waiting
+        while free > 0 and waiting:
+            instance_id, queue = next(iter(waiting.items()))
+            task = queue.popleft()
+            self._count -= 1
+            if queue:
+                waiting.move_to_end(instance_id)  # the next instance's turn
+            else:
+                del waiting[instance_id]
+            if not still_pending(task):
+                continue  # its instance ended or moved on while it waited
+            self._out.add(_key(task))
+            released.append(task)
+            free -= 1
+        return released
+
+    def finished(self, result: ActivityResult) -> None:
+        """A result came back: its slot is free (a duplicate frees nothing)."""
+        self._out.discard(_key(result))
