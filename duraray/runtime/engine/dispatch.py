@@ -191,6 +191,33 @@ class DispatchPlan:
         """Activities waiting for a probe of their kind to report its cost."""
         return sum(len(q) for q in self._held.values())
 
+    @property
+    def held_by_name(self) -> dict[str, int]:
+        """Activities held for a probe of their kind, by name."""
+        return {name: len(queue) for name, queue in self._held.items()}
+
+    def cpus_of(self, name: str) -> float:
+        """The CPUs one activity ``name`` holds while it runs, as the plan routes it now:
+        1 alone as a task (CPU-bound, or a probe of unknown cost), its declared
+        ``num_cpus`` in a shaped pool, 0 inline or on the shared pool (which holds none).
+        What a backlog of it asks of an autoscaler."""
+        spec = self.registry.activities.get(name)
+        if spec is None:
+            return 0.0
+        options = spec.options
+        if any(k in options for k in SHAPE_OPTIONS) or any(k in options for k in POOL_OPTIONS):
+            return float(options.get("num_cpus", 1))
+        declared = options.get("cpu_bound")
+        cost = self.costs.get(name)
+        if declared is False or inspect.iscoroutinefunction(spec.fn):
+            return 0.0
+        if declared is None and cost is not None:
+            if not cost.cpu_bound or cost.wall <= BATCH_BUDGET_S:
+                return 0.0
+            if self._inline_ok(name, spec, cost):
+                return 0.0
+        return 1.0
+
     def plan(self, tasks: Iterable[ActivityTask]) -> list[Dispatch]:
         """Route ``tasks`` (plus any held ones whose cost is now known)."""
         out: list[Dispatch] = []

@@ -15,7 +15,7 @@ work a partition hands Ray, not to schedule it.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 
 from duraray.runtime.engine.records import ActivityResult, ActivityTask
@@ -35,6 +35,8 @@ class ActivityGate:
         self._out: set[_Key] = set()
         self._waiting: OrderedDict[str, deque[ActivityTask]] = OrderedDict()
         self._count = 0
+        #: waiting activities by activity name (what they will ask of the cluster)
+        self.waiting_by_name: Counter[str] = Counter()
 
     @property
     def in_flight(self) -> int:
@@ -59,6 +61,7 @@ class ActivityGate:
             return tasks
         for task in tasks:
             self._waiting.setdefault(task.instance_id, deque()).append(task)
+            self.waiting_by_name[task.name] += 1
         self._count += len(tasks)
         released: list[ActivityTask] = []
         free = self.limit - len(self._out)
@@ -67,6 +70,11 @@ class ActivityGate:
             instance_id, queue = next(iter(waiting.items()))
             task = queue.popleft()
             self._count -= 1
+            left = self.waiting_by_name[task.name] - 1
+            if left:
+                self.waiting_by_name[task.name] = left
+            else:
+                del self.waiting_by_name[task.name]
             if queue:
                 waiting.move_to_end(instance_id)  # the next instance's turn
             else:

@@ -12,6 +12,7 @@ actor; ``PartitionCore.__init__`` recovers it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
 import os
@@ -39,6 +40,7 @@ from duraray.runtime.engine.records import (
     Reply,
 )
 from duraray.runtime.engine.store import LmdbStore
+from duraray.runtime.ray.demand import Demand
 from duraray.runtime.ray.peerlink import PeerLinks
 from duraray.runtime.ray.pools import pools_actor_name
 
@@ -54,7 +56,7 @@ LOST = (
     ray.exceptions.NodeDiedError,
 )
 #: Seconds between looks at the cluster's CPU count (see ``_refresh_capacity``).
-CAPACITY_REFRESH_S = 10.0
+CAPACITY_REFRESH_S = 2.0
 #: Times a batch is re-dispatched after its worker died before its tasks fail.
 MAX_REDISPATCH = 5
 
@@ -166,12 +168,14 @@ class PartitionActorImpl:
         self._registry_ref = ray.put(registry)
         # max_retries=0: a lost activity is re-dispatched here, where it is counted.
         self._remote_one = ray.remote(max_retries=0)(_run_activity)
+        self._pools: Any = None  # the hub's ActivityPools actor, looked up on first use
+        # What its activities ask of the cluster, told to the autoscaler (demand.py).
+        self._demand = Demand(index, config.max_activities_in_flight, self._find_pools)
         self._capacity_checked = -math.inf
         # Before the first batch plans anything: without a capacity the plan would send
         # every activity of unknown cost out at once (the in-process runtime's setting).
         self.core.dispatch.capacity = os.cpu_count() or 1
         self._refresh_capacity()
-        self._pools: Any = None  # the hub's ActivityPools actor, looked up on first use
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
@@ -245,6 +249,10 @@ class PartitionActorImpl:
                     self._release(fx)
                     await asyncio.sleep(0)  # let queued calls land in the next batch
                     continue
+                if self._demand.reported:
+                    # Idle with demand still published: the backlog is gone, so report
+                    # it (the autoscaler may shrink the cluster). Nothing to do otherwise.
+                    self._demand.report(core, time.monotonic())
                 timeout = 1.0
                 due = core.next_due()
                 if due is not None:
@@ -307,6 +315,10 @@ class PartitionActorImpl:
                 job = loop.create_task(self._execute_inline(unit.tasks))
             elif unit.route == TASK:
                 job = loop.create_task(self._execute_task(unit))
+                cpus = float(unit.ray_options.get("num_cpus", 1))
+                if cpus:
+                    self._demand.task_started(cpus)
+                    job.add_done_callback(functools.partial(self._demand.task_done, cpus))
             elif unit.route == SHAPED:
                 job = loop.create_task(self._execute_shaped(unit))
             else:
@@ -326,6 +338,7 @@ class PartitionActorImpl:
             return
         self._capacity_checked = now
         self.core.dispatch.capacity = max(1, cpus)
+        self._demand.report(self.core, now)
 
     async def _execute_inline(self, chunk: list[ActivityTask]) -> None:
         loop = asyncio.get_running_loop()

@@ -175,6 +175,9 @@ class ActivityPoolsImpl:
         self._reaper: asyncio.Task[None] | None = None
         self._starting: set[asyncio.Task[None]] = set()  # held: the loop keeps weak refs
         self._log = log.bind(hub=hub)
+        # CPUs the partitions want for activities out or waiting (report_demand).
+        self._demand: dict[int, int] = {}
+        self._published = 0
 
     async def run(
         self, task: ActivityTask, shape: dict[str, Any], limits: dict[str, Any]
@@ -240,6 +243,25 @@ class ActivityPoolsImpl:
     async def ping(self) -> bool:
         """Liveness probe."""
         return True
+
+    async def report_demand(self, partition: int, cpus: int) -> int:
+        """Partition ``partition`` has ``cpus`` CPUs' worth of activities out or waiting:
+        publish the hub's total to Ray's autoscaler (``request_resources``, one CPU bundle
+        each), so a cluster that autoscales grows for a fan-out and shrinks after it.
+        Returns the total published. One owner for the whole hub: each call of
+        ``request_resources`` replaces the previous request."""
+        self._demand[partition] = max(0, int(cpus))
+        total = sum(self._demand.values())
+        if total != self._published:
+            from ray.autoscaler.sdk import request_resources
+
+            try:
+                await asyncio.to_thread(request_resources, bundles=[{"CPU": 1}] * total)
+            except Exception as exc:  # a hint only: never fail a partition for it
+                self._log.warning("autoscaler demand not published", error=str(exc))
+                return self._published
+            self._published = total
+        return total
 
     # -- workers ----------------------------------------------------------------------------
 
