@@ -417,3 +417,24 @@ def test_unknown_activity_options_are_refused_at_registration():
         app.add_activity(lambda ctx: None, name="b", max_workers="2")
     with pytest.raises(ValueError, match="'max_workers' must be >= 1"):
         app.add_activity(lambda ctx: None, name="c", max_workers=0)
+
+
+def test_cpus_of_says_what_a_backlog_asks_of_the_cluster():
+    """What the autoscaler is told a waiting activity wants (runtime/ray/demand.py): one CPU
+    for CPU-bound and unknown work, its declared CPUs for a shaped one, none for work that
+    waits or is cheap enough for the shared pool."""
+    plan = DispatchPlan(_app().registry, capacity=2)
+    assert 1.0 == plan.cpus_of("work")  # unknown cost: probed on a CPU
+    assert 1.0 == plan.cpus_of("crunch")
+    assert 0.0 == plan.cpus_of("waits")
+    assert 0.0 == plan.cpus_of("fetch")  # async: it waits
+    assert 1.0 == plan.cpus_of("gpu")  # a shaped worker holds its default CPU
+    assert 0.0 == plan.cpus_of("not-registered")
+    plan.observe("work", 0.0001, 0.0001)
+    assert 0.0 == plan.cpus_of("work")  # cheap: batches on the shared pool
+    plan.plan(_tasks("crunch", 1))
+    plan.plan(_tasks("work", 5))
+    assert {} == plan.held_by_name  # known costs: nothing held for a probe
+    fresh = DispatchPlan(_app().registry, capacity=1)
+    fresh.plan(_tasks("work", 4))
+    assert {"work": 3} == fresh.held_by_name

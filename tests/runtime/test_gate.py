@@ -114,3 +114,14 @@ def test_terminating_a_fan_out_drops_its_waiting_activities(cluster_factory):
     assert [] == cluster.held
     assert 2 == sum(cluster.executions.values())
     assert Status.TERMINATED == cluster.state("f").status
+
+
+def test_the_gate_counts_waiting_activities_by_name() -> None:
+    """What the autoscaler is told waits: the count of each activity held back."""
+    gate = ActivityGate(limit=1)
+    tasks = [_task("i", n) for n in range(3)] + [ActivityTask("j", "e1", 0, "other", None, 0)]
+    [first] = gate.admit(tasks, lambda task: True)
+    assert {"inc": 2, "other": 1} == dict(gate.waiting_by_name)
+    gate.finished(_result(first))
+    gate.admit([], lambda task: True)
+    assert 2 == sum(gate.waiting_by_name.values())
