@@ -325,6 +325,8 @@ class PartitionActorImpl:
                 job = loop.create_task(self._execute_pool(unit))
             self._in_flight.add(job)
             job.add_done_callback(self._in_flight.discard)
+        # What went out now changes what the partition wants of the cluster.
+        self._demand.report(self.core, time.monotonic())
 
     def _refresh_capacity(self) -> None:
         """Tell the plan how many CPUs the cluster has now (it probes that many activities of

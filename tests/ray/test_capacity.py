@@ -1,0 +1,353 @@
+"""Cluster capacity that changes under a running hub, and the demand it tells the autoscaler.
+
+Two properties, on one local ``ray.cluster_utils.Cluster`` whose head node has one CPU:
+
+- a node that joins while a fan-out of CPU-bound activities runs takes some of them, with
+  no restart of the hub (declared ``cpu_bound=True``, each goes out alone as a Ray task
+  holding one CPU, so Ray may place it on any node with a free one);
+- a partition whose activities wait behind ``max_activities_in_flight`` publishes the CPUs
+  they want with ``request_resources`` (through the hub's pools actor, see
+  ``runtime/ray/demand.py``), capped at that limit, and publishes 0 once it is idle.
+
+The cluster cannot share a process with the session's Ray, so one subprocess builds it,
+runs both hubs in turn (the backlog first, on the one-CPU head; then the join), prints one
+JSON line and shuts everything down; each test checks its part of that line. Its Ray temp
+dir is private, so the cluster never becomes the machine's "current cluster" that a
+concurrent bare ``ray.init()`` would join.
+
+Reading the published request back: on a local cluster no autoscaler runs and the GCS
+does not flag autoscaler v2, so ``request_resources`` takes the v1 path and writes the
+bundles, JSON, to the GCS KV key ``AUTOSCALER_RESOURCE_REQUEST_CHANNEL``; the script reads
+that key (and would read the v2 cluster resource constraints instead, were v2 flagged).
+
+No timing is asserted: the seconds from ``add_node`` (its return, and its call) to the
+first activity on the new node are measured and reported (printed and
+``record_property``). The node can take work before ``add_node`` returns, so the first
+figure may be negative.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+#: Marks the subprocess's result line among Ray's log output.
+RESULT = "DURARAY-RESULT "
+
+#: Activities of the backlog fan-out, their seconds each, and the hub's in-flight limit.
+BACKLOG_FAN_OUT, BACKLOG_SECONDS, BACKLOG_CAP = 20, 0.5, 2
+#: Activities of the fan-out a node joins, and their seconds each.
+JOIN_FAN_OUT, JOIN_SECONDS = 30, 0.4
+#: CPUs of the node that joins.
+JOIN_CPUS = 2
+
+SCRIPT = textwrap.dedent(
+    """
+    import json
+    import sys
+    import time
+    from pathlib import Path
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    import duraray as dr
+    from duraray.runtime.ray.actors import NAMESPACE, partition_actor_name
+
+    backlog_app = dr.App("rt-cap-backlog", partitions=1)
+    join_app = dr.App("rt-cap-join", partitions=1)
+
+
+    def _work(ctx, job):
+        # Declared cpu_bound=True, it goes out alone as a task holding one CPU whatever it
+        # does; sleeping instead of burning CPU spares the machine's few shared cores.
+        index, seconds, ledger = job
+        started = time.time()
+        node = ray.get_runtime_context().get_node_id()
+        if ledger:
+            with open(ledger, "a") as fh:  # one short O_APPEND write: atomic
+                fh.write(f"{node} {started}\\n")
+        time.sleep(seconds)
+        return {"index": index, "node": node, "start": started}
+
+
+    backlog_work = backlog_app.activity(cpu_bound=True, name="backlog_work")(_work)
+    join_work = join_app.activity(cpu_bound=True, name="join_work")(_work)
+
+
+    def _fan_out(activity):
+        def fan_out(ctx, job):
+            n, seconds, ledger = job
+            return (yield dr.when_all(
+                [ctx.call_activity(activity, input=[i, seconds, ledger]) for i in range(n)]
+            ))
+        return fan_out
+
+
+    backlog_fan_out = backlog_app.orchestration(name="backlog_fan_out")(_fan_out("backlog_work"))
+    join_fan_out = join_app.orchestration(name="join_fan_out")(_fan_out("join_work"))
+
+
+    def published():
+        \"\"\"(channel, CPUs) of the resources last requested from the autoscaler: the
+        bundles of request_resources, each {"CPU": 1} (None: nothing requested yet).\"\"\"
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        if is_autoscaler_v2(fetch_from_server=True):
+            from ray._raylet import GcsClient
+            from ray.autoscaler.v2.sdk import get_cluster_resource_state
+
+            state = get_cluster_resource_state(GcsClient(ray.get_runtime_context().gcs_address))
+            cpus = 0.0
+            for constraint in state.cluster_resource_constraints:
+                for by_count in constraint.resource_requests:
+                    bundle = dict(by_count.request.resources_bundle)
+                    cpus += by_count.count * bundle.get("CPU", 0.0)
+            return "v2", cpus
+        from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+        if raw is None:
+            return "v1", None
+        bundles = json.loads(raw)
+        assert all(b == {"CPU": 1} for b in bundles), bundles
+        return "v1", len(bundles)
+
+
+    def partition_pid(app):
+        actor = ray.get_actor(partition_actor_name(app.name, 0), namespace=NAMESPACE)
+        return ray.get(actor.describe.remote())["pid"]
+
+
+    def backlog(data_dir, n, seconds, cap):
+        \"\"\"The fan-out behind max_activities_in_flight, sampling what is published.\"\"\"
+        samples = []
+        with backlog_app.run(
+            data_dir=data_dir, max_activities_in_flight=cap, activity_workers=2
+        ) as client:
+            iid = client.schedule_new_orchestration(backlog_fan_out, input=[n, seconds, None])
+            t0 = time.monotonic()
+            while True:
+                # Published first, stats after: the activities left only shrink, so the
+                # figure read was made (earlier) with at least as many left as read here.
+                channel, cpus = published()
+                stats = client.partition_stats()[0]
+                state = client.get_orchestration_state(iid)
+                samples.append({
+                    "t": round(time.monotonic() - t0, 3),
+                    "published": cpus,
+                    "left": stats["activities_in_flight"],
+                    "waiting": stats["activities_waiting"],
+                    "done": state.runtime_status.value,
+                })
+                if state.runtime_status.value != "RUNNING" or time.monotonic() - t0 > 120:
+                    break
+                time.sleep(0.1)
+            state = client.wait_for_orchestration_completion(iid, timeout=120)
+            # Idle now: the partition reports 0 within a second or so; poll for it.
+            idle = None
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                idle = published()[1]
+                if idle == 0:
+                    break
+                time.sleep(0.1)
+            idle_after = round(time.monotonic() - t0, 3)
+        return {
+            "channel": channel,
+            "status": state.runtime_status.value,
+            "output": state.output,
+            "samples": samples,
+            "idle_published": idle,
+            "idle_after_s": idle_after,
+        }
+
+
+    def join(cluster, data_dir, ledger, n, seconds, cpus):
+        \"\"\"The fan-out a node joins: add_node once the first activity has started.\"\"\"
+        with join_app.run(data_dir=data_dir, activity_workers=2) as client:
+            head = ray.get_runtime_context().get_node_id()
+            pid_before = partition_pid(join_app)
+            iid = client.schedule_new_orchestration(join_fan_out, input=[n, seconds, ledger])
+            deadline = time.monotonic() + 120
+            while not Path(ledger).exists() or not Path(ledger).read_text():
+                assert time.monotonic() < deadline, "no activity started"
+                time.sleep(0.05)
+            started_before = len(Path(ledger).read_text().splitlines())
+            add_called_at = time.time()
+            node = cluster.add_node(num_cpus=cpus)
+            added_at = time.time()
+            seen = []  # [published CPUs, activities left] while the fan-out runs
+            while client.get_orchestration_state(iid).runtime_status.value == "RUNNING":
+                cpus = published()[1]
+                seen.append([cpus, client.partition_stats()[0]["activities_in_flight"]])
+                if time.monotonic() > deadline:
+                    break  # wait_for_orchestration_completion reports it
+                time.sleep(0.1)
+            state = client.wait_for_orchestration_completion(iid, timeout=120)
+            pid_after = partition_pid(join_app)
+        return {
+            "status": state.runtime_status.value,
+            "output": state.output,
+            "head": head,
+            "new_node": node.node_id,
+            "add_called_at": add_called_at,
+            "added_at": added_at,
+            "started_before_add": started_before,
+            "pid_before": pid_before,
+            "pid_after": pid_after,
+            "published_seen": seen,
+        }
+
+
+    def main(data_dir):
+        t0 = time.monotonic()
+        cluster = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+        )
+        try:
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+            result = {
+                "backlog": backlog(
+                    f"{data_dir}/backlog", %(backlog_n)d, %(backlog_s)r, %(backlog_cap)d
+                ),
+                "join": join(
+                    cluster, f"{data_dir}/join", f"{data_dir}/ledger",
+                    %(join_n)d, %(join_s)r, %(join_cpus)d,
+                ),
+                "script_s": round(time.monotonic() - t0, 1),
+            }
+            print(%(marker)r + json.dumps(result), flush=True)
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+
+
+    main(sys.argv[1])
+    """
+) % {
+    "marker": RESULT,
+    "backlog_n": BACKLOG_FAN_OUT,
+    "backlog_s": BACKLOG_SECONDS,
+    "backlog_cap": BACKLOG_CAP,
+    "join_n": JOIN_FAN_OUT,
+    "join_s": JOIN_SECONDS,
+    "join_cpus": JOIN_CPUS,
+}
+
+
+@pytest.fixture(scope="module")
+def cluster_result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Run SCRIPT once for both tests (a cluster start is most of its cost) in a
+    subprocess with a private Ray temp dir; returns its result line, decoded."""
+    tmp_path = tmp_path_factory.mktemp("capacity")
+    script = tmp_path / "capacity_script.py"
+    script.write_text(SCRIPT)
+    (tmp_path / "data").mkdir()
+    # Short: Ray's unix socket paths live under it and must stay under 108 bytes.
+    ray_tmp = tempfile.mkdtemp(prefix="drcap", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = ray_tmp
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "data")],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+            cwd=tmp_path,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert 0 == proc.returncode, proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
+    assert 1 == len(lines), proc.stdout[-4000:]
+    result: dict[str, Any] = json.loads(lines[0][len(RESULT) :])
+    return result
+
+
+@pytest.mark.timeout(300)
+def test_a_node_that_joins_mid_fan_out_is_used_without_a_hub_restart(
+    cluster_result: dict[str, Any], record_property: Any
+) -> None:
+    """A 2-CPU node added to a 1-CPU cluster while 30 CPU-bound activities run takes some
+    of them; every result is right and the partition actor is the same process before
+    and after. Reports the seconds from add_node to the first activity on the new node."""
+    join = cluster_result["join"]
+    assert "COMPLETED" == join["status"]
+    assert list(range(JOIN_FAN_OUT)) == [r["index"] for r in join["output"]]
+    # The node joined mid fan-out: something ran before it, and something was left for it.
+    assert 0 < join["started_before_add"] < JOIN_FAN_OUT
+    on_new = [r for r in join["output"] if r["node"] == join["new_node"]]
+    assert on_new, {r["node"] for r in join["output"]}
+    assert {join["head"], join["new_node"]} == {r["node"] for r in join["output"]}
+    assert join["pid_before"] == join["pid_after"]
+
+    # From add_node's return (the issue's measure) and from its call: add_node returns
+    # only after the node is up, and the node may take work before that (a negative value).
+    first_start = min(r["start"] for r in on_new)
+    first_on_new = first_start - join["added_at"]
+    from_call = first_start - join["add_called_at"]
+    record_property("add_node_to_first_activity_s", round(first_on_new, 3))
+    record_property("add_node_call_to_first_activity_s", round(from_call, 3))
+    record_property("activities_on_new_node", len(on_new))
+    record_property("script_s", cluster_result["script_s"])
+    # Informational: what the hub published while its activities were out as tasks.
+    published = sorted({p or 0 for p, left in join["published_seen"] if left})
+    record_property("published_during_join", published)
+    print(
+        f"first activity on the new node: {first_on_new:.2f} s after add_node returned, "
+        f"{from_call:.2f} s after it was called; "
+        f"{len(on_new)}/{JOIN_FAN_OUT} activities ran there; "
+        f"published while activities were out: {published}"
+    )
+
+
+@pytest.mark.timeout(300)
+def test_the_autoscaler_sees_the_backlog_capped_and_then_nothing(
+    cluster_result: dict[str, Any], record_property: Any
+) -> None:
+    """20 CPU-bound activities behind max_activities_in_flight=2: while more than the cap
+    are left, the request published to the autoscaler is the partition's wanted CPUs,
+    min(out + waiting, cap) = 2 bundles of one CPU (once first reported, it stays so, and
+    never exceeds the cap); once the fan-out is done and the hub idles, it is 0."""
+    backlog = cluster_result["backlog"]
+    assert "COMPLETED" == backlog["status"]
+    assert list(range(BACKLOG_FAN_OUT)) == [r["index"] for r in backlog["output"]]
+    samples = backlog["samples"]
+    figures = [s["published"] or 0 for s in samples]
+    assert max(figures) <= BACKLOG_CAP, samples
+    first = next((i for i, s in enumerate(samples) if s["published"] == BACKLOG_CAP), None)
+    assert first is not None, samples
+    # Reported while the backlog was large, and unchanged while it stayed beyond the cap:
+    # with more than the cap left, out + waiting is at least the cap even in the moment a
+    # finished task no longer counts and its result is not committed yet.
+    assert samples[first]["left"] > BACKLOG_CAP, samples
+    backlogged = [s for s in samples[first:] if s["left"] > BACKLOG_CAP]
+    assert all(s["published"] == BACKLOG_CAP for s in backlogged), samples
+    assert 0 == backlog["idle_published"], backlog
+
+    record_property("autoscaler_channel", backlog["channel"])
+    record_property("published_figures", sorted(set(figures)))
+    # Each change of the published figure: (seconds into the fan-out, CPUs, activities left).
+    changes = [
+        (s["t"], s["published"], s["left"])
+        for i, s in enumerate(samples)
+        if i == 0 or s["published"] != samples[i - 1]["published"]
+    ]
+    print(
+        f"channel {backlog['channel']}; published (t, CPUs, left): {changes}; "
+        f"0 again at {backlog['idle_after_s']} s"
+    )
