@@ -48,8 +48,8 @@ class HubConfig:
     - ``max_activities_in_flight``: most activities one partition has out at once (on Ray
       or in the in-process pool); the rest wait in the partition, durably, and go out as
       results come back, round-robin over the instances waiting. The default sits above
-      what a cluster runs at once, so it bounds what a huge fan-out hands Ray without
-      hiding demand from an autoscaler.
+      what a cluster runs at once: it bounds what a huge fan-out hands Ray; what waits is
+      still told to an autoscaler (the CPU-bound part of it).
     - ``activity_threads``: threads executing activities in the in-process runtime.
     - ``activity_workers``: activity worker actors on Ray (None: one per cluster CPU, >= 2).
     - ``inline_activities``: let partitions run activities that proved cheap (see

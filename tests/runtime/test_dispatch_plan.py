@@ -421,16 +421,21 @@ def test_unknown_activity_options_are_refused_at_registration():
 
 def test_cpus_of_says_what_a_backlog_asks_of_the_cluster():
     """What the autoscaler is told a waiting activity wants (runtime/ray/demand.py): one CPU
-    for CPU-bound and unknown work, its declared CPUs for a shaped one, none for work that
-    waits or is cheap enough for the shared pool."""
+    for work known to be CPU-bound and heavy, none for work that waits, is cheap enough
+    for the shared pool, is of unknown cost, or runs in a shaped pool (Ray sees those
+    workers itself)."""
     plan = DispatchPlan(_app().registry, capacity=2)
-    assert 1.0 == plan.cpus_of("work")  # unknown cost: probed on a CPU
+    assert 0.0 == plan.cpus_of("work")  # unknown cost: nothing claimed until a probe says
     assert 1.0 == plan.cpus_of("crunch")
     assert 0.0 == plan.cpus_of("waits")
     assert 0.0 == plan.cpus_of("fetch")  # async: it waits
-    assert 1.0 == plan.cpus_of("gpu")  # a shaped worker holds its default CPU
+    assert 0.0 == plan.cpus_of("gpu")  # a shaped worker: a pending actor Ray sees
     assert 0.0 == plan.cpus_of("not-registered")
+    plan.observe("work", 0.5, 0.5)
+    assert 1.0 == plan.cpus_of("work")  # heavy and CPU-bound: a task holding a CPU
     plan.observe("work", 0.0001, 0.0001)
+    for _ in range(20):
+        plan.observe("work", 0.0001, 0.0001)
     assert 0.0 == plan.cpus_of("work")  # cheap: batches on the shared pool
     plan.plan(_tasks("crunch", 1))
     plan.plan(_tasks("work", 5))

@@ -197,26 +197,27 @@ class DispatchPlan:
         return {name: len(queue) for name, queue in self._held.items()}
 
     def cpus_of(self, name: str) -> float:
-        """The CPUs one activity ``name`` holds while it runs, as the plan routes it now:
-        1 alone as a task (CPU-bound, or a probe of unknown cost), its declared
-        ``num_cpus`` in a shaped pool, 0 inline or on the shared pool (which holds none).
-        What a backlog of it asks of an autoscaler."""
+        """The CPUs one waiting activity ``name`` will ask the cluster for, as far as the
+        plan knows now: 1 if it goes out alone as a task holding a CPU (declared
+        ``cpu_bound=True``, or learned CPU-bound and heavy), else 0: inline, on the shared
+        pool (which holds none), waiting on I/O, of unknown cost (until a probe says
+        otherwise), or in a shaped pool (whose workers Ray sees as pending actors with
+        their resources). What a backlog of it asks of an autoscaler."""
         spec = self.registry.activities.get(name)
         if spec is None:
             return 0.0
         options = spec.options
         if any(k in options for k in SHAPE_OPTIONS) or any(k in options for k in POOL_OPTIONS):
-            return float(options.get("num_cpus", 1))
+            return 0.0
         declared = options.get("cpu_bound")
-        cost = self.costs.get(name)
         if declared is False or inspect.iscoroutinefunction(spec.fn):
             return 0.0
-        if declared is None and cost is not None:
-            if not cost.cpu_bound or cost.wall <= BATCH_BUDGET_S:
-                return 0.0
-            if self._inline_ok(name, spec, cost):
-                return 0.0
-        return 1.0
+        if declared is True:
+            return 0.0 if options.get("inline") else 1.0
+        cost = self.costs.get(name)
+        if cost is None or not cost.cpu_bound or cost.wall <= BATCH_BUDGET_S:
+            return 0.0
+        return 0.0 if self._inline_ok(name, spec, cost) else 1.0
 
     def plan(self, tasks: Iterable[ActivityTask]) -> list[Dispatch]:
         """Route ``tasks`` (plus any held ones whose cost is now known)."""

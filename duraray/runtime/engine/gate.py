@@ -8,9 +8,9 @@ thus neither floods Ray's scheduler and object store nor starves the partition's
 instances: waiting activities are released round-robin over the instances that wait, one
 activity of each in turn, so a small instance is not queued behind a huge fan-out.
 
-The default limit sits above what a cluster runs at once, so it never hides demand from
-the autoscaler (activities out on Ray are pending tasks it sees); it exists to bound the
-work a partition hands Ray, not to schedule it.
+The default limit sits above what a cluster runs at once: it exists to bound the work a
+partition hands Ray, not to schedule it. What waits here is told to the autoscaler by the
+Ray shell (runtime/ray/demand.py), since Ray cannot see it.
 """
 
 from __future__ import annotations
@@ -85,6 +85,11 @@ class ActivityGate:
             released.append(task)
             free -= 1
         return released
+
+    def give_back(self, tasks: Iterable[ActivityTask]) -> None:
+        """Released activities that did not go out after all: free their slots."""
+        for task in tasks:
+            self._out.discard(_key(task))
 
     def finished(self, result: ActivityResult) -> None:
         """A result came back: its slot is free (a duplicate frees nothing)."""

@@ -365,13 +365,17 @@ class PartitionCore:
         try:  # at most max_activities_in_flight out at once (gate.py)
             fx.activities = self.gate.admit(fx.activities, self._still_pending)
         except Exception:
-            self._log.exception("activity gate failed; its activities go out unchecked")
+            # Their rows are stored: a restart of the partition sends them again.
+            self._log.exception("activity gate failed; its activities wait for a restart")
+            fx.activities = []
         self.counters["activities_dispatched"] += len(fx.activities)
         try:
             fx.dispatches = self.dispatch.plan(fx.activities)
         except Exception:
-            # Their rows are stored: they go out with the next batch's plan.
+            # Their rows are stored: they go out with the next batch's plan, and give
+            # back the slots the gate gave them meanwhile.
             self._log.exception("activity dispatch plan failed; retried next batch")
+            self.gate.give_back(fx.activities)
             self._pending_effects.activities.extend(fx.activities)
             fx.activities = []
         return fx

@@ -247,11 +247,12 @@ class PartitionActorImpl:
                         )
                         self.core = core
                     self._release(fx)
+                    self._demand.report(core, time.monotonic())  # throttled: cheap
                     await asyncio.sleep(0)  # let queued calls land in the next batch
                     continue
-                if self._demand.reported:
-                    # Idle with demand still published: the backlog is gone, so report
-                    # it (the autoscaler may shrink the cluster). Nothing to do otherwise.
+                if self._demand.reported != 0:
+                    # Idle with demand still published (or never reported): the backlog
+                    # is gone, so report it; the autoscaler may shrink the cluster.
                     self._demand.report(core, time.monotonic())
                 timeout = 1.0
                 due = core.next_due()
@@ -325,8 +326,6 @@ class PartitionActorImpl:
                 job = loop.create_task(self._execute_pool(unit))
             self._in_flight.add(job)
             job.add_done_callback(self._in_flight.discard)
-        # What went out now changes what the partition wants of the cluster.
-        self._demand.report(self.core, time.monotonic())
 
     def _refresh_capacity(self) -> None:
         """Tell the plan how many CPUs the cluster has now (it probes that many activities of

@@ -6,8 +6,10 @@ kind. ``Demand`` adds up the CPUs this partition's activities want, those out as
 CPU-holding tasks plus those waiting, each at what the dispatch plan would route it with
 (a cheap activity on the shared pool wants none), and reports the figure to the hub's
 pools actor, which publishes the hub's total with ``request_resources``
-(``ActivityPools.report_demand``): an autoscaling cluster grows for a large fan-out and
-shrinks when it is done.
+(``ActivityPools.report_demand``): an autoscaling cluster grows for a large fan-out of
+CPU-bound activities and shrinks when it is done. Ray keeps one such request per cluster:
+two hubs on one cluster (or another library calling ``request_resources``) replace each
+other's.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import structlog
+
 from duraray.runtime.engine.partition import PartitionCore
 
 #: Seconds after which an unchanged demand is reported again (the pools actor may have
 #: restarted and lost it).
 DEMAND_REPORT_S = 30.0
+
+log = structlog.get_logger("duraray.partition")
 #: Least seconds between two reports of a changed demand (a fan-out changes it every
-#: batch; the autoscaler acts on a scale of seconds), except to or from zero.
+#: batch; the autoscaler acts on a scale of seconds).
 DEMAND_MIN_INTERVAL_S = 1.0
 
 
@@ -35,8 +41,11 @@ class Demand:
         self._find_pools = find_pools
         self.cpus_out = 0.0  # CPUs held by the partition's activities out as tasks
         self.tasks_out = 0  # and how many they are
-        self.reported = 0
+        #: the demand last reported (None: none yet, so the first report always goes out:
+        #: an earlier process of this partition may have left another figure published)
+        self.reported: int | None = None
         self._reported_at = -math.inf
+        self._no_pools_until = -math.inf  # no pools actor found: look again after this
 
     def task_started(self, cpus: float) -> None:
         """An activity went out as a task holding ``cpus``."""
@@ -52,9 +61,11 @@ class Demand:
         """CPUs wanted now: those of the activities out as tasks, plus those of the
         waiting ones at their routes, counting at most ``max_activities_in_flight``
         activities in all (what the partition could have out at once)."""
+        # Runs on the actor's event loop between batches, never during one: what it reads
+        # does not change under it. Activities held for a probe count nothing (their cost,
+        # CPU-bound or not, is unknown until a probe reports).
         plan = core.dispatch
-        waiting = core.gate.waiting_by_name.copy()
-        waiting.update(plan.held_by_name)
+        waiting = core.gate.waiting_by_name
         room = max(0, self._cap - self.tasks_out)
         cpus = self.cpus_out
         for name, count in waiting.items():
@@ -66,16 +77,24 @@ class Demand:
         return math.ceil(cpus)
 
     def report(self, core: PartitionCore, now: float) -> None:
-        """Report the demand if it changed (or has not been reported for a while)."""
-        demand = self.wanted(core)
-        since = now - self._reported_at
-        if demand == self.reported:
-            if since < DEMAND_REPORT_S:
+        """Report the demand if it changed (at most once a second: the autoscaler acts
+        on a scale of seconds, and the idle loop reports what is left over) or has not
+        been reported for a while. A hint: nothing here may fail the partition."""
+        try:
+            demand = self.wanted(core)
+            since = now - self._reported_at
+            if demand == self.reported:
+                if since < DEMAND_REPORT_S:
+                    return
+            elif since < DEMAND_MIN_INTERVAL_S:
                 return
-        elif since < DEMAND_MIN_INTERVAL_S and demand and self.reported:
-            return  # reported again soon: the idle loop or the next dispatch
-        pools = self._find_pools()
-        if pools is None:
-            return
-        pools.report_demand.remote(self._index, demand)
-        self.reported, self._reported_at = demand, now
+            if now < self._no_pools_until:
+                return
+            pools = self._find_pools()
+            if pools is None:
+                self._no_pools_until = now + DEMAND_REPORT_S
+                return
+            pools.report_demand.remote(self._index, demand)
+            self.reported, self._reported_at = demand, now
+        except Exception:
+            log.warning("autoscaler demand not reported", exc_info=True)

@@ -570,6 +570,12 @@ class PartitionManager:
         else:
             ray.kill(pools, no_restart=True)
             names.append(pools_actor_name(hub))
+            try:  # what it asked of the autoscaler must not outlive the hub
+                from ray.autoscaler.sdk import request_resources
+
+                request_resources(bundles=[])
+            except Exception:
+                pass
         # Named actors are released asynchronously: wait until every name is free, so a
         # restart right after stop does not attach to dying actors (workers are created
         # with get_if_exists, so a dying worker would otherwise join the new hub).

@@ -54,6 +54,8 @@ log = structlog.get_logger("duraray.pools")
 
 #: Times an activity is handed to another worker after its worker died under it.
 MAX_RETRIES = 5
+#: Most CPUs one hub asks the autoscaler for at once (the request is one bundle per CPU).
+MAX_PUBLISHED_CPUS = 100_000
 #: Seconds a new worker may wait for placement before idle workers of other pools are
 #: stopped to make room for it.
 PLACEMENT_WAIT_S = 1.0
@@ -177,7 +179,10 @@ class ActivityPoolsImpl:
         self._log = log.bind(hub=hub)
         # CPUs the partitions want for activities out or waiting (report_demand).
         self._demand: dict[int, int] = {}
-        self._published = 0
+        # None: nothing published by this process yet; a restarted actor publishes its
+        # first total even if it is 0, replacing what an earlier process left.
+        self._published: int | None = None
+        self._publishing = asyncio.Lock()
 
     async def run(
         self, task: ActivityTask, shape: dict[str, Any], limits: dict[str, Any]
@@ -251,17 +256,18 @@ class ActivityPoolsImpl:
         Returns the total published. One owner for the whole hub: each call of
         ``request_resources`` replaces the previous request."""
         self._demand[partition] = max(0, int(cpus))
-        total = sum(self._demand.values())
-        if total != self._published:
-            from ray.autoscaler.sdk import request_resources
+        async with self._publishing:  # calls overlap: publish the latest total, in order
+            total = min(sum(self._demand.values()), MAX_PUBLISHED_CPUS)
+            if total != self._published:
+                from ray.autoscaler.sdk import request_resources
 
-            try:
-                await asyncio.to_thread(request_resources, bundles=[{"CPU": 1}] * total)
-            except Exception as exc:  # a hint only: never fail a partition for it
-                self._log.warning("autoscaler demand not published", error=str(exc))
-                return self._published
-            self._published = total
-        return total
+                try:
+                    await asyncio.to_thread(request_resources, bundles=[{"CPU": 1}] * total)
+                except Exception as exc:  # a hint only: never fail a partition for it
+                    self._log.warning("autoscaler demand not published", error=str(exc))
+                    return self._published or 0
+                self._published = total
+            return total
 
     # -- workers ----------------------------------------------------------------------------
 
