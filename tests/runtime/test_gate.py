@@ -125,3 +125,13 @@ def test_the_gate_counts_waiting_activities_by_name() -> None:
     gate.finished(_result(first))
     gate.admit([], lambda task: True)
     assert 2 == sum(gate.waiting_by_name.values())
+
+
+def test_slots_of_activities_that_did_not_go_out_are_given_back() -> None:
+    """Released activities whose dispatch failed give their slots back: when they are
+    admitted again they go out, instead of waiting behind their own slots for ever."""
+    gate = ActivityGate(limit=2)
+    out = gate.admit([_task("i", 0), _task("i", 1)], lambda task: True)
+    gate.give_back(out)
+    assert out == gate.admit(out, lambda task: True)
+    assert (2, 0) == (gate.in_flight, gate.waiting)
