@@ -135,3 +135,27 @@ def test_slots_of_activities_that_did_not_go_out_are_given_back() -> None:
     gate.give_back(out)
     assert out == gate.admit(out, lambda task: True)
     assert (2, 0) == (gate.in_flight, gate.waiting)
+
+
+def test_an_ended_instance_frees_its_waiting_activities_at_once(cluster_factory):
+    """Terminating a fan-out whose activities wait for slots drops them from memory in
+    the same batch, not one by one as slots free."""
+    config = HubConfig(max_activities_in_flight=2)
+    cluster = cluster_factory(make_registry(inc=inc, fan=fan), config=config, hold_activities=True)
+    cluster.start("fan", "f", 30)
+    cluster.run()
+    assert 28 == cluster.cores[0].stats()["activities_waiting"]
+    cluster.call("terminate", instance_id="f")
+    assert 0 == cluster.cores[0].stats()["activities_waiting"]
+    assert {} == dict(cluster.cores[0].gate.waiting_by_name)
+
+
+def test_forget_keeps_the_new_generation_of_a_continue_as_new() -> None:
+    gate = ActivityGate(limit=1)
+    old = [ActivityTask("i", "e1", n, "inc", None, 0) for n in range(3)]
+    new = [ActivityTask("i", "e2", n, "inc", None, 0) for n in range(2)]
+    gate.admit(old + new, lambda task: True)
+    gate.forget("i", keep_execution="e2")
+    assert (2, {"inc": 2}) == (gate.waiting, dict(gate.waiting_by_name))
+    gate.forget("i")
+    assert (0, {}) == (gate.waiting, dict(gate.waiting_by_name))

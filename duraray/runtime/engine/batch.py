@@ -38,6 +38,9 @@ class Batch:
     changed: set[str] = field(default_factory=set)
     #: request id -> reply of requests applied in this batch, not yet committed
     replied: dict[str, Any] = field(default_factory=dict)
+    #: instances whose execution ended (or continued as new) in this batch: activities of
+    #: theirs still waiting for a slot are dropped once it commits (gate.py)
+    ended: set[str] = field(default_factory=set)
 
     @property
     def now_micros(self) -> int:

@@ -86,6 +86,26 @@ class ActivityGate:
             free -= 1
         return released
 
+    def forget(self, instance_id: str, keep_execution: str | None = None) -> None:
+        """Drop the waiting activities of ``instance_id`` (its execution ended), except
+        those of ``keep_execution`` (the generation a continue-as-new started)."""
+        queue = self._waiting.get(instance_id)
+        if queue is None:
+            return
+        kept = deque(t for t in queue if t.execution_id == keep_execution)
+        for task in queue:
+            if task.execution_id != keep_execution:
+                left = self.waiting_by_name[task.name] - 1
+                if left:
+                    self.waiting_by_name[task.name] = left
+                else:
+                    del self.waiting_by_name[task.name]
+        self._count -= len(queue) - len(kept)
+        if kept:
+            self._waiting[instance_id] = kept
+        else:
+            del self._waiting[instance_id]
+
     def give_back(self, tasks: Iterable[ActivityTask]) -> None:
         """Released activities that did not go out after all: free their slots."""
         for task in tasks:

@@ -195,6 +195,7 @@ class Lifecycle:
     def _drop_pending_work(self, b: Batch, live: LiveInstance) -> None:
         """Forget the execution's timers and undelivered activities (it has ended)."""
         iid = live.record.instance_id
+        b.ended.add(iid)
         for key in live.timers:
             self._timers.remove(b, key)
         live.timers.clear()

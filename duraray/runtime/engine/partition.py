@@ -363,6 +363,9 @@ class PartitionCore:
                 self._log.exception("a step after the commit failed; the batch stands")
         fx = b.fx
         try:  # at most max_activities_in_flight out at once (gate.py)
+            for iid in b.ended:  # what ended instances still had waiting never runs
+                live = self.instances.get(iid)
+                self.gate.forget(iid, live.record.execution_id if live else None)
             fx.activities = self.gate.admit(fx.activities, self._still_pending)
         except Exception:
             # Their rows are stored: a restart of the partition sends them again.
