@@ -3,7 +3,8 @@
 While an execution replays, every action the orchestration code produces (an activity
 call, a timer, a lock request, ...) is parked in a ``ReplayLedger`` under its event id
 until the history's own record of that action confirms it. A recorded action the code
-no longer produces, or produces differently (another kind or name), is non-determinism:
+no longer produces, or produces differently (another kind, name or target: a child's
+instance id, an event's target instance), is non-determinism:
 ``ReplayLedger.match`` says what differs, and the executor fails the execution with it.
 What the history never confirms is new work, emitted once the replay is over.
 """
@@ -11,7 +12,7 @@ What the history never confirms is new work, emitted once the replay is over.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeAlias
 
 from duraray.orchestrations import history as h
@@ -51,12 +52,33 @@ def action_label(event: h.HistoryEvent) -> str:
     return type(event).__name__
 
 
-def action_key(event: h.HistoryEvent) -> tuple[str, str]:
-    """What must match between a recorded action and the code's: its kind and name."""
-    if isinstance(event, h.TaskScheduled | h.SubOrchestrationInstanceCreated):
+def _utc(moment: datetime) -> str:
+    return (moment.astimezone(UTC) if moment.tzinfo is not None else moment).isoformat()
+
+
+def target_label(event: h.HistoryEvent) -> str:
+    """An action with its target spelled out: which child, which instance, which time."""
+    if isinstance(event, h.TimerCreated):
+        return f"create_timer(fire_at={_utc(event.fire_at)})"
+    if isinstance(event, h.SubOrchestrationInstanceCreated):
+        return f"call_sub_orchestrator({event.name!r}, instance_id={event.instance_id!r})"
+    return action_label(event)
+
+
+def action_key(event: h.HistoryEvent) -> tuple[str, ...]:
+    """What must match between a recorded action and the code's: its kind, its name and
+    its target (a child's instance id, an event's target instance).
+
+    A timer's fire time is not compared: the history records each chunk of a long timer
+    (``maximum_timer_interval``), and a hub restarted with another interval chunks the
+    same timer differently, so a mismatch there is no proof the code changed."""
+    if isinstance(event, h.TaskScheduled):
         return (type(event).__name__, event.name)
+    if isinstance(event, h.SubOrchestrationInstanceCreated):
+        return (type(event).__name__, event.name, event.instance_id)
     if isinstance(event, h.EventSent):
-        return (type(event).__name__, event.name.lower())
+        return (type(event).__name__, event.instance_id, event.name.lower())
+
     if isinstance(event, h.EntityOperationCalled | h.EntityOperationSignaled):
         return (type(event).__name__, f"{event.entity_id}.{event.operation}")
     if isinstance(event, h.EntityLockRequested | h.EntityUnlockSent):
@@ -100,10 +122,10 @@ class ReplayLedger:
                 "schedules anything there"
             )
         if action_key(produced) != action_key(recorded):
-            return (
-                f"history has {action_label(recorded)} at #{seq}, the code now calls "
-                f"{action_label(produced)}"
-            )
+            label = action_label
+            if action_label(produced) == action_label(recorded):
+                label = target_label  # the same call, another target: name the targets
+            return f"history has {label(recorded)} at #{seq}, the code now calls {label(produced)}"
         return None
 
     def drain(self) -> list[h.HistoryEvent]:

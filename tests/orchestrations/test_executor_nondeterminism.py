@@ -254,3 +254,41 @@ def test_marker_events_do_not_affect_replay(kit):
     )
     expected = "shipped"
     assert expected == run.output()
+
+
+def test_changed_sub_orchestration_instance_id_is_detected(kit):
+    """The same child called under another instance id no longer matches its history:
+    the recorded child "A" would otherwise replay silently against code that starts "B"."""
+
+    def original(ctx, _):
+        yield ctx.call_sub_orchestrator("child", instance_id="A")
+
+    def changed(ctx, _):
+        yield ctx.call_sub_orchestrator("child", instance_id="B")
+
+    failure = replay_failure(kit, changed, recorded(kit, original, kit.start()))
+    expected = (
+        "history has call_sub_orchestrator('child', instance_id='A') at #0, the code now "
+        "calls call_sub_orchestrator('child', instance_id='B')" + QUESTION
+    )
+    assert expected == failure.message
+    assert failure.is_caused_by(NonDeterminismError)
+
+
+def test_changed_event_target_is_detected(kit):
+    """send_event of the same event to another instance is a mismatch naming both."""
+
+    def original(ctx, _):
+        ctx.send_event("first", "Approved")
+        yield ctx.wait_for_external_event("done")
+
+    def changed(ctx, _):
+        ctx.send_event("second", "Approved")
+        yield ctx.wait_for_external_event("done")
+
+    failure = replay_failure(kit, changed, recorded(kit, original, kit.start()))
+    expected = (
+        "history has send_event('first', 'Approved') at #0, the code now calls "
+        "send_event('second', 'Approved')" + QUESTION
+    )
+    assert expected == failure.message
