@@ -20,15 +20,13 @@ from duraray.runtime.client.results import (
     OrchestrationState,
     OrchestrationStatus,
     Page,
-    ParkedItem,
     entity_metadata,
     orchestration_state,
-    parked_item,
 )
 from duraray.runtime.client.transport import Router
 from duraray.runtime.engine import codec
 from duraray.runtime.engine import records as r
-from duraray.runtime.engine.records import InstanceRecord
+from duraray.runtime.engine.records import InstanceRecord, ParkedItem
 
 T = TypeVar("T")
 
@@ -117,11 +115,7 @@ def parked_items(router: Router, limit: int) -> list[ParkedItem]:
     """
     _limits.check_page_size(limit, "limit")
     answers = router.call_all("parked", {"after": None, "limit": limit})
-    items = [
-        parked_item(record, partition)
-        for partition, rows in enumerate(answers)
-        for _key, record in rows
-    ]
+    items: list[ParkedItem] = [record for rows in answers for _key, record in rows]
     return items[:limit]
 
 

@@ -125,32 +125,6 @@ class Page(Generic[T]):
     continuation_token: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ParkedItem:
-    """Work a partition set aside because applying it failed, on its own, twice.
-
-    A partition applies the work of a batch that raised one item at a time; an item that
-    fails alone again is poison (see ``Client.get_parked_items``). ``kind`` says what was
-    set aside: ``"message"`` (an entity operation, an event, a sub-orchestration start...
-    sent through a partition's outbox; whoever awaited it was told it failed), ``"signal"`` (a
-    scheduled entity signal), ``"instance"`` (an orchestration that could not even be
-    failed, quarantined), ``"row"`` (a stored row the partition could not read when it
-    opened) or ``"request"`` (a client request, which was answered with
-    ``PartitionFailureError``). ``target`` names the instance or entity it was for (or the
-    row's database and key), ``error`` the exception in one line and ``detail`` its
-    traceback, shortened. ``payload`` is the parked message as the engine encoded it (to
-    inspect or replay by hand), None for other kinds.
-    """
-
-    kind: str
-    target: str
-    parked_at: datetime
-    error: str
-    detail: str = ""
-    partition: int = 0
-    payload: bytes | None = None
-
-
 def orchestration_state(record: InstanceRecord) -> OrchestrationState:
     """The snapshot of a stored instance record, its payloads decoded (or marked)."""
     return OrchestrationState(
@@ -179,25 +153,6 @@ def entity_metadata(record: EntityRecord) -> EntityMetadata:
         state=codec.decode_or_mark(record.state),
         locked_by=record.locked_by,
         backlog_queue_size=len(record.queue),
-    )
-
-
-def parked_item(record: Any, partition: int) -> ParkedItem:
-    """The client's ``ParkedItem`` for a parked row of ``partition``.
-
-    ``record`` is the engine's own parked-item record; it is read by attribute only
-    (the client may not import the engine's internals), so any object with those fields
-    will do. The partition that answered is the one named: it holds the row.
-    """
-    payload = getattr(record, "payload", None)
-    return ParkedItem(
-        kind=str(record.kind),
-        target=str(record.target),
-        parked_at=record.parked_at,
-        error=str(record.error),
-        detail=str(getattr(record, "detail", "") or ""),
-        partition=partition,
-        payload=bytes(payload) if payload is not None else None,
     )
 
 

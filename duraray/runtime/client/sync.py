@@ -31,7 +31,6 @@ from duraray.runtime.client.results import (
     OrchestrationState,
     OrchestrationStatus,
     Page,
-    ParkedItem,
     PurgeResult,
     decode_payloads,
     orchestration_state,
@@ -41,7 +40,7 @@ from duraray.runtime.client.results import (
 from duraray.runtime.client.results import entity_metadata as _entity_metadata
 from duraray.runtime.client.transport import Router, Transport
 from duraray.runtime.engine import codec
-from duraray.runtime.engine.records import InstanceRecord, ReuseIdPolicy
+from duraray.runtime.engine.records import InstanceRecord, ParkedItem, ReuseIdPolicy
 
 __all__ = [
     "CleanEntityStorageResult",

@@ -11,6 +11,7 @@ TimeoutError at their deadline).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -37,8 +38,14 @@ from duraray.runtime.engine.entity_host import EntityHost
 from duraray.runtime.engine.episodes import Episodes
 from duraray.runtime.engine.instances import InstanceTable
 from duraray.runtime.engine.lifecycle import Lifecycle
-from duraray.runtime.engine.poison import ParkedItem, ParkedItems
-from duraray.runtime.engine.records import ClientRequest, InstanceRecord, Reply, ReuseIdPolicy
+from duraray.runtime.engine.poison import ParkedItems
+from duraray.runtime.engine.records import (
+    ClientRequest,
+    InstanceRecord,
+    ParkedItem,
+    Reply,
+    ReuseIdPolicy,
+)
 from duraray.runtime.engine.requests import (
     DEFERRED,
     MUTATING_OPS,
@@ -63,6 +70,18 @@ PRUNE_BATCH = 2000
 PRUNE_EVERY_MICROS = 10_000_000
 
 Handler = Callable[..., Any]
+
+
+@functools.cache
+def _params(handler: Callable[..., Any]) -> tuple[frozenset[str], frozenset[str]]:
+    """The arguments a handler takes, and those it must get (after ``b`` and ``req``), so
+    a wrong one is refused with the operation's name rather than a handler's. Read once
+    per handler function, not per core: a core is rebuilt after a failed batch."""
+    params = list(inspect.signature(handler).parameters.values())[3:]  # self, b, req
+    return (
+        frozenset(p.name for p in params),
+        frozenset(p.name for p in params if p.default is inspect.Parameter.empty),
+    )
 
 
 class ClientOps:
@@ -123,15 +142,6 @@ class ClientOps:
             "clean_entities": self._clean_entities,
             "release_entity_lock": self._release_entity_lock,
         }
-        # The arguments each operation takes (and must get), so a wrong one is refused
-        # with the operation's name rather than a handler's.
-        self._params: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
-        for op, handler in self._handlers.items():
-            params = list(inspect.signature(handler).parameters.values())[2:]
-            self._params[op] = (
-                frozenset(p.name for p in params),
-                frozenset(p.name for p in params if p.default is inspect.Parameter.empty),
-            )
 
     # -- the request ------------------------------------------------------------------------
 
@@ -180,7 +190,7 @@ class ClientOps:
         handler = self._handlers.get(op) if isinstance(op, str) else None
         if handler is None:
             raise ValueError(f"unknown client operation {op!r}")
-        accepted, required = self._params[op]
+        accepted, required = _params(getattr(handler, "__func__", handler))
         unknown = sorted(set(args) - accepted)
         if unknown:
             raise TypeError(f"operation {op!r} got unexpected arguments {unknown}")

@@ -69,12 +69,7 @@ class ActivityGate:
         while free > 0 and waiting:
             instance_id, queue = next(iter(waiting.items()))
             task = queue.popleft()
-            self._count -= 1
-            left = self.waiting_by_name[task.name] - 1
-            if left:
-                self.waiting_by_name[task.name] = left
-            else:
-                del self.waiting_by_name[task.name]
+            self._uncount(task)
             if queue:
                 waiting.move_to_end(instance_id)  # the next instance's turn
             else:
@@ -92,19 +87,25 @@ class ActivityGate:
         queue = self._waiting.get(instance_id)
         if queue is None:
             return
-        kept = deque(t for t in queue if t.execution_id == keep_execution)
+        kept: deque[ActivityTask] = deque()
         for task in queue:
-            if task.execution_id != keep_execution:
-                left = self.waiting_by_name[task.name] - 1
-                if left:
-                    self.waiting_by_name[task.name] = left
-                else:
-                    del self.waiting_by_name[task.name]
-        self._count -= len(queue) - len(kept)
+            if task.execution_id == keep_execution:
+                kept.append(task)
+            else:
+                self._uncount(task)
         if kept:
             self._waiting[instance_id] = kept
         else:
             del self._waiting[instance_id]
+
+    def _uncount(self, task: ActivityTask) -> None:
+        """``task`` no longer waits."""
+        self._count -= 1
+        left = self.waiting_by_name[task.name] - 1
+        if left:
+            self.waiting_by_name[task.name] = left
+        else:
+            del self.waiting_by_name[task.name]
 
     def give_back(self, tasks: Iterable[ActivityTask]) -> None:
         """Released activities that did not go out after all: free their slots."""

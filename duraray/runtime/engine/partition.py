@@ -102,9 +102,13 @@ LOCAL_ROUNDS = 16
 log = structlog.get_logger("duraray.partition")
 
 
+#: Intake items that are no sign of a healthy partition when they commit (poison.py).
+_TRIVIAL = (Ack, Resend)
+
+
 def _progress(taken: list[IntakeItem]) -> bool:
     """True if a committed batch applied real work (not only acks and resend requests)."""
-    return any(not isinstance(item, Ack | Resend) for item in taken)
+    return any(not isinstance(item, _TRIVIAL) for item in taken)
 
 
 class PartitionCore:
@@ -289,7 +293,7 @@ class PartitionCore:
         if isolated:
             taken = self._run_isolated(b)
             current = self.isolation.current
-            progress = current is not None and not isinstance(current, Ack | Resend)
+            progress = current is not None and not isinstance(current, _TRIVIAL)
         else:
             for iid in self.instances.take_ready():
                 progress = True

@@ -38,7 +38,6 @@ import hashlib
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import structlog
 
@@ -59,7 +58,7 @@ from duraray.runtime.engine.messages import (
     from_wire,
 )
 from duraray.runtime.engine.outbox import Outbox
-from duraray.runtime.engine.records import Message, Reply
+from duraray.runtime.engine.records import Message, ParkedItem, Reply
 from duraray.runtime.engine.store import PartitionStore
 from duraray.runtime.engine.timers import Timers
 
@@ -124,12 +123,17 @@ def split_units(items: list[IntakeItem]) -> list[Unit]:
     return units
 
 
+def _trace(exc: BaseException) -> str:
+    """The traceback of ``exc``, its last MAX_DETAIL_CHARS characters."""
+    return "".join(traceback.format_exception(exc))[-MAX_DETAIL_CHARS:]
+
+
 def failure_of(exc: BaseException, where: str) -> FailureDetails:
     """The failure an instance or a caller gets for an exception inside the partition."""
     return FailureDetails(
         message=f"{where} failed inside the partition: {type(exc).__name__}: {exc}",
         error_type=error_type_name(type(exc)),
-        stack_trace="".join(traceback.format_exception(exc))[-MAX_DETAIL_CHARS:],
+        stack_trace=_trace(exc),
         non_retriable=True,
     )
 
@@ -192,26 +196,6 @@ class Isolation:
         return bool(self.queue) or self.poison is not None
 
 
-@dataclass(frozen=True, slots=True)
-class ParkedItem:
-    """Something the partition set aside because applying it failed."""
-
-    #: "message", "signal", "instance", "row" (unreadable at recovery) or "request"
-    kind: str
-    #: the instance or entity it was for, or the row's database and key
-    target: str
-    #: when it was parked
-    parked_at: datetime
-    #: the error, one line
-    error: str
-    #: the traceback, shortened
-    detail: str = ""
-    #: the partition it was parked in
-    partition: int = 0
-    #: the parked message itself, encoded (to inspect or replay by hand), if any
-    payload: bytes | None = None
-
-
 class ParkedItems:
     """The ``parked`` rows of one partition: written in the batch that parks, counted."""
 
@@ -234,7 +218,7 @@ class ParkedItems:
         one row."""
         if isinstance(exc, BaseException):
             error = f"{type(exc).__name__}: {exc}"
-            detail = "".join(traceback.format_exception(exc))[-MAX_DETAIL_CHARS:]
+            detail = _trace(exc)
         else:
             error, detail = exc, ""
         item = ParkedItem(
@@ -254,7 +238,10 @@ class ParkedItems:
             try:
                 out.append((key, codec.decode_record(ParkedItem, value)))
             except Exception:  # a parked row must never stop the listing
-                out.append((key, ParkedItem("row", "parked", _EPOCH, "unreadable parked row")))
+                unreadable = "unreadable parked row"
+                out.append(
+                    (key, ParkedItem("row", "parked", _EPOCH, unreadable, "", self._partition))
+                )
         return out
 
 

@@ -215,6 +215,33 @@ class Message:
     body: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ParkedItem:
+    """Work a partition set aside because applying it failed, on its own, twice.
+
+    A partition applies the work of a batch that raised one item at a time; an item that
+    fails alone again is poison (see ``Client.get_parked_items``). ``kind`` says what was
+    set aside: ``"message"`` (an entity operation, an event, a sub-orchestration start...
+    sent through a partition's outbox; whoever awaited it was told it failed), ``"signal"`` (a
+    scheduled entity signal), ``"instance"`` (an orchestration that could not even be
+    failed, quarantined), ``"row"`` (a stored row the partition could not read when it
+    opened) or ``"request"`` (a client request, which was answered with
+    ``PartitionFailureError``). ``target`` names the instance or entity it was for (or the
+    row's database and key), ``error`` the exception in one line and ``detail`` its
+    traceback, shortened. ``payload`` is the parked message as the engine encoded it (to
+    inspect or replay by hand), None for other kinds.
+    """
+
+    kind: str
+    target: str
+    parked_at: datetime
+    error: str
+    detail: str = ""
+    #: the partition that parked it
+    partition: int = 0
+    payload: bytes | None = None
+
+
 # -- work in, effects out ------------------------------------------------------------------
 
 
