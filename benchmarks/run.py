@@ -28,6 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import (
+    backlog,
     bank,
     common,
     cpu_fan_out,
@@ -55,6 +56,7 @@ WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "cpu_fan_out": cpu_fan_out.run,
     "gpu_fan_out": gpu_fan_out.run,
     "scale_out": scale_out.run,
+    "backlog": backlog.run,
 }
 
 
@@ -226,6 +228,7 @@ def _notes(line: dict[str, Any]) -> str:
         "timers": ("completion_p99_ms", "max_ms"),
         "recovery": ("recovery_s", "restart_s", "not_exactly_once"),
         "raw_ray": ("step_p50_ms", "wall_rate_per_s"),
+        "backlog": ("idle_p99_ms", "p99_ratio", "peak_waiting", "bytes_per_pending"),
     }.get(line["workload"], ())
     parts = [f"{k}={_fmt(line[k], 2)}" for k in keys if line.get(k) is not None]
     if line.get("ratio_to"):

@@ -34,7 +34,8 @@ class HubConfig:
       more, or that the disk has no room for, fails with ``StorageFullError`` (HTTP 507)
       and writes nothing; the partition keeps serving reads and resumes writing once a
       commit fits again (purge data, free disk space or raise this option).
-    - ``max_batch_items``: most work items a partition takes into one batch.
+    - ``max_batch_items``: most work items a partition takes into one batch (each activity
+      result counts as one).
     - ``max_cached_orchestrations``: live generators kept per partition; older ones are
       evicted and rebuilt by replay when their next event arrives.
     - ``max_cached_entities``: entity records kept in memory per partition (the rest are

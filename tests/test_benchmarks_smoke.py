@@ -49,6 +49,7 @@ def _verdicts(lines: list[dict]) -> list[tuple[str, bool]]:
         "cpu_fan_out",
         "gpu_fan_out",
         "scale_out",
+        "backlog",
     ],
 )
 def test_quick_workload_results_are_correct(ray_session, tmp_path, workload):

@@ -57,6 +57,7 @@ from duraray.runtime.engine.dispatch import DispatchPlan
 from duraray.runtime.engine.episodes import version_mismatch
 from duraray.runtime.engine.gate import ActivityGate
 from duraray.runtime.engine.intake import Ack, IntakeItem, Messages, Request, Resend, Results
+from duraray.runtime.engine.lanes import ResultLane
 from duraray.runtime.engine.migrations import open_store
 from duraray.runtime.engine.poison import (
     MAX_POISON_IN_A_ROW,
@@ -126,11 +127,12 @@ class PartitionCore:
         dispatch: DispatchPlan | None = None,
         intake: deque[IntakeItem] | None = None,
         gate: ActivityGate | None = None,
+        lane: ResultLane | None = None,
     ) -> None:
         """Open the partition over ``store`` and recover what it holds.
 
         ``clock`` is the source of time and ids (a bare function is the wall clock).
-        ``dispatch``, ``intake`` and ``gate`` are taken over from an earlier core of the same
+        ``dispatch``, ``intake``, ``gate`` and ``lane`` are taken over from an earlier core of the same
         partition (``recover_from_failure``, ``recover_from_storage_full``); a new core
         has its own.
         """
@@ -145,6 +147,8 @@ class PartitionCore:
         cfg = self.config
 
         self._intake: deque[IntakeItem] = intake if intake is not None else deque()
+        #: Results held back for a fair share of each batch (lanes.py).
+        self.lane = lane if lane is not None else ResultLane()
         self._pending_effects = Effects()
         self._bad_rows: list[tuple[str, bytes, BaseException]] = []  # parked next batch
         # Set while a batch runs and cleared by its commit: a batch that raised left memory
@@ -234,7 +238,7 @@ class PartitionCore:
             return self.requests_queued()  # backing off after a commit that did not fit
         if self.hold.held or self.isolation.active or self._bad_rows:
             return True
-        if self._intake or self.instances.has_ready or self._pending_effects:
+        if self._intake or self.lane or self.instances.has_ready or self._pending_effects:
             return True
         deadline = self.waits.deadline
         if deadline is not None and deadline <= self.clock.monotonic():
@@ -298,12 +302,9 @@ class PartitionCore:
             for iid in self.instances.take_ready():
                 progress = True
                 self.instances.drain_inbox(b, iid)
-            limit = self.config.max_batch_items
-            while self._intake and taken < limit:
-                item = self._intake.popleft()
-                self._taken.append(item)
-                taken += 1
-                self.work.item(b, item)
+            taken = self.lane.drain(
+                b, self._intake, self.work.item, self._taken, self.config.max_batch_items
+            )
             for key, row in self.timers.pop_due(b):
                 progress = True
                 self.work.timer(b, key, row)
@@ -431,6 +432,7 @@ class PartitionCore:
             "activities_waiting": self.gate.waiting,
             "outbox": len(self.outbox),
             "queue_depth": len(self._intake),
+            "results_held": len(self.lane),
             # Items set aside because applying them failed (poison.py).
             "parked": self.parked.count,
         }
@@ -485,6 +487,7 @@ class PartitionCore:
             dispatch=self.dispatch,
             intake=self._intake,
             gate=self.gate,
+            lane=self.lane,
         )
         core._pending_effects = self._carried if self._carried is not None else Effects()
         core.counters.clear()  # as they were before the failed batch (the dict is shared)
