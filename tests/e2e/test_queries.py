@@ -166,3 +166,142 @@ def test_query_of_an_empty_hub(client):
     page = client.query_instances()
     expected = dr.Page([], None)
     assert expected == page
+
+
+def _key(state):
+    return (state.created_at, state.instance_id)
+
+
+@pytest.mark.parametrize("page_size", [1, 3, 7, 100])
+@pytest.mark.parametrize("newest_first", [False, True], ids=["oldest", "newest"])
+def test_paging_in_either_order_is_the_sorted_list(population, page_size, newest_first):
+    """Oldest first and newest first, every page size: the pages joined are every
+    instance once, in (creation time, id) order or its reverse."""
+    client, instances = population
+    pages = _all_pages(client, page_size=page_size, newest_first=newest_first)
+    seen = [s for p in pages for s in p.items]
+    assert all(len(p.items) <= page_size for p in pages)
+    assert sorted(instances) == sorted(s.instance_id for s in seen)
+    assert sorted(seen, key=_key, reverse=newest_first) == seen
+
+
+def test_a_token_works_without_the_client_that_made_it(population, manual_client):
+    """The read-ahead is an optimisation: a token followed on another client (or after
+    the read-ahead expired) gives the same next pages."""
+    client, _ = population
+    first = client.query_instances(page_size=5, newest_first=True)
+    fresh = dr.Client(client._router.transport, hub="e2e-queries")
+    assert [
+        s.instance_id
+        for s in client.query_instances(
+            page_size=5, newest_first=True, continuation_token=first.continuation_token
+        ).items
+    ] == [
+        s.instance_id
+        for s in fresh.query_instances(
+            page_size=5, newest_first=True, continuation_token=first.continuation_token
+        ).items
+    ]
+
+
+def test_a_token_of_the_other_order_is_refused(population):
+    client, _ = population
+    token = client.query_instances(page_size=2).continuation_token
+    with pytest.raises(ValueError, match="continuation token"):
+        client.query_instances(page_size=2, newest_first=True, continuation_token=token)
+
+
+def test_query_by_name_and_tags(manual_client):
+    """Name and tag filters are applied by the partitions, with paging."""
+    ids = manual_client.schedule_new_orchestrations(
+        echo, range(12), tags={"team": "a", "env": "prod"}
+    )
+    ids += manual_client.schedule_new_orchestrations(echo, range(5), tags={"team": "b"})
+    ids += manual_client.schedule_new_orchestrations(wait_go, [None] * 3, tags={"team": "a"})
+    manual_client.wait_for_orchestrations(ids[:17], timeout=TIMEOUT)
+    team_a = manual_client.get_all_instances(tags={"team": "a"}, page_size=4)
+    assert 15 == len(team_a)
+    assert 12 == len(manual_client.get_all_instances(tags={"team": "a", "env": "prod"}))
+    assert 3 == len(manual_client.get_all_instances(name="wait_go", tags={"team": "a"}))
+    assert [] == manual_client.get_all_instances(name="nope")
+
+
+def test_count_instances_from_counters_and_by_scan(population):
+    """count_instances: every status (zeros included) from the counters; filters scan."""
+    client, instances = population
+    expected = Counter(status for _, status in instances.values())
+    counts = client.count_instances()
+    assert set(Status) == set(counts)
+    assert {s: expected.get(s, 0) for s in Status} == counts
+    assert {Status.FAILED: expected[Status.FAILED]} == client.count_instances(
+        runtime_status=Status.FAILED
+    )
+    orders = Counter(s for i, (_, s) in instances.items() if i.startswith("order-"))
+    by_prefix = client.count_instances(instance_id_prefix="order-")
+    assert {s: orders.get(s, 0) for s in Status} == by_prefix
+    assert expected[Status.RUNNING] == client.count_instances(name="wait_go")[Status.RUNNING]
+
+
+def test_counts_follow_every_change_of_status(manual_client):
+    """Counters through terminate, purge, suspend, rewind and an id used again."""
+    client = manual_client
+    waiting = client.schedule_new_orchestrations(wait_go, [None] * 4)
+    for iid in waiting:
+        client.wait_for_orchestration_start(iid, timeout=TIMEOUT)
+    failed = client.schedule_new_orchestration(fail_now)
+    client.wait_for_orchestration_completion(failed, timeout=TIMEOUT)
+    assert (4, 1) == (
+        client.count_instances()[Status.RUNNING],
+        client.count_instances()[Status.FAILED],
+    )
+    client.terminate_orchestration(waiting[0])
+    client.suspend_orchestration(waiting[1])
+    client.raise_orchestration_event(waiting[2], "go", data=1)
+    for iid in waiting[:3]:
+        client.wait_for_orchestration_completion(iid, timeout=TIMEOUT) if iid != waiting[
+            1
+        ] else None
+    counts = client.count_instances()
+    assert 1 == counts[Status.TERMINATED] and 1 == counts[Status.SUSPENDED]
+    assert 1 == counts[Status.COMPLETED] and 1 == counts[Status.RUNNING]
+    client.purge_orchestration(waiting[0])
+    client.purge_orchestration(waiting[2])
+    # The same id again: the finished instance it replaces is no longer counted.
+    client.schedule_new_orchestration(echo, input=1, instance_id=failed)
+    client.wait_for_orchestration_completion(failed, timeout=TIMEOUT)
+    counts = client.count_instances()
+    assert {Status.SUSPENDED: 1, Status.RUNNING: 1, Status.COMPLETED: 1} == {
+        s: n for s, n in counts.items() if n
+    }
+    assert sum(counts.values()) == len(client.get_all_instances())
+
+
+def test_bulk_terminate_and_purge_by_filter_report_progress(manual_client, monkeypatch):
+    """terminate_instances and purge_instances act on what the filter matches, a page
+    at a time, and report (done, total) after each page."""
+    from duraray.runtime.client import bulk
+
+    monkeypatch.setattr(bulk, "BULK_PAGE", 7)
+    client = manual_client
+    batch_a = client.schedule_new_orchestrations(wait_go, [None] * 20, tags={"batch": "a"})
+    keep = client.schedule_new_orchestrations(wait_go, [None] * 5, tags={"batch": "b"})
+    for iid in batch_a + keep:
+        client.wait_for_orchestration_start(iid, timeout=TIMEOUT)
+    progress = []
+    done = client.terminate_instances(
+        tags={"batch": "a"}, output="stop", on_progress=lambda d, t: progress.append((d, t))
+    )
+    assert 20 == done
+    assert [(7, 20), (14, 20), (20, 20)] == progress
+    assert {Status.TERMINATED} == {
+        client.get_orchestration_state(i).runtime_status for i in batch_a
+    }
+    assert "stop" == client.get_orchestration_state(batch_a[0]).output
+    assert {Status.RUNNING} == {client.get_orchestration_state(i).runtime_status for i in keep}
+    # Nothing running matches any more; running ones are never purged.
+    assert 0 == client.terminate_instances(tags={"batch": "a"})
+    assert 0 == client.purge_instances(tags={"batch": "b"}).deleted_instance_count
+    assert 20 == client.purge_instances(runtime_status=Status.TERMINATED).deleted_instance_count
+    assert 5 == sum(client.count_instances().values())
+    with pytest.raises(TypeError, match="unknown filter"):
+        client.terminate_instances(status="RUNNING")

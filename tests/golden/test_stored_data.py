@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,7 @@ from duraray.entities.scheduler import EntityRecord, OperationMessage
 from duraray.orchestrations import history as h
 from duraray.runtime.engine import codec
 from duraray.runtime.engine import records as r
+from duraray.runtime.engine.status_counts import count_records
 from duraray.runtime.engine.store import LmdbStore
 
 Status = h.OrchestrationStatus
@@ -375,3 +377,17 @@ def test_waiting_instances_run_to_completion(hub: Cluster) -> None:
     for core in hub.cores:
         for db in ("timers", "live", "inbox", "outbox", "activities"):
             assert not core.store.count(db), (core.index, db)
+
+
+def test_the_upgrade_counts_every_stored_instance_by_status(hub: Cluster) -> None:
+    """A format-3 store has no status counters: opening it counts its instances once,
+    and the counters then follow the instances as they run to completion."""
+    expected = Counter(status.value for status in STATUSES.values())
+    counts = Counter()
+    for index in range(w.PARTITIONS):
+        counts.update(hub.call("count", partition=index))
+    assert expected == counts
+    hub.run()
+    for index in range(w.PARTITIONS):
+        stored = count_records(hub.stores[index].scan("instances"))
+        assert stored == hub.call("count", partition=index)

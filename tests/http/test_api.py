@@ -627,6 +627,33 @@ def test_list_filters_by_status_prefix_and_time(http, client):
     assert expected == ids(createdTimeFrom="2000-01-01T00:00:00+00:00")
 
 
+def test_list_newest_first_by_name_and_tag_and_the_counts(http, client):
+    """newestFirst, name and tag=key:value filter the list; /api/instance-counts counts
+    every status with the same filters."""
+    client.schedule_new_orchestrations("echo", [1, 2, 3], instance_ids=["t-1", "t-2", "t-3"])
+    client.schedule_new_orchestration("echo", input=4, instance_id="t-4", tags={"k": "v"})
+    for iid in ("t-1", "t-2", "t-3", "t-4"):
+        _finish(client, iid)
+    _start(http, "wait_go", instance_id="t-run")
+
+    def ids(**params):
+        response = http.get("/api/instances", params=params)
+        assert 200 == response.status_code, response.text
+        return [item["instanceId"] for item in response.json()]
+
+    oldest = ids(name="echo")
+    assert sorted(oldest) == ["t-1", "t-2", "t-3", "t-4"]
+    assert list(reversed(oldest)) == ids(name="echo", newestFirst="true")
+    assert ["t-4"] == ids(tag="k:v")
+    assert [] == ids(tag="k:other")
+    counts = http.get("/api/instance-counts").json()
+    assert 4 == counts["Completed"] and 1 == counts["Running"] and 0 == counts["Failed"]
+    assert {"Completed": 1} == {
+        k: v for k, v in http.get("/api/instance-counts", params={"tag": "k:v"}).json().items() if v
+    }
+    assert 400 == http.get("/api/instances", params={"tag": "novalue"}).status_code
+
+
 def test_list_shows_input_only_when_asked(http, client):
     """The list leaves inputs out unless showInput=true."""
     _start(http, "echo", [1, 2], instance_id="li-1")

@@ -46,6 +46,7 @@ from duraray.runtime.engine import codec
 from duraray.runtime.engine.partition import COSTS_KEY
 from duraray.runtime.engine.records import ActivityTask, Message, Reply
 from duraray.runtime.engine.routing import partition_for
+from duraray.runtime.engine.status_counts import STATUS_COUNTS_KEY, count_records
 from duraray.runtime.engine.store import DATABASES
 
 Status = h.OrchestrationStatus
@@ -643,6 +644,10 @@ class Simulation:
         for index, store in enumerate(c.stores):
             for db in ("outbox", "timers", "activities", "inbox"):
                 assert not store.count(db), f"{where}: partition {index} {db} not empty"
+            # The status counters, kept batch by batch through every crash, match the records.
+            counted = count_records(store.scan("instances"))
+            assert counted == c.call("count", partition=index), f"{where}: partition {index}"
+            assert counted == codec.decode(store.get("meta", STATUS_COUNTS_KEY) or b"\x80")
 
         re_executions = sum(n - 1 for n in c.executions.values() if n > 1)
         crashes = Counter(e[1] for e in self.log if str(e[1]).startswith("crash-"))

@@ -1,16 +1,22 @@
 """Queries over every partition: one page merged from all of them, and the tokens between pages.
 
-Each partition answers a query with at most a page of its own matches, in key order
-(instances by creation time then id, entities by id); the client merges the answers,
-keeps the first page and, if any partition may hold more, hands back a continuation
-token naming the last key of the page, from which every partition resumes.
+Each partition answers a query with its matches in key order (instances by creation time
+then id, entities by id); the client merges the answers into a page and, if any
+partition may hold more, hands back a continuation token naming the last key of the
+page, from which every partition resumes. Instance queries ask each partition for about
+its share of the page and read ahead while a caller pages on (``query_instances``);
+entity queries ask each partition for a whole page.
 """
 
 from __future__ import annotations
 
 import base64
+import threading
+import time
 import zlib
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -20,6 +26,7 @@ from duraray.runtime.client.results import (
     OrchestrationState,
     OrchestrationStatus,
     Page,
+    PurgeResult,
     entity_metadata,
     orchestration_state,
 )
@@ -34,6 +41,7 @@ T = TypeVar("T")
 # The kind and checksum make a token of the other query, or garbage, a ValueError rather
 # than a silently wrong page.
 _INSTANCE_TOKEN = b"I"
+_NEWEST_TOKEN = b"N"
 _ENTITY_TOKEN = b"E"
 
 
@@ -47,30 +55,180 @@ def query_instances(
     page_size: int,
     continuation_token: str | None,
     fetch_payloads: bool,
+    newest_first: bool = False,
+    name: str | None = None,
+    tags: dict[str, str] | None = None,
+    cursors: OpenCursors | None = None,
 ) -> Page[OrchestrationState]:
-    """One page of instances matching the filters, oldest first (``Client.query_instances``)."""
+    """One page of instances matching the filters (``Client.query_instances``).
+
+    The partitions' answers are merged by creation time (then id): each partition is
+    asked for about its share of a page, then, while the caller keeps paging, for
+    growing chunks read ahead (kept in ``cursors`` under the next page's token), so a
+    page costs about the rows it shows, at page 1,000 as at page 1. A token stays valid
+    on its own: without its cursors (another client, or after ``CURSOR_TTL_S``) the
+    partitions are asked again from the token's key.
+    """
     _limits.check_page_size(page_size)
     _limits.check_text(instance_id_prefix, "instance_id_prefix")
-    created_from = utc(created_time_from, "created_time_from")
-    created_to = utc(created_time_to, "created_time_to")
-    after = _decode_token(continuation_token, _INSTANCE_TOKEN)
-    results = router.call_all(
-        "query",
+    if name is not None:
+        _limits.check_name(name, "orchestration name")
+    _limits.check_tags(tags)
+    if not isinstance(newest_first, bool):
+        raise TypeError("newest_first must be a bool")
+    kind = _NEWEST_TOKEN if newest_first else _INSTANCE_TOKEN
+    args: dict[str, Any] = {
+        "statuses": statuses(runtime_status),
+        "created_from": utc(created_time_from, "created_time_from"),
+        "created_to": utc(created_time_to, "created_time_to"),
+        "prefix": instance_id_prefix,
+        "fetch_payloads": fetch_payloads,
+        "newest_first": newest_first,
+        "name": name,
+        "tags": dict(tags) if tags else None,
+    }
+    after = _decode_token(continuation_token, kind)
+    query_key = repr(sorted(args.items()))
+    open_ = None if cursors is None else cursors.take(query_key, continuation_token)
+    parts = open_ or [_Cursor(after) for _ in range(router.transport.partition_count)]
+    # About a share of the page, and some.
+    first_ask = min(_limits.MAX_PAGE_SIZE, -(-page_size // len(parts)) * 5 // 4 + 4)
+    page: list[InstanceRecord] = []
+    while len(page) < page_size:
+        _refill(router, args, parts, first_ask, page_size)
+        heads = [part for part in parts if part.rows]
+        if not heads:
+            break
+        pick = (max if newest_first else min)(heads, key=lambda part: _record_key(part.rows[0]))
+        page.append(pick.rows.popleft())
+    more = any(part.rows or not part.done for part in parts)
+    token = _encode_token(_record_key(page[-1]), kind) if page and more else None
+    if token is not None and cursors is not None:
+        cursors.put(query_key, token, parts)
+    return Page([orchestration_state(rec) for rec in page], token)
+
+
+def purge_by(
+    router: Router,
+    created_time_from: datetime | None,
+    created_time_to: datetime | None,
+    runtime_status: Any,
+) -> PurgeResult:
+    """Delete finished instances in the range on every partition
+    (``Client.purge_orchestrations_by``)."""
+    counts = router.call_all(
+        "purge_by",
         {
+            "created_from": utc(created_time_from, "created_time_from"),
+            "created_to": utc(created_time_to, "created_time_to"),
             "statuses": statuses(runtime_status),
-            "created_from": created_from,
-            "created_to": created_to,
+        },
+        mutating=True,
+    )
+    return PurgeResult(sum(counts))
+
+
+def count_instances(
+    router: Router,
+    *,
+    runtime_status: Any,
+    created_time_from: datetime | None,
+    created_time_to: datetime | None,
+    instance_id_prefix: str | None,
+    name: str | None,
+    tags: dict[str, str] | None,
+) -> dict[OrchestrationStatus, int]:
+    """Instances by status over every partition (``Client.count_instances``)."""
+    _limits.check_text(instance_id_prefix, "instance_id_prefix")
+    if name is not None:
+        _limits.check_name(name, "orchestration name")
+    _limits.check_tags(tags)
+    wanted = statuses(runtime_status)
+    answers = router.call_all(
+        "count",
+        {
+            "statuses": wanted,
+            "created_from": utc(created_time_from, "created_time_from"),
+            "created_to": utc(created_time_to, "created_time_to"),
             "prefix": instance_id_prefix,
-            "after": after,
-            "limit": page_size,
-            "fetch_payloads": fetch_payloads,
+            "name": name,
+            "tags": dict(tags) if tags else None,
         },
     )
-    merged = sorted((rec for part in results for rec in part), key=lambda rec: _record_key(rec))
-    page = merged[:page_size]
-    more = len(merged) > page_size or any(len(part) >= page_size for part in results)
-    token = _encode_token(_record_key(page[-1]), _INSTANCE_TOKEN) if page and more else None
-    return Page([orchestration_state(rec) for rec in page], token)
+    shown = [OrchestrationStatus(s) for s in wanted] if wanted else list(OrchestrationStatus)
+    totals = dict.fromkeys(shown, 0)
+    for counts in answers:
+        for value, n in counts.items():
+            status = OrchestrationStatus(value)
+            if status in totals:
+                totals[status] += n
+    return totals
+
+
+def _refill(
+    router: Router, args: dict[str, Any], parts: list[_Cursor], first: int, page_size: int
+) -> None:
+    """Ask every partition whose buffer ran dry (and that may hold more) for its next
+    rows, all at once."""
+    asks = []
+    for index, part in enumerate(parts):
+        if part.rows or part.done:
+            continue
+        size = first if not part.asked else min(READ_AHEAD_MAX, max(2 * part.asked, page_size))
+        part.asked = size
+        future = router.transport.submit(
+            index, "query", {**args, "after": part.after, "limit": size}
+        )
+        asks.append((part, size, future))
+    for part, size, future in asks:
+        rows = future.result()
+        part.rows.extend(rows)
+        if rows:
+            part.after = _record_key(rows[-1])
+        part.done = len(rows) < size
+
+
+#: Most rows one partition is asked for at once while a caller pages on.
+READ_AHEAD_MAX = 2000
+#: How long the rows read ahead for the next page are kept for it.
+CURSOR_TTL_S = 30.0
+
+
+@dataclass
+class _Cursor:
+    """One partition's place in a paged query: rows read ahead, and where to go on."""
+
+    after: bytes | None
+    rows: deque[InstanceRecord] = field(default_factory=deque)
+    done: bool = False
+    asked: int = 0
+
+
+class OpenCursors:
+    """The read-ahead of a client's paged queries, by query and next page's token (a
+    few, for a short while: a token not followed soon is answered from the partitions)."""
+
+    def __init__(self, capacity: int = 16) -> None:
+        self._open: OrderedDict[tuple[str, str], tuple[float, list[_Cursor]]] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def take(self, query_key: str, token: str | None) -> list[_Cursor] | None:
+        """The cursors left for ``token`` of this query (removed), or None."""
+        if token is None:
+            return None
+        with self._lock:
+            entry = self._open.pop((query_key, token), None)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, query_key: str, token: str, parts: list[_Cursor]) -> None:
+        """Keep ``parts`` for the page after ``token``."""
+        with self._lock:
+            self._open[(query_key, token)] = (time.monotonic() + CURSOR_TTL_S, parts)
+            while len(self._open) > self._capacity:
+                self._open.popitem(last=False)
 
 
 def query_entities(
@@ -183,7 +341,10 @@ def _decode_token(token: str | None, kind: bytes) -> bytes | None:
     if len(raw) < 5 or body[:1] != kind or zlib.crc32(body).to_bytes(4, "big") != crc:
         raise malformed
     key = body[1:]
-    if kind == _INSTANCE_TOKEN and not 9 <= len(key) <= _limits.MAX_STORE_KEY_BYTES:
+    if (
+        kind in (_INSTANCE_TOKEN, _NEWEST_TOKEN)
+        and not 9 <= len(key) <= _limits.MAX_STORE_KEY_BYTES
+    ):
         raise malformed
     if kind == _ENTITY_TOKEN:
         try:

@@ -23,7 +23,7 @@ from duraray._errors import InstanceNotFoundError, InstanceStateError, Serializa
 from duraray._registry import Registry
 from duraray.orchestrations import history as h
 from duraray.orchestrations.ids import validate_instance_id
-from duraray.runtime.client import entity_ops, queries
+from duraray.runtime.client import bulk, entity_ops, queries
 from duraray.runtime.client.mapping import map_orchestrations
 from duraray.runtime.client.results import (
     CleanEntityStorageResult,
@@ -80,6 +80,7 @@ class Client:
         # ``map`` reaches the transport and ``_partition`` directly (see ``mapping``).
         self._transport = transport
         self._router = Router(transport)
+        self._cursors = queries.OpenCursors()  # read-ahead of paged queries
         self.hub = hub
         self._registry = registry
         self._max_payload = max_payload_bytes
@@ -252,21 +253,15 @@ class Client:
     def wait_for_orchestration_start(
         self, instance_id: str, *, timeout: float = 60
     ) -> OrchestrationState:
-        """Wait until the instance has left PENDING; ``TimeoutError`` after ``timeout`` s.
-
-        ``timeout``: finite seconds from 0 to a century; NaN, infinity or a negative
-        value is a ValueError.
-        """
+        """Wait until the instance has left PENDING; ``TimeoutError`` after ``timeout`` s
+        (finite, from 0 to a century: ValueError otherwise)."""
         return self._wait(instance_id, "start", timeout)
 
     def wait_for_orchestration_completion(
         self, instance_id: str, *, timeout: float = 60
     ) -> OrchestrationState:
-        """Wait until the instance is COMPLETED, FAILED or TERMINATED.
-
-        ``TimeoutError`` after ``timeout`` s (finite, from 0 to a century: ValueError
-        otherwise).
-        """
+        """Wait until the instance is COMPLETED, FAILED or TERMINATED; ``TimeoutError``
+        after ``timeout`` s (finite, from 0 to a century: ValueError otherwise)."""
         return self._wait(instance_id, "completion", timeout)
 
     def _wait(self, instance_id: str, kind: str, timeout: float) -> OrchestrationState:
@@ -370,18 +365,7 @@ class Client:
 
         Times lie from 1970 to about year 9899 (naive: UTC); ValueError otherwise.
         """
-        created_from = queries.utc(created_time_from, "created_time_from")
-        created_to = queries.utc(created_time_to, "created_time_to")
-        counts = self._router.call_all(
-            "purge_by",
-            {
-                "created_from": created_from,
-                "created_to": created_to,
-                "statuses": queries.statuses(runtime_status),
-            },
-            mutating=True,
-        )
-        return PurgeResult(sum(counts))
+        return queries.purge_by(self._router, created_time_from, created_time_to, runtime_status)
 
     def query_instances(
         self,
@@ -393,11 +377,19 @@ class Client:
         page_size: int = 100,
         continuation_token: str | None = None,
         fetch_payloads: bool = True,
+        newest_first: bool = False,
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> Page[OrchestrationState]:
-        """One page of instances matching the filters, oldest first.
+        """One page of instances matching the filters, oldest first (``newest_first``:
+        newest first), by creation time then id.
 
-        ``page_size`` is 1 to 10,000; times lie from 1970 to about year 9899 (naive: UTC);
-        ValueError otherwise.
+        Every filter is applied by the partitions: ``runtime_status`` (one or several),
+        the creation time range, ``instance_id_prefix``, the orchestration ``name``
+        (exactly) and ``tags`` (instances carrying every one of them). A page costs about
+        the rows it returns, however deep into the results it is: the client reads ahead
+        for the next page while the caller follows the tokens. ``page_size`` is 1 to
+        10,000; times lie from 1970 to about year 9899 (naive: UTC); ValueError otherwise.
         """
         return queries.query_instances(
             self._router,
@@ -408,7 +400,56 @@ class Client:
             page_size=page_size,
             continuation_token=continuation_token,
             fetch_payloads=fetch_payloads,
+            newest_first=newest_first,
+            name=name,
+            tags=tags,
+            cursors=self._cursors,
         )
+
+    def count_instances(
+        self,
+        *,
+        runtime_status: Any = None,
+        created_time_from: datetime | None = None,
+        created_time_to: datetime | None = None,
+        instance_id_prefix: str | None = None,
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> dict[OrchestrationStatus, int]:
+        """How many instances the hub holds in each status asked for (zeros included).
+
+        With no filter but ``runtime_status``, each partition answers from counters it
+        keeps with its records: O(1) per partition. Any other filter (as for
+        ``query_instances``) makes each partition scan the instances in the creation
+        time range: O(instances in range).
+        """
+        filters = dict(locals())
+        del filters["self"]
+        return queries.count_instances(self._router, **filters)
+
+    def terminate_instances(
+        self,
+        *,
+        output: Any = None,
+        recursive: bool = True,
+        on_progress: Callable[[int, int], None] | None = None,
+        **filters: Any,
+    ) -> int:
+        """Terminate every running (or pending, or suspended) instance matching
+        ``filters`` (those of ``query_instances``), a page of 1,000 at a time, calling
+        ``on_progress(done, total)`` after each; returns how many."""
+        encoded = self._encode(output, "termination output")
+        return bulk.terminate_matching(
+            self._router, self._cursors, bulk.filters(filters), encoded, recursive, on_progress
+        )
+
+    def purge_instances(
+        self, *, on_progress: Callable[[int, int], None] | None = None, **filters: Any
+    ) -> PurgeResult:
+        """Purge every finished instance matching ``filters`` (those of
+        ``query_instances``), a page of 1,000 at a time, calling ``on_progress(done,
+        total)`` after each."""
+        return bulk.purge_matching(self._router, self._cursors, bulk.filters(filters), on_progress)
 
     def get_all_instances(self, **filters: Any) -> list[OrchestrationState]:
         """Every instance matching ``query_instances`` filters, following all pages."""
@@ -524,16 +565,10 @@ class Client:
 
         Orchestrations and activities are then named by string.
         """
-        from duraray._errors import HubConfigurationError
-        from duraray.runtime.ray.manager import PartitionManager, RayTransport, ensure_ray
+        from duraray.runtime.ray.manager import attach_transport
 
-        ensure_ray(address)
-        handle = PartitionManager.find(hub)
-        if handle is None:
-            raise HubConfigurationError(f"hub {hub!r} is not running on this Ray cluster")
-        return cls(
-            RayTransport(handle), hub=hub, max_payload_bytes=handle.info["max_payload_bytes"]
-        )
+        transport, max_payload_bytes = attach_transport(hub, address)
+        return cls(transport, hub=hub, max_payload_bytes=max_payload_bytes)
 
     def shutdown_hub(self) -> None:
         """Stop the hub this client talks to (its actors or its in-process engine)."""

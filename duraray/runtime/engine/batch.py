@@ -41,6 +41,13 @@ class Batch:
     #: instances whose execution ended (or continued as new) in this batch: activities of
     #: theirs still waiting for a slot are dropped once it commits (gate.py)
     ended: set[str] = field(default_factory=set)
+    #: instance -> (status in the store before the batch, status the batch writes; None:
+    #: no record), for the status counters (status_counts.py)
+    statuses: dict[str, tuple[h.OrchestrationStatus | None, h.OrchestrationStatus | None]] = field(
+        default_factory=dict
+    )
+    #: the status counters after this batch, if it changed them
+    counts: dict[str, int] | None = None
 
     @property
     def now_micros(self) -> int:

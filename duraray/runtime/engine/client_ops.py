@@ -134,6 +134,7 @@ class ClientOps:
             "purge": self._purge,
             "purge_by": self._purge_by,
             "query": self._query,
+            "count": self._count,
             "stats": self._stats,
             "parked": self._parked,
             "signal_entity": self._signal_entity,
@@ -436,7 +437,7 @@ class ClientOps:
     ) -> int:
         wanted = {Status(s) for s in statuses} if statuses else None
         count = 0
-        for record in list(self._scan_records(created_from, created_to, None, None)):
+        for record in list(self._scan_records(created_from, created_to, None, None, False)):
             if not record.status.is_terminal:
                 continue
             if wanted is not None and record.status not in wanted:
@@ -457,17 +458,45 @@ class ClientOps:
         after: bytes | None = None,
         limit: int = 100,
         fetch_payloads: bool = True,
+        newest_first: bool = False,
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> list[InstanceRecord]:
-        wanted = {Status(s) for s in statuses} if statuses else None
+        match = _matcher(statuses, name, tags)
         out: list[InstanceRecord] = []
-        for record in self._scan_records(created_from, created_to, after, prefix):
-            if wanted is not None and record.status not in wanted:
+        scan = self._scan_records(created_from, created_to, after, prefix, newest_first)
+        for record in scan:
+            if not match(record):
                 continue
             if not fetch_payloads:
                 record = replace(record, input=None, output=None, custom_status=None)
             out.append(record)
             if len(out) >= limit:
                 break
+        return out
+
+    def _count(
+        self,
+        b: Batch,
+        req: ClientRequest,
+        *,
+        statuses: list[str] | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        prefix: str | None = None,
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> dict[str, int]:
+        """Instances by status value: from the counters, or by a scan when filtered by
+        anything but status."""
+        if created_from is None and created_to is None and not prefix and not name and not tags:
+            counts = self._table.status_counts.counts
+            return {k: v for k, v in counts.items() if statuses is None or k in statuses}
+        match = _matcher(statuses, name, tags)
+        out: dict[str, int] = {}
+        for record in self._scan_records(created_from, created_to, None, prefix, False):
+            if match(record):
+                out[record.status.value] = out.get(record.status.value, 0) + 1
         return out
 
     def _stats(self, b: Batch, req: ClientRequest) -> dict[str, Any]:
@@ -484,18 +513,38 @@ class ClientOps:
         created_to: datetime | None,
         after: bytes | None,
         prefix: str | None,
+        newest_first: bool,
     ) -> Iterator[InstanceRecord]:
+        """Records by creation time (then id) in the range, after the key ``after`` in
+        the order of the scan."""
         start = r.u64(codec.utc_micros(created_from)) if created_from else None
-        if after is not None and (start is None or after >= start):
-            start = after + b"\x00"
         stop = r.u64(codec.utc_micros(created_to) + 1) if created_to else None
-        for key, _ in self._store.scan("by_created", start=start, stop=stop):
-            instance_id = key[8:].decode()
-            if prefix and not instance_id.startswith(prefix):
-                continue
-            record = self._table.get_record(instance_id)
-            if record is not None:
-                yield record
+        if after is not None:
+            if not newest_first and (start is None or after >= start):
+                start = after + b"\x00"
+            elif newest_first and (stop is None or after < stop):
+                stop = after  # exclusive: the rows before the token's key
+        chunk = _FIRST_CHUNK
+        while True:
+            # In chunks: the caller usually stops after a page, and the index may hold
+            # millions of rows past it.
+            rows = self._store.scan(
+                "by_created", start=start, stop=stop, reverse=newest_first, limit=chunk
+            )
+            for key, _ in rows:
+                instance_id = key[8:].decode()
+                if prefix and not instance_id.startswith(prefix):
+                    continue
+                record = self._table.get_record(instance_id)
+                if record is not None:
+                    yield record
+            if len(rows) < chunk:
+                return
+            if newest_first:
+                stop = rows[-1][0]
+            else:
+                start = rows[-1][0] + b"\x00"
+            chunk = min(chunk * 4, _MAX_CHUNK)
 
     # -- entities ---------------------------------------------------------------------------
 
@@ -541,3 +590,28 @@ class ClientOps:
         self, b: Batch, req: ClientRequest, *, entity_id: str, owner: str
     ) -> bool:
         return self._entities.release_lock(b, entity_id=entity_id, owner=owner)
+
+
+#: Index rows a query reads at first, and at most, per read of the store.
+_FIRST_CHUNK, _MAX_CHUNK = 256, 16384
+
+
+def _matcher(
+    statuses: list[str] | None, name: str | None, tags: dict[str, str] | None
+) -> Callable[[InstanceRecord], bool]:
+    """The query's filters on a record: any of ``statuses``, exactly ``name``, and every
+    one of ``tags``."""
+    wanted = {Status(s) for s in statuses} if statuses else None
+    wanted_tags = tuple(tags.items()) if tags else ()
+
+    def match(record: InstanceRecord) -> bool:
+        if wanted is not None and record.status not in wanted:
+            return False
+        if name is not None and record.name != name:
+            return False
+        if wanted_tags:
+            have = record.tags or {}
+            return all(have.get(k) == v for k, v in wanted_tags)
+        return True
+
+    return match

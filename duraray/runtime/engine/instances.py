@@ -22,6 +22,7 @@ from duraray.runtime.engine import codec
 from duraray.runtime.engine import records as r
 from duraray.runtime.engine.batch import Batch
 from duraray.runtime.engine.records import InstanceRecord
+from duraray.runtime.engine.status_counts import STATUS_COUNTS_KEY, StatusCounts
 from duraray.runtime.engine.store import PartitionStore
 
 Status = h.OrchestrationStatus
@@ -38,6 +39,8 @@ class LiveInstance:
     # True while new events must go to the inbox (suspended, delayed start, or waiting
     # for the inbox to be drained into an episode).
     buffering: bool = False
+    #: the status its record has in the store (None: not stored yet), for the counters
+    stored_status: h.OrchestrationStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,9 @@ class InstanceTable:
         self._cached: OrderedDict[str, None] = OrderedDict()  # LRU of live executors
         self._max_cached = max_cached
         self._counters = counters
+        #: instances by status, kept as counters (status_counts.py; read by ``recover``,
+        #: once the store is upgraded)
+        self.status_counts = StatusCounts(None)
 
     # -- the live set -----------------------------------------------------------------------
 
@@ -161,7 +167,34 @@ class InstanceTable:
 
     def put_record(self, b: Batch, record: InstanceRecord) -> None:
         """Write ``record`` in this batch."""
-        b.wb.put("instances", r.instance_key(record.instance_id), codec.encode_record(record))
+        iid = record.instance_id
+        b.wb.put("instances", r.instance_key(iid), codec.encode_record(record))
+        self.status_counts.note(b, iid, record.status, lambda: self._stored_status(iid))
+
+    def note_deleted(self, b: Batch, record: InstanceRecord) -> None:
+        """The batch deletes ``record`` (as the store or the live set has it)."""
+        live = self._live.get(record.instance_id)
+        stored = live.stored_status if live is not None else record.status
+        self.status_counts.note(b, record.instance_id, None, lambda: stored)
+
+    def _stored_status(self, instance_id: str) -> h.OrchestrationStatus | None:
+        live = self._live.get(instance_id)
+        if live is not None:
+            return live.stored_status
+        data = self.store.get("instances", r.instance_key(instance_id))
+        return None if data is None else codec.decode_record(InstanceRecord, data).status
+
+    def stage_counts(self, b: Batch) -> None:
+        """Before the commit: write the status counters if the batch changed them."""
+        self.status_counts.stage(b, lambda key, value: b.wb.put("meta", key, value))
+
+    def committed(self, b: Batch) -> None:
+        """After the commit: counters and stored statuses as the batch left them."""
+        self.status_counts.committed(b)
+        for iid, (_, status) in b.statuses.items():
+            live = self._live.get(iid)
+            if live is not None:
+                live.stored_status = status
 
     def write_dirty(self, b: Batch) -> None:
         """Write the record of every live instance the batch changed."""
@@ -290,6 +323,7 @@ class InstanceTable:
     def recover(self, bad: list[tuple[str, bytes, BaseException]]) -> None:
         """Load the non-terminal instances from the store; rows it cannot read are
         skipped and listed in ``bad`` (db, key, error)."""
+        self.status_counts = StatusCounts(self.store.get("meta", STATUS_COUNTS_KEY))
         # Only the ``live`` index is read: recovery time follows the unfinished instances,
         # not every instance the partition ever ran.
         for key, _ in self.store.scan("live"):
@@ -303,7 +337,7 @@ class InstanceTable:
                 continue
             if record.status.is_terminal:
                 continue
-            live = LiveInstance(record)
+            live = LiveInstance(record, stored_status=record.status)
             live.buffering = record.status in (Status.SUSPENDED, Status.PENDING) or (
                 record.inbox_length > 0
             )

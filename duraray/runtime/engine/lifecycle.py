@@ -303,7 +303,7 @@ class Lifecycle:
         )
         # Buffer until the next batch: the rewritten history is not committed yet, and an
         # executor rebuilt in this batch would replay the old one from the store.
-        live = LiveInstance(record, buffering=True)
+        live = LiveInstance(record, buffering=True, stored_status=Status.FAILED)
         table.add(live)
         b.wb.put("live", r.live_key(instance_id), b"")
         table.mark_ready(instance_id)
@@ -394,6 +394,7 @@ class Lifecycle:
     def delete(self, b: Batch, record: InstanceRecord) -> None:
         """Delete every row of a terminal (or replaced) instance."""
         iid = record.instance_id
+        self._table.note_deleted(b, record)
         b.wb.delete("instances", r.instance_key(iid))
         b.wb.delete("live", r.live_key(iid))
         b.wb.delete("by_created", r.created_key(codec.utc_micros(record.created_at), iid))

@@ -14,6 +14,7 @@ from duraray.runtime.engine import codec
 from duraray.runtime.engine import records as r
 from duraray.runtime.engine.clock import Clock
 from duraray.runtime.engine.records import InstanceRecord
+from duraray.runtime.engine.status_counts import STATUS_COUNTS_KEY, count_records
 from duraray.runtime.engine.store import PartitionStore, WriteBatch
 
 
@@ -57,6 +58,9 @@ def open_store(
             _build_live_index(store, wb)
         if version < 3:
             _index_request_replies(store, wb, clock)
+        if version < 4:
+            counts = count_records(store.scan("instances"))
+            wb.put("meta", STATUS_COUNTS_KEY, codec.encode(counts))
         wb.put("meta", b"format_version", codec.encode(r.FORMAT_VERSION))
         store.commit(wb)
 

@@ -333,6 +333,7 @@ class PartitionCore:
             self.episodes.run_all(b)
 
         self.instances.write_dirty(b)
+        self.instances.stage_counts(b)
         self.costs.save(b)
 
         if b.wb:
@@ -346,6 +347,7 @@ class PartitionCore:
                 raise storage_full_error(self.hub, self.index, exc) from exc
             self.hold.committed()
             self.counters["commit_seconds"] += time.perf_counter() - started
+            self.instances.committed(b)
         self._broken = False
         self.isolation.applied(progress)
         self._taken, self._carried = [], None

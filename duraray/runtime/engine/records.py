@@ -19,8 +19,9 @@ from duraray.orchestrations.history import OrchestrationStatus
 #: Bumped when the on-disk layout changes; stored in ``meta``. 2 added the ``live`` index
 #: (the ids of non-terminal instances), built once when a version-1 store is opened. 3
 #: added the time index of stored client-request replies (``dedup_expiry_key``); replies
-#: of an older store are indexed at the time it is first opened.
-FORMAT_VERSION = 3
+#: of an older store are indexed at the time it is first opened. 4 added the counters of
+#: instances by status (``meta`` ``status_counts``), counted once when an older store opens.
+FORMAT_VERSION = 4
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")

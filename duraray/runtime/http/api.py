@@ -35,10 +35,16 @@ addressed by URL and are refused at start):
 ``GET /api/instances``                                   query: ``runtimeStatus`` (comma
                                                          list), ``createdTimeFrom``,
                                                          ``createdTimeTo`` (ISO 8601),
-                                                         ``instanceIdPrefix``, ``top``
-                                                         (1-1000, default 100),
+                                                         ``instanceIdPrefix``, ``name``,
+                                                         ``tag=key:value`` (repeated: all),
+                                                         ``newestFirst`` (default false),
+                                                         ``top`` (1-1000, default 100),
                                                          ``showInput`` (default false)
                                                          -> 200 list of status payloads
+``GET /api/instance-counts``                             the same filters but ``top`` ->
+                                                         200 ``{status: count}`` (every
+                                                         status; no filter but
+                                                         ``runtimeStatus``: from counters)
 ``DELETE /api/instances?createdTimeFrom=...``            bulk purge of finished instances
                                                          (+ ``createdTimeTo``,
                                                          ``runtimeStatus``) -> 200
@@ -258,6 +264,7 @@ class HttpApi:
             Route("/api/orchestrations/{name}", self.start, methods=["POST"]),
             Route("/api/instances", self.list_instances, methods=["GET"]),
             Route("/api/instances", self.purge_by, methods=["DELETE"]),
+            Route("/api/instance-counts", self.count_instances, methods=["GET"]),
             Route(instance, self.status, methods=["GET"]),
             Route(instance, self.purge, methods=["DELETE"]),
             Route(f"{instance}/raiseEvent/{{event}}", self.raise_event, methods=["POST"]),
@@ -431,19 +438,22 @@ class HttpApi:
         return JSONResponse({"instancesDeleted": deleted})
 
     async def list_instances(self, request: Request) -> Response:
-        """One page of instances matching the filters, oldest first."""
+        """One page of instances matching the filters, oldest (or newest) first."""
         show_input = q.query_bool(request, "showInput", False)
         page = await call(
             self.client.query_instances,
-            runtime_status=q.query_statuses(request),
-            created_time_from=q.query_time(request, "createdTimeFrom"),
-            created_time_to=q.query_time(request, "createdTimeTo"),
-            instance_id_prefix=request.query_params.get("instanceIdPrefix") or None,
+            **q.instance_filters(request),
+            newest_first=q.query_bool(request, "newestFirst", False),
             page_size=q.query_int(request, "top", 100, 1, MAX_PAGE_SIZE),
             continuation_token=q.continuation(request),
         )
         body = [p.status_json(state, show_input=show_input) for state in page.items]
         return JSONResponse(body, headers=q.page_headers(page.continuation_token))
+
+    async def count_instances(self, request: Request) -> Response:
+        """Instances by status (``Client.count_instances``)."""
+        counts = await call(self.client.count_instances, **q.instance_filters(request))
+        return JSONResponse({p.DF_STATUS[status]: n for status, n in counts.items()})
 
     # -- entities ----------------------------------------------------------------------
 

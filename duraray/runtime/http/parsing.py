@@ -228,6 +228,26 @@ def query_statuses(request: Request) -> list[OrchestrationStatus] | None:
         raise ApiError(400, str(exc)) from None
 
 
+def instance_filters(request: Request) -> dict[str, Any]:
+    """The instance filters of a list or count request, as ``Client.query_instances``
+    takes them: ``runtimeStatus``, ``createdTimeFrom``/``To``, ``instanceIdPrefix``,
+    ``name`` and ``tag=key:value`` (repeated; an instance must carry every one)."""
+    tags: dict[str, str] = {}
+    for raw in request.query_params.getlist("tag"):
+        key, sep, value = raw.partition(":")
+        if not sep or not key:
+            raise ApiError(400, f"query parameter tag={raw!r} must be key:value")
+        tags[key] = value
+    return {
+        "runtime_status": query_statuses(request),
+        "created_time_from": query_time(request, "createdTimeFrom"),
+        "created_time_to": query_time(request, "createdTimeTo"),
+        "instance_id_prefix": request.query_params.get("instanceIdPrefix") or None,
+        "name": request.query_params.get("name") or None,
+        "tags": tags or None,
+    }
+
+
 def continuation(request: Request) -> str | None:
     """The continuation token the request carries, if any."""
     return request.headers.get(CONTINUATION_HEADER) or None

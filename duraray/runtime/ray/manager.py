@@ -588,3 +588,13 @@ class PartitionManager:
                 continue
             time.sleep(0.05)
         return True
+
+
+def attach_transport(hub: str, address: str | None) -> tuple[RayTransport, int]:
+    """A transport to a hub already running on the Ray cluster at ``address``, and the
+    hub's payload limit (``Client.attach``)."""
+    ensure_ray(address)
+    handle = PartitionManager.find(hub)
+    if handle is None:
+        raise HubConfigurationError(f"hub {hub!r} is not running on this Ray cluster")
+    return RayTransport(handle), int(handle.info["max_payload_bytes"])
