@@ -84,6 +84,11 @@ def fan_out(ctx: dr.OrchestrationContext, n: int) -> Any:
     return sum(results)
 
 
+def instant(ctx: dr.OrchestrationContext, value: Any) -> Any:
+    """Complete at once with the input (instances to query, events to wait for)."""
+    return value
+
+
 def expected_fan_out(n: int) -> int:
     """Sum of i*i for i < n."""
     return (n - 1) * n * (2 * n - 1) // 6
@@ -190,6 +195,7 @@ def make_app(hub: str, *, partitions: int = 4, fsync: bool = True, **options: An
     app.add_orchestration(spread)
     app.add_orchestration(hello5)
     app.add_orchestration(fan_out)
+    app.add_orchestration(instant)
     app.add_orchestration(transfer)
     app.add_orchestration(timer_wait)
     app.add_entity(Counter)

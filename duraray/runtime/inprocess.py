@@ -21,6 +21,7 @@ from duraray._errors import StorageFullError
 from duraray._registry import Registry
 from duraray.config import HubConfig
 from duraray.runtime.engine.activity import execute_activity
+from duraray.runtime.engine.client_ops import OFF_BATCH_READS
 from duraray.runtime.engine.partition import PartitionCore, utc_now
 from duraray.runtime.engine.records import ActivityTask, ClientRequest, Effects, Reply
 from duraray.runtime.engine.store import LmdbStore, MemoryStore, PartitionStore
@@ -151,6 +152,14 @@ class InProcessHub:
         if self._failure is not None:
             raise self._engine_error()
         future: Future[Any] = Future()
+        if op in OFF_BATCH_READS:
+            # Listings and counts read committed data on the caller's thread.
+            result = self.cores[partition].client_ops.read(op, args)
+            if isinstance(result, Reply):
+                future.set_exception(result.error)
+            else:
+                future.set_result(result)
+            return future
         self.cores[partition].submit_request(
             ClientRequest(op=op, args=args, reply_to=future, request_id=request_id)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from datetime import timedelta
 
@@ -305,3 +306,36 @@ def test_bulk_terminate_and_purge_by_filter_report_progress(manual_client, monke
     assert 5 == sum(client.count_instances().values())
     with pytest.raises(TypeError, match="unknown filter"):
         client.terminate_instances(status="RUNNING")
+
+
+_held = threading.Event()
+_holding = threading.Event()
+
+
+@app.orchestration
+def hold_batch(ctx: dr.OrchestrationContext):
+    # After its timer (so no client call waits on the batch), blocks its partition's
+    # batch, as orchestration code must never do, until let go.
+    yield ctx.create_timer(timedelta(seconds=1))
+    if not ctx.is_replaying:
+        _holding.set()
+        _held.wait(timeout=TIMEOUT)
+    return "let go"
+
+
+def test_listings_and_counts_are_answered_while_the_batch_is_stuck(client):
+    """query_instances and count_instances read committed data beside the batch loop:
+    they answer while a batch is stuck in orchestration code."""
+    done = client.schedule_new_orchestrations(echo, range(30))
+    client.wait_for_orchestrations(done, timeout=TIMEOUT)
+    _held.clear()
+    _holding.clear()
+    stuck = client.schedule_new_orchestration(hold_batch)
+    assert _holding.wait(timeout=TIMEOUT)
+    try:
+        assert 30 == client.count_instances()[Status.COMPLETED]
+        page = client.query_instances(page_size=100, runtime_status=Status.COMPLETED)
+        assert sorted(done) == sorted(s.instance_id for s in page.items)
+    finally:
+        _held.set()
+    assert "let go" == client.wait_for_orchestration_completion(stuck, timeout=TIMEOUT).output

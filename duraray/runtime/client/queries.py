@@ -99,8 +99,8 @@ def query_instances(
         heads = [part for part in parts if part.rows]
         if not heads:
             break
-        pick = (max if newest_first else min)(heads, key=lambda part: _record_key(part.rows[0]))
-        page.append(pick.rows.popleft())
+        pick = (max if newest_first else min)(heads, key=lambda part: part.rows[0][0])
+        page.append(pick.rows.popleft()[1])
     more = any(part.rows or not part.done for part in parts)
     token = _encode_token(_record_key(page[-1]), kind) if page and more else None
     if token is not None and cursors is not None:
@@ -182,9 +182,9 @@ def _refill(
         asks.append((part, size, future))
     for part, size, future in asks:
         rows = future.result()
-        part.rows.extend(rows)
+        part.rows.extend((_record_key(row), row) for row in rows)
         if rows:
-            part.after = _record_key(rows[-1])
+            part.after = part.rows[-1][0]
         part.done = len(rows) < size
 
 
@@ -199,7 +199,8 @@ class _Cursor:
     """One partition's place in a paged query: rows read ahead, and where to go on."""
 
     after: bytes | None
-    rows: deque[InstanceRecord] = field(default_factory=deque)
+    #: (key, record) of the rows read and not yet shown
+    rows: deque[tuple[bytes, InstanceRecord]] = field(default_factory=deque)
     done: bool = False
     asked: int = 0
 

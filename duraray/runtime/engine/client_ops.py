@@ -11,6 +11,7 @@ TimeoutError at their deadline).
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Callable, Iterator
@@ -187,7 +188,29 @@ class ClientOps:
                 b.replied[req.request_id] = result
         b.fx.replies.append((req.reply_to, result))
 
-    def _call(self, b: Batch, req: ClientRequest, op: str, args: dict[str, Any]) -> Any:
+    def read(self, op: str, args: dict[str, Any]) -> Any:
+        """Answer a read of ``OFF_BATCH_READS`` from committed data, on the caller's
+        thread: a shell calls it beside the batch loop, so a long listing neither waits
+        for batches nor delays their writes. Records come from the store (what the last
+        commit left), each as of one read. Errors come back as a ``Reply``, as from
+        ``on_request``."""
+        try:
+            if op not in OFF_BATCH_READS:
+                raise ValueError(f"operation {op!r} is not served off the batch")
+            return self._call(None, None, op, args)
+        except (DurableError, ValueError, TypeError, LookupError) as exc:
+            return Reply(exc)
+        except Exception as exc:
+            log.error("a read failed beside the partition's batches", op=op, exc_info=exc)
+            return Reply(
+                PartitionFailureError(
+                    f"operation {op!r} failed inside the partition: {type(exc).__name__}: {exc}"
+                )
+            )
+
+    def _call(
+        self, b: Batch | None, req: ClientRequest | None, op: str, args: dict[str, Any]
+    ) -> Any:
         handler = self._handlers.get(op) if isinstance(op, str) else None
         if handler is None:
             raise ValueError(f"unknown client operation {op!r}")
@@ -437,7 +460,8 @@ class ClientOps:
     ) -> int:
         wanted = {Status(s) for s in statuses} if statuses else None
         count = 0
-        for record in list(self._scan_records(created_from, created_to, None, None, False)):
+        load = self._table.get_record
+        for record in list(self._scan_records(load, created_from, created_to, None, None, False)):
             if not record.status.is_terminal:
                 continue
             if wanted is not None and record.status not in wanted:
@@ -448,8 +472,8 @@ class ClientOps:
 
     def _query(
         self,
-        b: Batch,
-        req: ClientRequest,
+        b: Batch | None,
+        req: ClientRequest | None,
         *,
         statuses: list[str] | None = None,
         created_from: datetime | None = None,
@@ -464,12 +488,15 @@ class ClientOps:
     ) -> list[InstanceRecord]:
         match = _matcher(statuses, name, tags)
         out: list[InstanceRecord] = []
-        scan = self._scan_records(created_from, created_to, after, prefix, newest_first)
+        load = self._load(b)
+        scan = self._scan_records(load, created_from, created_to, after, prefix, newest_first)
         for record in scan:
             if not match(record):
                 continue
             if not fetch_payloads:
-                record = replace(record, input=None, output=None, custom_status=None)
+                if b is not None and self._table.get(record.instance_id) is not None:
+                    record = copy.copy(record)  # the live one is the core's
+                record.input = record.output = record.custom_status = None
             out.append(record)
             if len(out) >= limit:
                 break
@@ -477,8 +504,8 @@ class ClientOps:
 
     def _count(
         self,
-        b: Batch,
-        req: ClientRequest,
+        b: Batch | None,
+        req: ClientRequest | None,
         *,
         statuses: list[str] | None = None,
         created_from: datetime | None = None,
@@ -494,7 +521,8 @@ class ClientOps:
             return {k: v for k, v in counts.items() if statuses is None or k in statuses}
         match = _matcher(statuses, name, tags)
         out: dict[str, int] = {}
-        for record in self._scan_records(created_from, created_to, None, prefix, False):
+        scan = self._scan_records(self._load(b), created_from, created_to, None, prefix, False)
+        for record in scan:
             if match(record):
                 out[record.status.value] = out.get(record.status.value, 0) + 1
         return out
@@ -507,8 +535,22 @@ class ClientOps:
     ) -> list[tuple[bytes, ParkedItem]]:
         return self._parked_items.list(after, limit)
 
+    def _load(self, b: Batch | None) -> Callable[[str], InstanceRecord | None]:
+        """How a read gets a record: in a batch, as the core holds it (live ones in
+        memory); off the batch (``read``), as last committed."""
+        if b is not None:
+            return self._table.get_record
+        store = self._store
+
+        def committed(instance_id: str) -> InstanceRecord | None:
+            data = store.get("instances", r.instance_key(instance_id))
+            return None if data is None else codec.decode_record(InstanceRecord, data)
+
+        return committed
+
     def _scan_records(
         self,
+        load: Callable[[str], InstanceRecord | None],
         created_from: datetime | None,
         created_to: datetime | None,
         after: bytes | None,
@@ -535,7 +577,7 @@ class ClientOps:
                 instance_id = key[8:].decode()
                 if prefix and not instance_id.startswith(prefix):
                     continue
-                record = self._table.get_record(instance_id)
+                record = load(instance_id)
                 if record is not None:
                     yield record
             if len(rows) < chunk:
@@ -592,8 +634,11 @@ class ClientOps:
         return self._entities.release_lock(b, entity_id=entity_id, owner=owner)
 
 
+#: Reads a shell may answer off the batch thread, from committed data (``ClientOps.read``).
+OFF_BATCH_READS = frozenset({"query", "count"})
+
 #: Index rows a query reads at first, and at most, per read of the store.
-_FIRST_CHUNK, _MAX_CHUNK = 256, 16384
+_FIRST_CHUNK, _MAX_CHUNK = 256, 4096
 
 
 def _matcher(

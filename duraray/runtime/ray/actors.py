@@ -30,6 +30,7 @@ from duraray._errors import FailureDetails, HubConfigurationError, StorageFullEr
 from duraray._registry import Registry
 from duraray.config import HubConfig
 from duraray.runtime.engine.activity import execute_activity
+from duraray.runtime.engine.client_ops import OFF_BATCH_READS
 from duraray.runtime.engine.dispatch import INLINE, SHAPED, TASK, Dispatch
 from duraray.runtime.engine.partition import PartitionCore
 from duraray.runtime.engine.records import (
@@ -181,6 +182,7 @@ class PartitionActorImpl:
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         # Cheap activities run here, beside the batch loop (see engine/dispatch.py).
         self._inline_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inline")
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="read")
         self._round_robin = itertools.count(random.randrange(max(1, worker_count)))
         self._in_flight: set[asyncio.Task[None]] = set()
         self._started = time.time()
@@ -490,13 +492,22 @@ class PartitionActorImpl:
         self._ensure_loop()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Any]] = []
+        batched = False
         for op, args, request_id in requests:
+            if op in OFF_BATCH_READS:
+                # Listings and counts read committed data beside the batch loop.
+                futures.append(
+                    loop.run_in_executor(self._readers, self.core.client_ops.read, op, args)
+                )
+                continue
             future = loop.create_future()
             self.core.submit_request(
                 ClientRequest(op=op, args=args, reply_to=future, request_id=request_id)
             )
             futures.append(future)
-        self._poke()
+            batched = True
+        if batched:
+            self._poke()
         results = list(await asyncio.gather(*futures))
         for (op, _, _), result in zip(requests, results, strict=True):
             if op == "stats" and self.links is not None and isinstance(result, dict):
