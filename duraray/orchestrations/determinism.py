@@ -18,9 +18,10 @@ How it sees the calls (``install`` does the first part once per process):
   A thread that already has a profiler keeps it, without the hook.
 
 The executor marks its thread with ``watched`` around each run of the orchestrator's code
-when it is not replaying; a call counts only when the line making it is outside duraray,
-the standard library and the logging libraries (a replay-safe logger timestamping a record
-is not the user's call). Each call site is reported once per process, whatever the
+when it is not replaying; a call counts only when the line making it is the user's: not in
+duraray, the standard library, structlog or loguru, nor installed under site-packages,
+unless the file defines an orchestration (a replay-safe logger timestamping a record, or a
+log handler that Ray installed, is not the user's call). Each call site is reported once per process, whatever the
 warning filters say, and the original function's value is always what the code gets.
 """
 
@@ -155,9 +156,11 @@ def _index_originals() -> None:
                 _C_OWNERS.setdefault(id(fn.__self__), {})[fn.__name__] = qualified
 
 
-#: Top-level packages whose calls are never the user's (besides the standard library).
+#: Top-level packages whose calls are never the user's (besides the standard library
+#: and whatever is installed under site-packages, such as Ray's log handler).
 _LIBRARIES = frozenset({"duraray", "structlog", "loguru"})
 _STDLIB = frozenset(sys.stdlib_module_names) - {"__main__"}
+_INSTALLED = frozenset({"site-packages", "dist-packages"})
 
 
 class _Watch(threading.local):
@@ -175,8 +178,11 @@ _lock = threading.Lock()
 _installed = False
 # Call sites reported: (file, line, qualified name). Ours, so it stays once under any filter.
 _reported: set[tuple[str, int, str]] = set()
-# Whether a code object belongs to a library (see _LIBRARIES), by code object.
+# Whether a code object belongs to a library (see _is_library), by code object.
 _library_code: dict[CodeType, bool] = {}
+# The files that define the watched orchestration functions: the user's, wherever they
+# are installed.
+_user_files: set[str] = set()
 _index_originals()
 
 
@@ -203,6 +209,25 @@ def install() -> None:
                     continue
                 setattr(module, name, _wrap(original, qualified))
         _installed = True
+
+
+def watch_code_of(fn: Callable[..., Any] | None) -> None:
+    """Count the file that defines ``fn`` (an orchestration function) as the user's even
+    if it is installed under site-packages."""
+    filename = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    if filename is not None and filename not in _user_files:
+        with _lock:
+            _user_files.add(filename)
+            _library_code.clear()
+
+
+def _is_library(filename: str, module: str) -> bool:
+    """True if a call made from this file is not the user's: duraray, the standard
+    library, structlog, loguru, or anything installed under site-packages."""
+    if filename in _user_files:
+        return False
+    top = module.partition(".")[0]
+    return top in _LIBRARIES or top in _STDLIB or not _INSTALLED.isdisjoint(Path(filename).parts)
 
 
 def _wrap(original: Callable[..., T], qualified: str) -> Callable[..., T]:
@@ -280,8 +305,7 @@ def _report(frame: FrameType, qualified: str) -> None:
     library = _library_code.get(code)
     if library is None:
         module = str(frame.f_globals.get("__name__") or "")
-        top = module.partition(".")[0]
-        library = _library_code[code] = top in _LIBRARIES or top in _STDLIB
+        library = _library_code[code] = _is_library(code.co_filename, module)
     if library:
         return
     filename, lineno = code.co_filename, frame.f_lineno

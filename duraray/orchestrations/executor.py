@@ -122,6 +122,7 @@ class OrchestrationExecutor:
         self._hook = self.options.determinism_hook
         if self._watch:
             determinism.install()
+            determinism.watch_code_of(fn)
 
     # -- the episode interface -----------------------------------------------------------
 

@@ -232,6 +232,63 @@ def test_library_calls_are_not_reported(kit, caught):
     assert [] == caught
 
 
+INSTALLED_HANDLER = """
+import logging
+import time
+
+
+class StampingHandler(logging.Handler):
+    def emit(self, record):
+        self.stamp = time.time_ns()  # like Ray's handler, when Ray is imported
+"""
+
+INSTALLED_APP = """
+import time
+
+
+def installed_orch(ctx, _):
+    started = time.time()
+    yield ctx.call_activity("noop")
+    return started
+"""
+
+
+def _install(tmp_path, monkeypatch, name: str, source: str) -> Any:
+    """Import ``source`` as module ``name`` from a site-packages folder."""
+    folder = tmp_path / "lib" / "site-packages"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return __import__(name)
+
+
+def test_installed_libraries_are_not_reported(kit, caught, tmp_path, monkeypatch):
+    """A log handler installed under site-packages reading the clock inside the code does not warn."""
+    handler_module = _install(tmp_path, monkeypatch, "stamping_handler", INSTALLED_HANDLER)
+    logger = logging.getLogger("duraray.tests.determinism.installed")
+    handler = handler_module.StampingHandler()
+    logger.addHandler(handler)
+    try:
+
+        def logs(ctx, _):
+            logger.warning("inside the orchestrator")
+            yield ctx.call_activity("noop")
+
+        run_once(kit, logs)
+    finally:
+        logger.removeHandler(handler)
+    assert handler.stamp > 0
+    assert [] == caught
+
+
+def test_an_installed_orchestration_is_still_watched(kit, caught, tmp_path, monkeypatch):
+    """The file that defines an orchestration is the user's even when installed under site-packages."""
+    app_module = _install(tmp_path, monkeypatch, "installed_app_sample", INSTALLED_APP)
+    run_once(kit, app_module.installed_orch)
+    assert [(app_module.__file__, 6)] == [(w.filename, w.lineno) for w in caught]
+
+
 def test_a_seeded_generator_of_its_own_is_not_reported(kit, caught):
     """random.Random(seed) is deterministic: its methods share code with random.randint but do not warn."""
 
