@@ -76,12 +76,14 @@ class HubConfig:
       random sources, id generators) made by orchestration code on its first run, as a
       ``NonDeterminismWarning`` with the file and line of the call, once per call site and
       process (see ``duraray/orchestrations/determinism.py``). True: everywhere, including
-      ``datetime.now()``/``utcnow()``/``today()`` and ``date.today()``, which need a
-      profile hook on the partition's thread while the orchestrator runs (measured at
-      about 20% fewer hello5 orchestrations a second in process). None (default): all of
-      it in the in-process runtime (tests); on Ray only the wrapped module functions
-      (``time.time()``, ``random.*``, ``uuid.uuid4()``, ...), which cost nothing
-      measurable, without the hook's cost on a partition's throughput. False: off.
+      ``datetime.now()``/``utcnow()``/``today()``, ``date.today()`` and functions a module
+      imported by name (``from uuid import uuid4``), which need a profile hook on the
+      partition's thread while the orchestrator runs: measured at about 20% fewer hello5
+      orchestrations a second in process (15-27% over runs), since the hook runs on every
+      call the episode makes. None (default): all of it in the in-process runtime, where
+      tests want it; on Ray only calls through the module (``time.time()``, ``random.*``,
+      ``uuid.uuid4()``, ...), whose wrappers cost nothing measurable, so a partition's
+      throughput does not pay for the hook. False: off.
     - ``version``: the version of the orchestration code this hub runs (None: unversioned).
     - ``version_match``: which instance versions this hub runs: "none" (all), "strict"
       (only its own version), "current_or_older" (its own and older ones).
