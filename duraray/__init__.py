@@ -29,6 +29,7 @@ from duraray.config import HubConfig
 from duraray.entities.entity import DurableEntity, EntityContext
 from duraray.entities.ids import EntityId, EntityInstanceId
 from duraray.orchestrations.context import CriticalSection, OrchestrationContext, ReplaySafeLogger
+from duraray.orchestrations.determinism import NonDeterminismWarning
 from duraray.orchestrations.history import (
     ContinueAsNew,
     EntityLockGranted,
@@ -117,6 +118,7 @@ __all__ = [
     "LockingRuleError",
     "MapFailure",
     "NonDeterminismError",
+    "NonDeterminismWarning",
     "OrchestrationContext",
     "OrchestrationFailedError",
     "OrchestrationState",

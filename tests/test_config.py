@@ -59,6 +59,7 @@ def test_defaults():
         "activity_pool_idle_s": 30.0,
         "inline_activities": True,
         "inline_activity_max_ms": 0.5,
+        "determinism_warnings": None,
         "peer_links": True,
         "placement": "local",
         "log_format": "auto",
@@ -119,6 +120,8 @@ def test_config_is_frozen():
         ({"activity_pool_idle_s": 0}, "activity_pool_idle_s must be a positive"),
         ({"activity_pool_idle_s": float("nan")}, "activity_pool_idle_s must be a positive"),
         ({"log_format": "xml"}, "log_format must be 'auto', 'console' or 'json'"),
+        ({"determinism_warnings": "yes"}, "determinism_warnings must be true, false or None"),
+        ({"determinism_warnings": 1}, "determinism_warnings must be true, false or None"),
         ({"placement": "everywhere"}, "placement must be 'local' or 'spread'"),
         ({"request_dedup_seconds": 0}, "request_dedup_seconds must be positive"),
         ({"request_dedup_seconds": math.inf}, "request_dedup_seconds must be positive"),
@@ -332,6 +335,8 @@ def test_env_bool(raw, value):
         ("DURARAY_MAXIMUM_TIMER_INTERVAL", "0.5", "maximum_timer_interval", timedelta(seconds=0.5)),
         ("DURARAY_DATA_DIR", "/data/duraray", "data_dir", "/data/duraray"),
         ("DURARAY_LOG_FORMAT", "json", "log_format", "json"),
+        ("DURARAY_DETERMINISM_WARNINGS", "off", "determinism_warnings", False),
+        ("DURARAY_DETERMINISM_WARNINGS", "true", "determinism_warnings", True),
     ],
 )
 def test_env_values(name, raw, field, value):
@@ -347,11 +352,15 @@ def test_env_values(name, raw, field, value):
     [
         ("DURARAY_ACTIVITY_WORKERS", "activity_workers"),
         ("DURARAY_MAXIMUM_TIMER_INTERVAL", "maximum_timer_interval"),
+        ("DURARAY_DETERMINISM_WARNINGS", "determinism_warnings"),
     ],
 )
 def test_env_none(name, field, raw, tmp_path):
     """An empty, 'none' or 'null' variable resets an optional field to None, over the file."""
-    path = _write(tmp_path, "activity_workers = 4\nmaximum_timer_interval = 60\n")
+    path = _write(
+        tmp_path,
+        "activity_workers = 4\nmaximum_timer_interval = 60\ndeterminism_warnings = false\n",
+    )
     expected = None
     actual = getattr(HubConfig.load(path, environ={name: raw}), field)
     assert expected == actual

@@ -10,7 +10,8 @@ import duraray as dr
 import duraray.testing
 
 #: Names from API.md (and the history classes the engine-core issue makes public, and
-#: what an operator meets when a partition runs short of space or isolates poison).
+#: what an operator meets when a partition runs short of space or isolates poison, and
+#: the warning about non-deterministic calls in orchestration code).
 API_NAMES = """
 App Client AsyncClient OrchestrationContext ActivityContext EntityContext DurableEntity
 EntityId EntityInstanceId RetryPolicy when_all when_any OrchestrationState OrchestrationStatus
@@ -21,7 +22,7 @@ ExecutionStarted OrchestratorStarted TaskScheduled TaskCompleted TaskFailed Time
 TimerFired EventRaised EventSent SubOrchestrationInstanceCreated
 SubOrchestrationInstanceCompleted SubOrchestrationInstanceFailed ExecutionSuspended
 ExecutionResumed ExecutionTerminated ExecutionCompleted ContinueAsNew
-StorageFullError PartitionFailureError ParkedItem
+StorageFullError PartitionFailureError ParkedItem NonDeterminismWarning
 """.split()  # noqa: SIM905 (one name per word reads best)
 
 CLIENT_METHODS = """

@@ -19,7 +19,10 @@ after the episode's input events, so that replaying the history reproduces the e
 
 The matching of replayed actions lives in ``matching`` (``ReplayLedger``), the external
 events waited for and buffered in ``inbox`` (``EventInbox``), what the hub supplies (the
-payload converter, ``ExecutorOptions``) in ``options``.
+payload converter, ``ExecutorOptions``) in ``options``. With
+``ExecutorOptions.determinism_warnings`` the code's first run (not a replay) is watched
+for clocks, random sources and id generators (``determinism``): it warns, and changes
+nothing the executor computes.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from duraray._errors import (
     SerializationError,
     TaskFailedError,
 )
+from duraray.orchestrations import determinism
 from duraray.orchestrations import history as h
 from duraray.orchestrations.context import (
     CriticalSection,
@@ -112,6 +116,13 @@ class OrchestrationExecutor:
         # Set while the generator is closed: code in finally/__exit__ blocks must not
         # produce actions then (eviction is not an orchestration step).
         self._closing = False
+        # Whether the code's first runs are watched for clocks, random sources and id
+        # generators (determinism.py); replays never are.
+        self._watch = self.options.determinism_warnings
+        self._hook = self.options.determinism_hook
+        if self._watch:
+            determinism.install()
+            determinism.watch_code_of(fn)
 
     # -- the episode interface -----------------------------------------------------------
 
@@ -309,7 +320,8 @@ class OrchestrationExecutor:
             return
         try:
             value = self.converter.decode(event.input, input_type_hint(fn))
-            result = fn(self.context, value) if accepts_input(fn) else fn(self.context)
+            args = (self.context, value) if accepts_input(fn) else (self.context,)
+            result = self._run_code(fn, *args)
         except _StopExecution:
             raise
         except BaseException as exc:  # SystemExit & co. from user code fail the instance
@@ -430,13 +442,24 @@ class OrchestrationExecutor:
             else:
                 self._step(awaited._result, None)
 
+    def _run_code(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run the orchestrator's code: watched for non-deterministic calls on its first
+        run, never when replaying (that code ran before; a replay must stay silent)."""
+        if self._watch and not self.replaying and self.started is not None:
+            return determinism.watched(self.started.name, self._hook, fn, *args)
+        return fn(*args)
+
     def _step(self, value: Any, exc: BaseException | None) -> None:
         """Run the generator until it waits on an incomplete task or ends."""
         gen = self._gen
         assert gen is not None
         while True:
             try:
-                yielded = gen.throw(exc) if exc is not None else gen.send(value)
+                yielded = (
+                    self._run_code(gen.throw, exc)
+                    if exc is not None
+                    else self._run_code(gen.send, value)
+                )
             except StopIteration as stop:
                 self._finish_completed(stop.value)
                 return

@@ -26,9 +26,15 @@ class ExecutorOptions:
 
     ``maximum_timer_interval`` splits timers longer than it into a chain of shorter ones
     (each a ``TimerCreated``/``TimerFired`` pair), for backends that cap timer length.
+    ``determinism_warnings`` reports the module functions of ``time``, ``random``,
+    ``uuid``, ``os`` and ``secrets`` that give another value each run, called by the
+    orchestrator's code on its first run (``determinism.py``); ``determinism_hook`` adds
+    ``datetime.now()`` & co., seen by a profile hook that slows the code down.
     """
 
     maximum_timer_interval: timedelta | None = None
+    determinism_warnings: bool = False
+    determinism_hook: bool = False
 
 
 def default_name_of(kind: str, target: Any) -> str:

@@ -85,6 +85,10 @@ class InProcessHub:
         *,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
+        if config.determinism_warnings is None:
+            # Tests are where the warnings help most, and the profile hook's cost (see
+            # HubConfig) matters least there: the in-process default is everything on.
+            config = config.with_options(determinism_warnings=True)
         self.name = name
         self.registry = registry
         self.config = config

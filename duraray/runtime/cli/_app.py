@@ -1,7 +1,7 @@
 """The ``duraray`` command group, assembled from the hub, instance and entity commands.
 
-``_demo`` and ``_bench`` add their commands to ``main`` themselves when imported (the
-package does).
+``_demo``, ``_bench`` and ``_check`` add their commands to ``main`` themselves when
+imported (the package does).
 """
 
 from __future__ import annotations
