@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from duraray._errors import ActivityNotRegisteredError, OrchestratorNotRegisteredError
 from duraray._limits import check_name
 
 #: Options ``@app.activity(...)`` accepts (see ``App.activity``), with the types they take.
@@ -112,6 +113,22 @@ class Registry:
         fallback = getattr(target, "__name__", None)
         if not fallback:
             raise TypeError(f"expected a registered {kind} or its name, got {target!r}")
+        known: dict[str, Any] = {}
+        if kind == "activity":
+            known = self.activities
+        elif kind == "orchestration":
+            known = self.orchestrations
+        if known and fallback not in known:
+            # A function that was never registered (the decorator forgotten): say so here,
+            # rather than fail the call later as an unknown name.
+            error = (
+                ActivityNotRegisteredError if kind == "activity" else OrchestratorNotRegisteredError
+            )
+            decorator = "activity" if kind == "activity" else "orchestration"
+            raise error(
+                f"{fallback!r} is not a registered {kind} of this app: decorate it with "
+                f"@app.{decorator} (or call app.add_{decorator}({fallback}))"
+            )
         return fallback.lower() if kind == "entity" else str(fallback)
 
 

@@ -11,7 +11,7 @@ import contextvars
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 from duraray import _limits
 from duraray._errors import LockingRuleError
@@ -29,6 +29,7 @@ from duraray.orchestrations.task import (
     RetryableTask,
     RetryPolicy,
     Task,
+    TimedWaitTask,
     TimerTask,
 )
 
@@ -173,10 +174,12 @@ class OrchestrationContext:
         """Publish a status value visible to clients; ``None`` clears it."""
         self._ex.custom_status = None if value is None else self._ex.converter.encode(value)
 
-    def new_uuid(self) -> uuid.UUID:
-        """A UUID that is the same on every replay and unique within the instance."""
+    def new_uuid(self) -> str:
+        """A UUID, as its canonical string (as durabletask returns it), the same on every
+        replay and unique within the instance; ``uuid.UUID(ctx.new_uuid())`` for the object."""
         counter = self._ex.next_uuid_counter()
-        return uuid.uuid5(_UUID_NAMESPACE, f"{self.instance_id}/{self.execution_id}/{counter}")
+        name = f"{self.instance_id}/{self.execution_id}/{counter}"
+        return str(uuid.uuid5(_UUID_NAMESPACE, name))
 
     def create_replay_safe_logger(self, logger: Any) -> ReplaySafeLogger:
         """Wrap a stdlib or structlog logger so it logs nothing while replaying."""
@@ -300,16 +303,33 @@ class OrchestrationContext:
         task.description = f"create_timer #{seq}"
         ex.record_action(h.TimerCreated(timestamp=now, event_id=seq, fire_at=due), marker)
 
-    def wait_for_external_event(self, name: str) -> CancellableTask[Any]:
+    @overload
+    def wait_for_external_event(self, name: str) -> CancellableTask[Any]: ...
+
+    @overload
+    def wait_for_external_event(
+        self, name: str, *, timeout: timedelta | float
+    ) -> TimedWaitTask[Any]: ...
+
+    def wait_for_external_event(
+        self, name: str, *, timeout: timedelta | float | None = None
+    ) -> CancellableTask[Any] | TimedWaitTask[Any]:
         """A task completed by the next event called ``name`` (case-insensitive).
 
         Events that arrived before the wait are buffered and consumed first-in first-out;
-        a cancelled wait consumes nothing.
+        a cancelled wait consumes nothing. With ``timeout`` (a ``timedelta`` or seconds,
+        on the orchestration's clock: a durable timer), the task fails with
+        ``TimeoutError`` if no such event came in time, and the event, should it come
+        later, stays buffered for the next wait.
         """
         _limits.check_name(name, "event name")
-        task: CancellableTask[Any] = CancellableTask(f"wait_for_external_event({name!r})")
-        self._ex.wait_for_event(name, task)
-        return task
+        wait: CancellableTask[Any] = CancellableTask(f"wait_for_external_event({name!r})")
+        delay = None if timeout is None else _timeout(timeout)
+        self._ex.wait_for_event(name, wait)
+        if delay is None:
+            return wait
+        timer = self.create_timer(delay)
+        return TimedWaitTask(wait, timer, f"no event {name!r} within {delay}")
 
     def send_event(self, instance_id: str, event_name: str, *, data: Any = None) -> None:
         """Raise ``event_name`` on another instance, exactly once, after this episode commits.
@@ -498,6 +518,14 @@ def _default_child_id(parent_id: str, seq: int) -> str:
             f"the sub-orchestration's default instance id (the parent's id plus "
             f"':{seq:04x}') is too long: {exc}; pass a shorter instance_id"
         ) from None
+
+
+def _timeout(value: Any) -> timedelta:
+    """A wait's timeout: a positive ``timedelta`` or number of seconds."""
+    delay = _limits.check_seconds(value, "timeout")
+    if delay <= timedelta(0):
+        raise ValueError(f"timeout must be positive, got {value!r}")
+    return delay
 
 
 def _result_hint(target: Any) -> Any:

@@ -223,6 +223,45 @@ class WhenAnyTask(CompositeTask[Task[Any]]):
             self._complete(child)
 
 
+class TimedWaitTask(CompositeTask[T]):
+    """An external-event wait bounded by a durable timer (``wait_for_external_event(name,
+    timeout=...)``): its result is the event's data; if the timer fires first, the wait is
+    cancelled (it consumes no event) and the task fails with ``TimeoutError``."""
+
+    __slots__ = ("_event", "_message", "_timer")
+
+    def __init__(self, event: CancellableTask[T], timer: TimerTask, message: str) -> None:
+        self._event, self._timer, self._message = event, timer, message
+        super().__init__([event, timer])
+
+    @property
+    def is_cancelled(self) -> bool:
+        """True once ``cancel()`` was called before the task completed."""
+        return self._event.is_cancelled and self._timer.is_cancelled
+
+    def cancel(self) -> None:
+        """Stop waiting: neither the event nor the timeout completes the task."""
+        if self._is_complete:
+            return
+        self._event.cancel()
+        self._timer.cancel()
+        self._is_complete = True
+        self._exception = TaskCancelledError(f"{self._event.description} was cancelled")
+
+    def _on_child_completed(self, child: Task[Any]) -> None:
+        if self._is_complete:
+            return
+        if child is self._event:
+            self._timer.cancel()
+            if child._exception is not None:
+                self._fail(child._exception)
+            else:
+                self._complete(child._result)
+        else:
+            self._event.cancel()
+            self._fail(TimeoutError(self._message))
+
+
 def _is_cancelled(task: Task[Any]) -> bool:
     return isinstance(task, CancellableTask) and task.is_cancelled
 

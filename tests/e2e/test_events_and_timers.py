@@ -303,3 +303,59 @@ def test_raise_event_to_completed_instance(client):
         client.raise_orchestration_event(iid, "approve", data=2)
     expected = 1
     assert expected == client.get_orchestration_state(iid).output
+
+
+@app.orchestration
+def wait_with_timeout(ctx: dr.OrchestrationContext, seconds: float):
+    try:
+        value = yield ctx.wait_for_external_event("approve", timeout=seconds)
+    except TimeoutError as exc:
+        # The late event stays buffered for the next wait.
+        late = yield ctx.wait_for_external_event("approve")
+        return ["timed out", str(exc), late]
+    return ["approved", value]
+
+
+def test_a_wait_with_a_timeout_raises_timeout_error_on_the_orchestration_clock(
+    manual_client, manual_clock
+):
+    """wait_for_external_event(timeout=...) raises TimeoutError when its durable timer
+    fires first; the event raised later is not consumed by the timed-out wait."""
+    iid = manual_client.schedule_new_orchestration(wait_with_timeout, input=30)
+    manual_client.wait_for_orchestration_start(iid, timeout=TIMEOUT)
+    manual_clock.advance(timedelta(seconds=29))
+    manual_client.hub_runtime.wait_idle(TIMEOUT)
+    assert Status.RUNNING == manual_client.get_orchestration_state(iid).runtime_status
+    manual_clock.advance(timedelta(seconds=2))
+    manual_client.hub_runtime.wait_idle(TIMEOUT)
+    manual_client.raise_orchestration_event(iid, "approve", data="late")
+    state = manual_client.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
+    assert ["timed out", "no event 'approve' within 0:00:30", "late"] == state.output
+
+
+def test_a_wait_with_a_timeout_returns_the_event_that_comes_in_time(manual_client, manual_clock):
+    iid = manual_client.schedule_new_orchestration(wait_with_timeout, input=30)
+    manual_client.wait_for_orchestration_start(iid, timeout=TIMEOUT)
+    manual_client.raise_orchestration_event(iid, "approve", data={"by": "bo"})
+    state = manual_client.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
+    assert ["approved", {"by": "bo"}] == state.output
+    manual_clock.advance(timedelta(seconds=60))  # the cancelled timer changes nothing
+    manual_client.hub_runtime.wait_idle(TIMEOUT)
+    assert not any(
+        isinstance(e, dr.TimerFired) for e in manual_client.get_orchestration_history(iid)
+    )
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), "10", True])
+def test_a_bad_timeout_fails_at_the_call(client, timeout):
+    """A timeout that is not a positive duration is refused where the code asks for it."""
+
+    @app.orchestration(name=f"bad_timeout_{timeout!s}")
+    def bad(ctx: dr.OrchestrationContext):
+        yield ctx.wait_for_external_event("x", timeout=timeout)
+
+    state = client.wait_for_orchestration_completion(
+        client.schedule_new_orchestration(bad), timeout=TIMEOUT
+    )
+    assert Status.FAILED == state.runtime_status
+    assert "timeout" in state.failure_details.message

@@ -273,3 +273,26 @@ def test_when_any_returns_a_failed_winner_without_raising(client):
     state = client.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
     expected = ["winner failed", True, "boom"]
     assert expected == state.output
+
+
+def forgot_the_decorator(ctx: dr.ActivityContext, x: int) -> int:
+    return x
+
+
+@app.orchestration
+def calls_undecorated(ctx: dr.OrchestrationContext):
+    return (yield ctx.call_activity(forgot_the_decorator, input=1))
+
+
+def test_calling_an_undecorated_function_names_the_decorator(client):
+    """A function never registered as an activity fails the call at once, and the error
+    says what to do."""
+    iid = client.schedule_new_orchestration(calls_undecorated)
+    state = client.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
+    assert Status.FAILED == state.runtime_status
+    assert state.failure_details.is_caused_by(dr.ActivityNotRegisteredError)
+    assert "@app.activity" in state.failure_details.message
+    assert "forgot_the_decorator" in state.failure_details.message
+    assert not any(isinstance(e, dr.TaskScheduled) for e in client.get_orchestration_history(iid))
+    with pytest.raises(dr.OrchestratorNotRegisteredError, match="@app.orchestration"):
+        client.schedule_new_orchestration(forgot_the_decorator)
