@@ -259,7 +259,9 @@ class HttpApi:
 
     def routes(self) -> list[BaseRoute]:
         """The API's routes, in matching order."""
-        instance = "/api/instances/{instance_id}"
+        # ``path``: an instance id may hold "/" (sent percent-encoded as %2F, which the
+        # server decodes before routing); the action routes are matched by their suffix.
+        instance = "/api/instances/{instance_id:path}"
         return [
             Route("/api/orchestrations/{name}", self.start, methods=["POST"]),
             Route("/api/instances", self.list_instances, methods=["GET"]),
@@ -303,8 +305,6 @@ class HttpApi:
         instance_id = request.query_params.get("instance_id") or request.query_params.get(
             "instanceId"
         )
-        if instance_id is not None and "/" in instance_id:
-            raise ApiError(400, f"instance id {instance_id!r} must not contain '/' over HTTP")
         value = await self._value(request, "orchestration input")
         started = await call(
             self.client.schedule_new_orchestration, name, input=value, instance_id=instance_id
