@@ -3,7 +3,7 @@
 Orchestrator code runs on its partition's batch thread, so code that blocks
 (``time.sleep``, a network call) stalls every instance of the partition, and nothing
 says why. Each partition core has an ``EpisodeWatch`` that its episode step marks as an
-episode begins and ends (an object and a few attribute writes: it runs for every
+episode begins and ends (a tuple and a few attribute reads and writes: it runs for every
 episode). One daemon thread per process, started with the first watch, looks at the
 watches about once per threshold while episodes run and otherwise sleeps on an event
 that the next episode sets. An episode still running ``blocking_episode_warning_s``
@@ -44,8 +44,9 @@ log = structlog.get_logger("duraray.watchdog")
 MAX_REPORTS = 100
 #: Frames of a stack kept in a report (the innermost ones).
 MAX_FRAMES = 40
-#: The shortest pause of the monitor between two looks while an episode runs (seconds).
-MIN_LOOK_S = 0.05
+#: The shortest pause of the monitor between two looks while an episode runs (seconds):
+#: however small the threshold, it looks at most ten times a second.
+MIN_LOOK_S = 0.1
 
 #: The duraray package (this file is duraray/runtime/engine/watchdog.py).
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
@@ -252,6 +253,8 @@ class _Monitor:
         self._watches: weakref.WeakSet[EpisodeWatch] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._event = threading.Event()
+        # Set when a watch is added: its threshold may be shorter than the pause underway.
+        self._added = threading.Event()
         #: False while the thread sleeps until an episode begins (``EpisodeWatch.begin``
         #: then sets the event).
         self.awake = True
@@ -261,6 +264,7 @@ class _Monitor:
     def add(self, watch: EpisodeWatch) -> None:
         with self._lock:
             self._watches.add(watch)
+        self._added.set()
         self._event.set()
 
     def remove(self, watch: EpisodeWatch) -> None:
@@ -307,8 +311,9 @@ class _Monitor:
                     # woken by the next one: a wake-up (and a GIL hand-over) per episode.
                     pause = max(self._shortest_threshold(), MIN_LOOK_S)
                 self.awake = True
-            # Awake, episodes do not signal: nothing cuts the pause short.
-            time.sleep(pause)
+            # Awake, episodes do not signal: only a new watch cuts the pause short.
+            self._added.wait(pause)
+            self._added.clear()
 
 
 _MONITOR: _Monitor | None = None
@@ -325,9 +330,11 @@ def _monitor() -> _Monitor:
 
 
 def _forget_monitor() -> None:
-    # A forked child has the monitor object but not its thread: it starts its own.
-    global _MONITOR
+    # A forked child has the monitor object but not its thread (and maybe a lock held by
+    # a thread it does not have): it starts its own.
+    global _MONITOR, _MONITOR_LOCK
     _MONITOR = None
+    _MONITOR_LOCK = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_monitor)

@@ -123,7 +123,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -315,12 +315,19 @@ class HttpApi:
         show_history = q.query_bool(request, "showHistory", False)
         show_input = q.query_bool(request, "showInput", True)
         fail_500 = q.query_bool(request, "returnInternalServerErrorOnFailure", False)
-        state: OrchestrationState | None = await call(
-            self.client.get_orchestration_state, instance_id
+        # Both at once (no added latency); the state's error, if any, is the answer.
+        outcomes = await asyncio.gather(
+            call(self.client.get_orchestration_state, instance_id),
+            call(self.client.get_blocking_report, instance_id),
+            return_exceptions=True,
         )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        state = cast(OrchestrationState | None, outcomes[0])
+        blocking = cast(BlockingReport | None, outcomes[1])
         if state is None:
             raise ApiError(404, f"no orchestration instance with id {instance_id!r}")
-        blocking: BlockingReport | None = await call(self.client.get_blocking_report, instance_id)
         history = None
         if show_history:
             history = await call(self.client.get_orchestration_history, instance_id)
