@@ -63,6 +63,7 @@ from duraray.orchestrations.task import RetryPolicy, Task, when_all, when_any
 from duraray.runtime.client.aio import AsyncClient
 from duraray.runtime.client.mapping import MapFailure
 from duraray.runtime.client.sync import (
+    BlockingReport,
     CleanEntityStorageResult,
     Client,
     EntityMetadata,
@@ -82,6 +83,7 @@ __all__ = [
     "ActivityNotRegisteredError",
     "App",
     "AsyncClient",
+    "BlockingReport",
     "CleanEntityStorageResult",
     "Client",
     "ContinueAsNew",

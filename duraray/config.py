@@ -94,6 +94,12 @@ class HubConfig:
     - ``http_token``: bearer token of the HTTP API (``duraray serve``); required when it
       listens on a non-loopback address. Not shown in ``repr``.
     - ``log_format``: "auto" (console on a terminal, JSON otherwise), "console" or "json".
+    - ``blocking_episode_warning_s``: an orchestrator episode (one run of an instance's
+      code in a batch) still running after this many seconds is reported once, with the
+      code's stack: a warning in the log, ``duraray_blocking_episodes_total`` in the
+      metrics and the instance's page of the dashboard. Orchestrator code runs on its
+      partition's batch thread, so one that blocks (``time.sleep``, a network call)
+      stalls every instance of the partition. None or 0: no watch.
     """
 
     partitions: int = 4
@@ -122,6 +128,7 @@ class HubConfig:
     version_match: str = "none"
     version_failure: str = "fail"
     http_token: str | None = field(default=None, repr=False)
+    blocking_episode_warning_s: float | None = 2.0
 
     def __post_init__(self) -> None:
         interval = self.maximum_timer_interval
@@ -182,6 +189,11 @@ class HubConfig:
             raise ValueError("determinism_warnings must be true, false or None")
         if self.log_format not in ("auto", "console", "json"):
             raise ValueError("log_format must be 'auto', 'console' or 'json'")
+        warn = self.blocking_episode_warning_s
+        if warn is not None and (
+            isinstance(warn, bool) or not isinstance(warn, int | float) or not 0 <= warn < 1e9
+        ):
+            raise ValueError("blocking_episode_warning_s must be None or a number of seconds >= 0")
 
     @classmethod
     def load(

@@ -63,6 +63,7 @@ def test_defaults():
         "peer_links": True,
         "placement": "local",
         "log_format": "auto",
+        "blocking_episode_warning_s": 2.0,
     }
     actual = dataclasses.asdict(HubConfig())
     assert expected == actual
@@ -134,6 +135,9 @@ def test_config_is_frozen():
         ({"max_map_size": 2.0**30}, "max_map_size must be an integer of at least"),
         ({"max_map_size": True}, "max_map_size must be an integer of at least"),
         ({"max_map_size": "1GiB"}, "max_map_size must be an integer of at least"),
+        ({"blocking_episode_warning_s": -1}, "blocking_episode_warning_s must be None or"),
+        ({"blocking_episode_warning_s": math.nan}, "blocking_episode_warning_s must be None"),
+        ({"blocking_episode_warning_s": "2"}, "blocking_episode_warning_s must be None or"),
     ],
 )
 def test_invalid_value_raises(options, message):
@@ -172,6 +176,9 @@ def test_with_options_validates(options, message):
         {"log_format": "json"},
         {"fsync": False},
         {"max_map_size": 1 << 20},
+        {"blocking_episode_warning_s": 0},
+        {"blocking_episode_warning_s": None},
+        {"blocking_episode_warning_s": 0.001},
     ],
 )
 def test_boundary_values_are_accepted(options):

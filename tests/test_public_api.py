@@ -22,7 +22,7 @@ ExecutionStarted OrchestratorStarted TaskScheduled TaskCompleted TaskFailed Time
 TimerFired EventRaised EventSent SubOrchestrationInstanceCreated
 SubOrchestrationInstanceCompleted SubOrchestrationInstanceFailed ExecutionSuspended
 ExecutionResumed ExecutionTerminated ExecutionCompleted ContinueAsNew
-StorageFullError PartitionFailureError ParkedItem NonDeterminismWarning
+StorageFullError PartitionFailureError ParkedItem NonDeterminismWarning BlockingReport
 """.split()  # noqa: SIM905 (one name per word reads best)
 
 CLIENT_METHODS = """
@@ -31,7 +31,7 @@ wait_for_orchestration_start wait_for_orchestration_completion raise_orchestrati
 terminate_orchestration suspend_orchestration resume_orchestration rewind_orchestration
 restart_orchestration purge_orchestration purge_orchestrations_by query_instances
 signal_entity get_entity query_entities clean_entity_storage map attach shutdown_hub
-partition_stats get_parked_items
+partition_stats get_parked_items get_blocking_report
 """.split()  # noqa: SIM905 (one name per word reads best)
 
 CONTEXT_MEMBERS = """

@@ -301,7 +301,12 @@ class OrchestrationContext:
             marker = TimerChunk(task)
         seq = ex.next_sequence()
         task.description = f"create_timer #{seq}"
-        ex.record_action(h.TimerCreated(timestamp=now, event_id=seq, fire_at=due), marker)
+        # The time asked for goes with every chunk: replay compares it (matching.py), not
+        # the chunk's end, which depends on the hub's maximum_timer_interval.
+        created = h.TimerCreated(
+            timestamp=now, event_id=seq, fire_at=due, final_fire_at=task.fire_at
+        )
+        ex.record_action(created, marker)
 
     @overload
     def wait_for_external_event(self, name: str) -> CancellableTask[Any]: ...

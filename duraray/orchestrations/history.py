@@ -6,7 +6,10 @@ through the executor rebuilds the orchestration's state. The class names are pub
 
 Evolution rules (the event log outlives the code that wrote it):
 
-- a field is only ever appended to a class, at the end, with a default;
+- a field is only ever appended to a class, at the end, with a default; one appended
+  after data was stored carries ``SPARSE`` metadata and defaults to None: the codec
+  leaves it out while it is None, so a record without it keeps the bytes it was stored
+  with (a trailing run of such fields only);
 - a field's meaning never changes and a field is never removed or renamed;
 - ``HistoryEvent`` (the base) gets no new fields, so positional encodings stay stable.
 
@@ -18,8 +21,10 @@ returned by the client carry the decoded values instead.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from duraray._errors import FailureDetails
@@ -53,6 +58,10 @@ _TERMINAL = frozenset(
 _RUNNING = frozenset(
     {OrchestrationStatus.PENDING, OrchestrationStatus.RUNNING, OrchestrationStatus.SUSPENDED}
 )
+
+
+#: Field metadata of a field appended after data was stored (see the evolution rules).
+SPARSE: Mapping[str, bool] = MappingProxyType({"sparse": True})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,10 +120,18 @@ class TaskFailed(HistoryEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TimerCreated(HistoryEvent):
-    """A durable timer ``event_id`` was created to fire at ``fire_at``."""
+    """A durable timer ``event_id`` was created to fire at ``fire_at``.
+
+    ``final_fire_at`` is the time the code asked for (``create_timer``): a timer longer
+    than ``maximum_timer_interval`` runs as a chain of chunks, each a ``TimerCreated``
+    whose ``fire_at`` is the chunk's end, all with the same ``final_fire_at``. Replay
+    compares it with the time the code asks for now. None for a retry's back-off delay
+    and in histories recorded before it existed (neither is compared).
+    """
 
     event_id: int
     fire_at: datetime
+    final_fire_at: datetime | None = field(default=None, metadata=SPARSE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,7 +4,7 @@ While an execution replays, every action the orchestration code produces (an act
 call, a timer, a lock request, ...) is parked in a ``ReplayLedger`` under its event id
 until the history's own record of that action confirms it. A recorded action the code
 no longer produces, or produces differently (another kind, name or target: a child's
-instance id, an event's target instance), is non-determinism:
+instance id, an event's target instance, a timer's fire time), is non-determinism:
 ``ReplayLedger.match`` says what differs, and the executor fails the execution with it.
 What the history never confirms is new work, emitted once the replay is over.
 """
@@ -12,6 +12,7 @@ What the history never confirms is new work, emitted once the replay is over.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TypeAlias
 
@@ -59,7 +60,9 @@ def _utc(moment: datetime) -> str:
 def target_label(event: h.HistoryEvent) -> str:
     """An action with its target spelled out: which child, which instance, which time."""
     if isinstance(event, h.TimerCreated):
-        return f"create_timer(fire_at={_utc(event.fire_at)})"
+        if event.final_fire_at is None:  # only the code's side: a retry's back-off
+            return f"a retry's back-off timer (fire_at={_utc(event.fire_at)})"
+        return f"create_timer(fire_at={_utc(event.final_fire_at)})"
     if isinstance(event, h.SubOrchestrationInstanceCreated):
         return f"call_sub_orchestrator({event.name!r}, instance_id={event.instance_id!r})"
     return action_label(event)
@@ -67,11 +70,17 @@ def target_label(event: h.HistoryEvent) -> str:
 
 def action_key(event: h.HistoryEvent) -> tuple[str, ...]:
     """What must match between a recorded action and the code's: its kind, its name and
-    its target (a child's instance id, an event's target instance).
+    its target (a child's instance id, an event's target instance, a timer's fire time).
 
-    A timer's fire time is not compared: the history records each chunk of a long timer
-    (``maximum_timer_interval``), and a hub restarted with another interval chunks the
-    same timer differently, so a mismatch there is no proof the code changed."""
+    A timer's fire time is the one the code asked for (``final_fire_at``), not the end of
+    the chunk the history records (``fire_at``): a hub restarted with another
+    ``maximum_timer_interval`` chunks the same timer differently. A retry's back-off timer
+    has none (a retuned retry policy is no change of the orchestration's course), nor has
+    a timer recorded before the field existed: ``ReplayLedger.match`` then leaves the
+    time out."""
+    if isinstance(event, h.TimerCreated):
+        final = event.final_fire_at
+        return (type(event).__name__, "" if final is None else _utc(final))
     if isinstance(event, h.TaskScheduled):
         return (type(event).__name__, event.name)
     if isinstance(event, h.SubOrchestrationInstanceCreated):
@@ -121,6 +130,13 @@ class ReplayLedger:
                 f"history has {action_label(recorded)} at #{seq}, but the code no longer "
                 "schedules anything there"
             )
+        if (
+            isinstance(recorded, h.TimerCreated)
+            and recorded.final_fire_at is None
+            and isinstance(produced, h.TimerCreated)
+        ):
+            # Nothing to compare the time with (an older history, or a retry's back-off).
+            produced = replace(produced, final_fire_at=None)
         if action_key(produced) != action_key(recorded):
             label = action_label
             if action_label(produced) == action_label(recorded):

@@ -58,6 +58,7 @@ STATUS_KEYS = {
     "version",
     "tags",
     "parentInstanceId",
+    "blockingReport",  # GET /api/instances/{id} only; null unless its episode blocked
 }
 
 _attempts: dict[str, int] = {}

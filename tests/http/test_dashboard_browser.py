@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from playwright.sync_api import expect, sync_playwright
+from structlog.testing import capture_logs
 
 import duraray as dr
 from duraray.runtime.http import create_app
@@ -156,6 +157,21 @@ def restock(ctx: dr.OrchestrationContext, sku: str):
     return delivered
 
 
+# Released by the test that makes ``quote_price`` block its partition.
+_pricing_answered = threading.Event()
+
+
+def call_pricing_service() -> None:
+    _pricing_answered.wait(timeout=30)  # a blocking call in orchestrator code
+
+
+@app.orchestration
+def quote_price(ctx: dr.OrchestrationContext, sku: str):
+    if not ctx.is_replaying:
+        call_pricing_service()
+    return {"sku": sku, "price": 12}
+
+
 def _order(number: int, **extra: object) -> dict:
     return {"id": number, "sku": "sku-42", "qty": 2, **extra}
 
@@ -195,11 +211,11 @@ def _serve(asgi_app: object) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _running_hub(token: str | None = None) -> Iterator[Hub]:
+def _running_hub(token: str | None = None, **options: object) -> Iterator[Hub]:
     clock = ManualClock(datetime(2026, 3, 2, 9, 30, tzinfo=UTC), auto_advance=True)
     _clock["now"] = clock
     _charges.clear()
-    with run_in_process(app, clock=clock) as client:
+    with run_in_process(app, clock=clock, **options) as client:
         # As `duraray serve` builds it on loopback: Origin and Host checked (same-origin page).
         api = create_app(client, token=token, bind_host="127.0.0.1")
         with _serve(api) as url:
@@ -211,6 +227,17 @@ def hub() -> Iterator[Hub]:
     """The shop app in process (auto-advancing manual clock), its API served over HTTP."""
     with _running_hub() as running:
         yield running
+
+
+@pytest.fixture
+def watched_hub() -> Iterator[Hub]:
+    """The same, reporting orchestrator episodes that run longer than 0.2 s."""
+    _pricing_answered.clear()
+    try:
+        with _running_hub(blocking_episode_warning_s=0.2) as running:
+            yield running
+    finally:
+        _pricing_answered.set()
 
 
 @pytest.fixture
@@ -472,3 +499,42 @@ def test_a_page_of_another_site_cannot_drive_the_hub(hub: Hub, page):
     assert state is not None
     expected = (dr.OrchestrationStatus.RUNNING, None)
     assert expected == (state.runtime_status, hub.client.get_orchestration_state("intruder"))
+
+
+def test_instance_page_shows_the_episode_that_blocked_its_partition(
+    watched_hub: Hub, page, tmp_path
+):
+    """An orchestrator that blocked its partition's thread: its page says for how long and
+    shows the stack the watchdog took while it blocked."""
+    client = watched_hub.client
+    with capture_logs() as logs:
+        starter = threading.Thread(
+            target=client.schedule_new_orchestration,
+            args=("quote_price",),
+            kwargs={"input": "sku-42", "instance_id": "quote-1"},
+        )
+        starter.start()
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while not any(e["event"].startswith("orchestrator episode") for e in list(logs)):
+            assert time.monotonic() < deadline, "the blocking episode was not reported"
+            time.sleep(0.01)
+        _pricing_answered.set()
+        starter.join(timeout=10)
+    client.wait_for_orchestration_completion("quote-1", timeout=10).raise_if_failed()
+
+    page.goto(f"{watched_hub.url}/#/instances/quote-1")
+    expect(page.locator(".status-slot .badge")).to_have_text("Completed")
+    panel = page.locator("[data-panel=blocking]")
+    expect(panel.locator("h2")).to_have_text("Blocking episode")
+    expect(panel).to_contain_text("on partition")
+    expect(panel.locator("pre")).to_contain_text("in call_pricing_service")
+    expect(panel.locator("pre")).to_contain_text("_pricing_answered.wait(timeout=30)")
+
+    page.screenshot(path=str(tmp_path / "blocking.png"), full_page=True)
+
+    # An instance that never blocked has no such panel.
+    done = client.schedule_new_orchestration(ship_order, input=_order(7), instance_id="ship-7")
+    client.wait_for_orchestration_completion(done, timeout=10).raise_if_failed()
+    page.goto(f"{watched_hub.url}/#/instances/ship-7")
+    expect(page.locator(".status-slot .badge")).to_have_text("Completed")
+    expect(page.locator("[data-panel=blocking]")).to_have_count(0)

@@ -213,8 +213,21 @@ class Kit:
             timestamp=self.at(t), event_id=seq, name=name, input=codec.encode(input), tags=tags
         )
 
-    def timer(self, seq: int, fire_at: float, *, t: float = 0) -> h.TimerCreated:
-        return h.TimerCreated(timestamp=self.at(t), event_id=seq, fire_at=self.at(fire_at))
+    def timer(
+        self,
+        seq: int,
+        fire_at: float,
+        *,
+        t: float = 0,
+        final: float | None = None,
+        retry: bool = False,
+    ) -> h.TimerCreated:
+        """A timer (or a chunk of one ending at ``fire_at``) the code asked to fire at
+        ``final`` (default: ``fire_at``); a retry's back-off timer records no such time."""
+        final_at = None if retry else self.at(fire_at if final is None else final)
+        return h.TimerCreated(
+            timestamp=self.at(t), event_id=seq, fire_at=self.at(fire_at), final_fire_at=final_at
+        )
 
     def sub_created(
         self,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from duraray._errors import NonDeterminismError
 from duraray.orchestrations import history as h
+from duraray.orchestrations.executor import ExecutorOptions
+from duraray.orchestrations.task import RetryPolicy
 
 QUESTION = "; was the orchestration changed while instances were running?"
 
@@ -292,3 +295,107 @@ def test_changed_event_target_is_detected(kit):
         "send_event('second', 'Approved')" + QUESTION
     )
     assert expected == failure.message
+
+
+# -- a timer's fire time ----------------------------------------------------------------------
+
+
+def timer_after(seconds: float):
+    """An orchestration that waits ``seconds`` from its start, written the datetime way."""
+
+    def orch(ctx, _):
+        yield ctx.create_timer(ctx.current_utc_datetime + timedelta(seconds=seconds))
+        return "woke"
+
+    return orch
+
+
+def test_changed_timer_fire_time_is_detected(kit):
+    """A timer asked for another time than the history recorded is a mismatch naming both
+    times."""
+    history = recorded(kit, timer_after(10), kit.start())
+
+    failure = replay_failure(kit, timer_after(20), history)
+    expected = (
+        "history has create_timer(fire_at=2024-01-01T00:00:10+00:00) at #0, the code now "
+        "calls create_timer(fire_at=2024-01-01T00:00:20+00:00)" + QUESTION
+    )
+    assert expected == failure.message
+    assert failure.is_caused_by(NonDeterminismError)
+
+
+def test_same_timer_fire_time_replays_in_either_form(kit):
+    """The same time asked for as a datetime or as a delay replays fine: both come from the
+    replayed current_utc_datetime, also in a later episode."""
+
+    def as_delay(ctx, _):
+        yield ctx.call_activity("a")
+        yield ctx.create_timer(timedelta(seconds=10))
+        return "woke"
+
+    def as_datetime(ctx, _):
+        yield ctx.call_activity("a")
+        yield ctx.create_timer(ctx.current_utc_datetime + timedelta(seconds=10))
+        return "woke"
+
+    history = recorded(kit, as_delay, kit.start(), kit.episode(5, kit.done(0)))
+    expected_timer = kit.timer(1, 15, t=5)
+    assert expected_timer in history
+    _, new = kit.replay(as_datetime, history, kit.episode(15, kit.fired(1, 15)))
+    expected = [kit.completed("woke", t=15)]
+    assert expected == new
+
+
+def test_timer_recorded_without_its_fire_time_is_not_compared(kit):
+    """A history recorded before TimerCreated carried the time asked for replays against
+    code that asks for another time: there is nothing to compare with. (As before, the
+    timer then waits on for the time the code asks for, as for a chunk.)"""
+    history = [
+        replace(e, final_fire_at=None) if isinstance(e, h.TimerCreated) else e
+        for e in recorded(kit, timer_after(10), kit.start())
+    ]
+    executor, new = kit.replay(timer_after(20), history, kit.episode(10, kit.fired(0, 10)))
+    expected = [kit.timer(1, 20, t=10)]
+    assert expected == new
+    executor.process(kit.episode(20, kit.fired(1, 20)))
+    expected_done = [kit.completed("woke", t=20)]
+    assert expected_done == executor.take_new_events()
+
+
+def test_chunked_timer_replays_across_a_change_of_maximum_interval(kit):
+    """A long timer recorded in 2 s chunks replays and finishes under 3 s chunks or none:
+    the chunks' ends differ, the time asked for does not."""
+    two = ExecutorOptions(maximum_timer_interval=timedelta(seconds=2))
+    history = kit.run(
+        timer_after(5), kit.start(), kit.episode(2, kit.fired(0, 2)), options=two
+    ).history
+    expected_recorded = [kit.timer(0, 2, final=5), kit.timer(1, 4, t=2, final=5)]
+    assert expected_recorded == [e for e in history if isinstance(e, h.TimerCreated)]
+    for interval in (timedelta(seconds=3), None):
+        options = ExecutorOptions(maximum_timer_interval=interval)
+        executor, new = kit.replay(
+            timer_after(5), history, kit.episode(4, kit.fired(1, 4)), options=options
+        )
+        expected_new = [kit.timer(2, 5, t=4)]
+        assert expected_new == new
+        executor.process(kit.episode(5, kit.fired(2, 5)))
+        expected_done = [kit.completed("woke", t=5)]
+        assert expected_done == executor.take_new_events()
+
+
+def test_changed_retry_delay_is_not_a_mismatch(kit):
+    """A retry's back-off timer records no asked-for time: a retuned retry policy replays."""
+
+    def calling(first_retry: float):
+        def orch(ctx, _):
+            policy = RetryPolicy(timedelta(seconds=first_retry), 3)
+            return (yield ctx.call_activity("flaky", retry_policy=policy))
+
+        return orch
+
+    history = recorded(kit, calling(1), kit.start(), kit.episode(1, kit.fail(0)))
+    expected_timer = kit.timer(1, 2, t=1, retry=True)
+    assert expected_timer in history
+    _, new = kit.replay(calling(30), history, kit.episode(2, kit.fired(1, 2)))
+    expected = [kit.scheduled(2, "flaky", t=2)]
+    assert expected == new

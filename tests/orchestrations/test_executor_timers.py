@@ -94,7 +94,11 @@ def test_long_timer_is_split_into_chunks(kit):
         kit.episode(5, kit.fired(2, 5)),
         options=options,
     )
-    expected = [kit.timer(0, 2, t=0), kit.timer(1, 4, t=2), kit.timer(2, 5, t=4)]
+    expected = [
+        kit.timer(0, 2, t=0, final=5),
+        kit.timer(1, 4, t=2, final=5),
+        kit.timer(2, 5, t=4),
+    ]
     assert expected == run.of_type(h.TimerCreated)
     expected_output = "done"
     assert expected_output == run.output()
@@ -147,7 +151,12 @@ def test_cancelled_chunked_timer_ignores_its_pending_chunk(kit):
         kit.episode(3, kit.fired(1, 2)),
         options=options,
     )
-    expected_steps = [[kit.timer(0, 2)], [kit.timer(1, 2, t=1)], [], [kit.completed(True, t=3)]]
+    expected_steps = [
+        [kit.timer(0, 2, final=5)],
+        [kit.timer(1, 2, t=1)],
+        [],
+        [kit.completed(True, t=3)],
+    ]
     assert expected_steps == run.steps
 
 

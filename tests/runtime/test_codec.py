@@ -27,6 +27,7 @@ from duraray.orchestrations.history import (
     OrchestrationStatus,
     TaskCompleted,
     TaskFailed,
+    TimerCreated,
 )
 from duraray.runtime.engine import codec
 from duraray.runtime.engine.codec import (
@@ -517,6 +518,22 @@ def test_event_layout_is_positional_and_tagged() -> None:
     )
     expected = ["ExecutionCompleted", 1_000_000, "COMPLETED", b"\xc0", None]
     assert expected == msgpack.unpackb(encode_event(event))
+
+
+def test_sparse_field_is_written_only_when_set() -> None:
+    """TimerCreated.final_fire_at (SPARSE, appended after data was stored) is left out
+    while None, so a timer recorded without it keeps its stored three-field layout; set,
+    it is written and read back."""
+    at = datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC)
+    old = TimerCreated(timestamp=at, event_id=2, fire_at=at)
+    expected_old = ["TimerCreated", 1_000_000, 2, 1_000_000]
+    assert expected_old == msgpack.unpackb(encode_event(old))
+    assert old == decode_event(encode_event(old))
+    final = at + timedelta(seconds=1)
+    new = TimerCreated(timestamp=at, event_id=2, fire_at=at, final_fire_at=final)
+    expected_new = [*expected_old, 2_000_000]
+    assert expected_new == msgpack.unpackb(encode_event(new))
+    assert new == decode_event(encode_event(new))
 
 
 def test_naive_timestamp_is_taken_as_utc() -> None:

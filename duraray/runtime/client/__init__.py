@@ -2,7 +2,7 @@
 
 - ``sync``: ``Client``, its public operations and their argument checks;
 - ``results``: the state records it returns (``OrchestrationState``, ``EntityMetadata``,
-  ``Page``, ``ParkedItem``, ...), also importable from ``sync``;
+  ``Page``, ``ParkedItem``, ``BlockingReport``, ...), also importable from ``sync``;
 - ``transport``: the ``Transport`` protocol and ``Router``, which routes, fans out and
   batches the client's requests;
 - ``queries``: pages merged from every partition, and their continuation tokens;
@@ -17,6 +17,7 @@ the pure layers. Never the engine's internals (partition core, store), ``http`` 
 
 # ``duraray.runtime.client`` was a module holding these names; they stay importable here.
 from duraray.runtime.client.sync import (
+    BlockingReport,
     CleanEntityStorageResult,
     Client,
     EntityMetadata,
@@ -28,6 +29,7 @@ from duraray.runtime.client.sync import (
 )
 
 __all__ = [
+    "BlockingReport",
     "CleanEntityStorageResult",
     "Client",
     "EntityMetadata",

@@ -43,6 +43,7 @@ ASYNC_METHODS = (
     "clean_entity_storage",
     "partition_stats",
     "get_parked_items",
+    "get_blocking_report",
     "shutdown_hub",
 )
 

@@ -40,9 +40,15 @@ from duraray.runtime.client.results import (
 from duraray.runtime.client.results import entity_metadata as _entity_metadata
 from duraray.runtime.client.transport import Router, Transport
 from duraray.runtime.engine import codec
-from duraray.runtime.engine.records import InstanceRecord, ParkedItem, ReuseIdPolicy
+from duraray.runtime.engine.records import (
+    BlockingReport,
+    InstanceRecord,
+    ParkedItem,
+    ReuseIdPolicy,
+)
 
 __all__ = [
+    "BlockingReport",
     "CleanEntityStorageResult",
     "Client",
     "EntityMetadata",
@@ -556,6 +562,16 @@ class Client:
         (``parked``), including any past ``limit``.
         """
         return queries.parked_items(self._router, limit)
+
+    def get_blocking_report(self, instance_id: str) -> BlockingReport | None:
+        """The latest report of an orchestrator episode of the instance that ran longer
+        than ``blocking_episode_warning_s`` (blocking its partition), or None.
+
+        Kept in the partition's memory for its last 100 reported instances; a restart of
+        the partition forgets them. ``partition_stats()`` counts such episodes
+        (``blocking_episodes``).
+        """
+        return self._router.call(instance_id, "blocking_report", {})
 
     # -- lifecycle ---------------------------------------------------------------------------
 

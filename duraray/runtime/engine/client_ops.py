@@ -41,6 +41,7 @@ from duraray.runtime.engine.instances import InstanceTable
 from duraray.runtime.engine.lifecycle import Lifecycle
 from duraray.runtime.engine.poison import ParkedItems
 from duraray.runtime.engine.records import (
+    BlockingReport,
     ClientRequest,
     InstanceRecord,
     ParkedItem,
@@ -60,6 +61,7 @@ from duraray.runtime.engine.routing import partition_for
 from duraray.runtime.engine.store import PartitionStore
 from duraray.runtime.engine.timers import Timers
 from duraray.runtime.engine.waits import WaitGroup, Waits, Watcher, wait_satisfied
+from duraray.runtime.engine.watchdog import EpisodeWatch
 
 __all__ = ["MUTATING_OPS", "ClientOps", "ReuseIdPolicy"]
 
@@ -104,6 +106,7 @@ class ClientOps:
         counters: dict[str, float],
         stats: Callable[[], dict[str, Any]],
         parked: ParkedItems,
+        watch: EpisodeWatch,
     ) -> None:
         self._index = index
         self._partitions = partitions
@@ -118,6 +121,7 @@ class ClientOps:
         self._counters = counters
         self._stats_of_partition = stats
         self._parked_items = parked
+        self._watch = watch
         #: when to look for expired request replies next (UTC micros)
         self.next_prune = 0
         self._handlers: dict[str, Handler] = {
@@ -138,6 +142,7 @@ class ClientOps:
             "count": self._count,
             "stats": self._stats,
             "parked": self._parked,
+            "blocking_report": self._blocking_report,
             "signal_entity": self._signal_entity,
             "get_entity": self._get_entity,
             "query_entities": self._query_entities,
@@ -529,6 +534,11 @@ class ClientOps:
 
     def _stats(self, b: Batch, req: ClientRequest) -> dict[str, Any]:
         return self._stats_of_partition()
+
+    def _blocking_report(
+        self, b: Batch, req: ClientRequest, *, instance_id: str
+    ) -> BlockingReport | None:
+        return self._watch.report(instance_id)
 
     def _parked(
         self, b: Batch, req: ClientRequest, *, after: bytes | None = None, limit: int = 100

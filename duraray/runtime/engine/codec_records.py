@@ -3,10 +3,12 @@
 A record is written as a msgpack array of its fields in dataclass field order, so it stays
 small and evolves by the history module's rule: fields are only appended, with defaults. A
 record written with fewer fields decodes with the missing ones defaulted; one written with
-more (by a newer version) is refused. Each record class gets a plan, built once from its
-type hints: how each field is packed (datetimes as UTC microseconds, enums as their value,
-nested records as arrays, payload fields as the bytes ``encode`` produced) and unpacked.
-History events are tagged with their class name (``encode_event``/``decode_event``).
+more (by a newer version) is refused. Trailing fields marked ``SPARSE`` (history.py) are
+written only while set, so records that never set them keep their stored bytes. Each
+record class gets a plan, built once from its type hints: how each field is packed
+(datetimes as UTC microseconds, enums as their value, nested records as arrays, payload
+fields as the bytes ``encode`` produced) and unpacked. History events are tagged with
+their class name (``encode_event``/``decode_event``).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def _check_payload(owner: type, name: str, value: Any) -> Any:
 
 
 class _RecordPlan:
-    __slots__ = ("getter", "name", "names", "packers", "required", "unpackers")
+    __slots__ = ("getter", "keep", "name", "names", "packers", "required", "unpackers")
 
     def __init__(self, cls: type) -> None:
         if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
@@ -128,6 +130,10 @@ class _RecordPlan:
         self.unpackers = tuple(unpack for _, unpack in codecs)
         # Fields after the last one without a default may be absent (older writers).
         self.required = max((i + 1 for i, f in enumerate(fields) if _no_default(f)), default=0)
+        # Trailing SPARSE fields (appended after data was stored) are written only up to the
+        # last one set: a record without them keeps the bytes it was stored with.
+        sparse = len(list(itertools.takewhile(_is_sparse, reversed(fields))))
+        self.keep = len(fields) - sparse if sparse else None
         getter = attrgetter(*self.names) if self.names else (lambda o: ())
         # attrgetter of one name returns the bare value, not a 1-tuple.
         self.getter: _Conv = (lambda o: (getter(o),)) if len(self.names) == 1 else getter
@@ -136,10 +142,20 @@ class _RecordPlan:
 _record_plan: Callable[[type], _RecordPlan] = functools.cache(_RecordPlan)  # built on first use
 
 
+def _is_sparse(f: dataclasses.Field[Any]) -> bool:
+    return bool(f.metadata.get("sparse"))
+
+
 def pack_record(obj: Any) -> list[Any]:
-    """The record's fields as a list of msgpack-ready values, in dataclass field order."""
+    """The record's fields as a list of msgpack-ready values, in dataclass field order
+    (trailing ``SPARSE`` fields that are None left out)."""
     plan = _record_plan(type(obj))
-    return [v if p is None else p(v) for p, v in zip(plan.packers, plan.getter(obj), strict=False)]
+    items = [v if p is None else p(v) for p, v in zip(plan.packers, plan.getter(obj), strict=False)]
+    keep = plan.keep
+    if keep is not None:
+        while len(items) > keep and items[-1] is None:
+            items.pop()
+    return items
 
 
 def unpack_record(cls: type[T], items: Sequence[Any]) -> T:

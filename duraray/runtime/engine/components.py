@@ -31,6 +31,7 @@ from duraray.runtime.engine.poison import ParkedItems, PoisonHandler
 from duraray.runtime.engine.store import PartitionStore
 from duraray.runtime.engine.timers import Timers
 from duraray.runtime.engine.waits import Waits
+from duraray.runtime.engine.watchdog import EpisodeWatch
 from duraray.runtime.engine.work import Work
 
 
@@ -53,6 +54,7 @@ class Components:
     poison: PoisonHandler
     client_ops: ClientOps
     work: Work
+    watch: EpisodeWatch
 
 
 def executor_options(config: HubConfig) -> ExecutorOptions:
@@ -69,6 +71,7 @@ def executor_options(config: HubConfig) -> ExecutorOptions:
 
 def compose(
     *,
+    hub: str,
     index: int,
     store: PartitionStore,
     registry: Registry,
@@ -96,6 +99,10 @@ def compose(
             inline_max_s=config.inline_activity_max_ms / 1000,
         )
     outbox = Outbox(index, config.partitions, config.resend_interval, counters)
+    # Reports orchestrator episodes that block the batch thread (watchdog.py).
+    watch = EpisodeWatch(
+        hub=hub, partition=index, threshold=config.blocking_episode_warning_s, clock=clock
+    )
     timers = Timers()
     waits = Waits()
     # Payloads made inside the hub (activity inputs, outputs, custom status, sent events)
@@ -138,6 +145,7 @@ def compose(
         activity_names=registry.activities,
         clock=clock,
         counters=counters,
+        watch=watch,
     )
     parked = ParkedItems(store, index)
     poison = PoisonHandler(
@@ -162,6 +170,7 @@ def compose(
         counters=counters,
         stats=stats,
         parked=parked,
+        watch=watch,
     )
     work = Work(
         gate=gate,
@@ -189,4 +198,5 @@ def compose(
         poison=poison,
         client_ops=client_ops,
         work=work,
+        watch=watch,
     )

@@ -29,6 +29,7 @@ from duraray.runtime.engine.lifecycle import Lifecycle
 from duraray.runtime.engine.messages import DeliverEvent, ParentRef, StartOrchestration
 from duraray.runtime.engine.outbox import Outbox
 from duraray.runtime.engine.records import ActivityResult, InstanceRecord, TimerRow
+from duraray.runtime.engine.watchdog import EpisodeWatch
 
 Status = h.OrchestrationStatus
 
@@ -70,6 +71,7 @@ class Episodes:
         activity_names: Collection[str],
         clock: Clock,
         counters: dict[str, float],
+        watch: EpisodeWatch,
     ) -> None:
         self._config = config
         self._table = table
@@ -81,6 +83,7 @@ class Episodes:
         self._activity_names = activity_names
         self._clock = clock
         self._counters = counters
+        self._watch = watch
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -283,9 +286,15 @@ class Episodes:
         if mismatch is not None:
             self._on_version_mismatch(b, live, events, mismatch)
             return
-        executor = table.executor_for(live)
         episode: list[h.HistoryEvent] = [h.OrchestratorStarted(timestamp=b.now), *events]
-        executor.process(episode)
+        # The user's code runs here (its replay too): the watchdog reports it if it blocks.
+        watch = self._watch
+        watch.begin(record.instance_id, record.name)
+        try:
+            executor = table.executor_for(live)
+            executor.process(episode)
+        finally:
+            watch.end()
         actions = executor.take_new_events()
         table.append_history(b, live, episode + actions)
         self._counters["episodes"] += 1

@@ -31,9 +31,10 @@ Guarantees built here (DESIGN.md §5-6):
 The core is composed of components that each own their state (components.py and
 docs/ARCHITECTURE.md): the outbox (the exactly-once channel), the timers, the instance
 table, the entity host, the actions, the lifecycle, the episodes, the client operations,
-the parked waits, the parked items and the poison handler, plus the dispatch plan.
-``run_batch`` makes one ``Batch`` value and hands it to them through ``Work``; no
-component reads another's fields. Time and ids come from one injected ``Clock``.
+the parked waits, the parked items and the poison handler, plus the dispatch plan and
+the episode watch (watchdog.py). ``run_batch`` makes one ``Batch`` value and hands it to
+them through ``Work``; no component reads another's fields. Time and ids come from one
+injected ``Clock``.
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ class PartitionCore:
         # The components, each over its own state (components.py); see the module
         # docstring. They share the counters dict: it is changed in place, never replaced.
         c = compose(
+            hub=hub,
             index=index,
             store=store,
             registry=registry,
@@ -201,6 +203,7 @@ class PartitionCore:
         self.poison = c.poison
         self.client_ops = c.client_ops
         self.work = c.work
+        self.watch = c.watch
 
         open_store(store, hub=hub, index=index, partitions=self.partition_count, clock=self.clock)
         if dispatch is None:
@@ -423,7 +426,7 @@ class PartitionCore:
             by_status[status] = by_status.get(status, 0) + 1
         return {
             "partition": self.index,
-            "counters": dict(self.counters),
+            "counters": {**self.counters, "blocking_episodes": self.watch.count},
             "live_instances": by_status,
             "cached_executors": self.instances.cached_executors,
             "timers": len(self.timers),
@@ -496,6 +499,7 @@ class PartitionCore:
         core.counters.update(self._counters_before or self.counters)
         core.costs.saved_at = self.costs.saved_at
         core.client_ops.next_prune = self.client_ops.next_prune
+        core.watch.adopt(self.watch)
         return core
 
     def _move_waits(self, core: PartitionCore, requests: list[ClientRequest]) -> None:
@@ -594,5 +598,6 @@ class PartitionCore:
 
     def close(self) -> None:
         """Drop live generators and close the store."""
+        self.watch.close()
         self.instances.close_executors()
         self.store.close()

@@ -243,6 +243,30 @@ class ParkedItem:
     payload: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BlockingReport:
+    """An orchestrator episode that ran longer than ``blocking_episode_warning_s``.
+
+    Orchestrator code runs on its partition's batch thread: while one episode (one run of
+    an instance's code, its replay included) blocks, every instance of the partition
+    waits. The partition's watchdog reports such an episode once, while it still runs,
+    and keeps the latest report of each instance in memory (see
+    ``Client.get_blocking_report``). ``seconds`` is how long the episode had run when it
+    was reported (at ``reported_at``, the partition's clock), ``stack`` the code's stack
+    then (innermost call last; duraray's own frames left out) and ``finished_after`` the
+    episode's whole run time once it ended (None while it still runs, or if the partition
+    was rebuilt meanwhile).
+    """
+
+    instance_id: str
+    name: str
+    partition: int
+    reported_at: datetime
+    seconds: float
+    stack: str
+    finished_after: float | None = None
+
+
 # -- work in, effects out ------------------------------------------------------------------
 
 

@@ -94,7 +94,10 @@ base64, see ``payloads.to_json``):
   customStatus, output (a Failed instance's error message when it has no output),
   createdTime, lastUpdatedTime, failureDetails (null, or {errorType, errorMessage,
   stackTrace, isNonRetriable, innerFailure?}), version, tags, parentInstanceId,
-  payloadErrors?, historyEvents?}``;
+  payloadErrors?, historyEvents?}``, and on ``GET /api/instances/{id}`` ``blockingReport``:
+  null, or the latest episode of the instance that ran longer than
+  ``blocking_episode_warning_s`` (``{partition, reportedAt, seconds (when reported),
+  finishedAfter (null while it runs), stack}``, kept in the partition's memory);
 - history event: ``{"EventType": "<class name>", <field>: <value>, ...}`` with the event's
   own (snake_case) field names, e.g. ``{"EventType": "TaskCompleted", "timestamp": ...,
   "task_scheduled_id": 2, "result": 42}``; failures are ``{message, error_type,
@@ -108,11 +111,13 @@ base64, see ``payloads.to_json``):
   before the codec's limits can hold such payloads; one never fails a listing or a status;
 - ``/api/partitions``: a list, one object per partition: ``{partition, counters: {batches,
   items, episodes, commit_seconds, replays, activities_dispatched, messages_sent,
-  entity_operations?, poison_items?, rebuilds?, link_frames_sent?, link_frames_received?,
-  link_declined?, link_rejected?}, live_instances: {STATUS: n}, cached_executors, timers,
-  activities_in_flight, outbox, queue_depth, parked}`` (``parked``: rows set aside in the
-  partition, see below; ``poison_items``: items found poison, ``rebuilds``: rebuilds of
-  the partition's core after a failed batch, both since the partition started);
+  blocking_episodes, entity_operations?, poison_items?, rebuilds?, link_frames_sent?,
+  link_frames_received?, link_declined?, link_rejected?}, live_instances: {STATUS: n},
+  cached_executors, timers, activities_in_flight, outbox, queue_depth, parked}``
+  (``parked``: rows set aside in the partition, see below; ``poison_items``: items found
+  poison, ``rebuilds``: rebuilds of the partition's core after a failed batch,
+  ``blocking_episodes``: orchestrator episodes that ran longer than
+  ``blocking_episode_warning_s``, all since the partition started);
 - parked-item payload: ``{partition, kind ("message", "signal", "instance", "row" or
   "request"), target (the instance or entity it was for), parkedAt, error (one line),
   detail (the traceback, shortened)}``, plus ``payload`` with ``showPayload=true`` (the
@@ -124,7 +129,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -136,7 +141,7 @@ from starlette.routing import BaseRoute, Route
 
 from duraray.orchestrations.history import OrchestrationStatus
 from duraray.runtime.client.aio import AsyncClient
-from duraray.runtime.client.sync import Client, OrchestrationState
+from duraray.runtime.client.sync import BlockingReport, Client, OrchestrationState
 from duraray.runtime.http import parsing as q
 from duraray.runtime.http import payloads as p
 from duraray.runtime.http.auth import (
@@ -317,15 +322,24 @@ class HttpApi:
         show_history = q.query_bool(request, "showHistory", False)
         show_input = q.query_bool(request, "showInput", True)
         fail_500 = q.query_bool(request, "returnInternalServerErrorOnFailure", False)
-        state: OrchestrationState | None = await call(
-            self.client.get_orchestration_state, instance_id
+        # Both at once (no added latency); the state's error, if any, is the answer.
+        outcomes = await asyncio.gather(
+            call(self.client.get_orchestration_state, instance_id),
+            call(self.client.get_blocking_report, instance_id),
+            return_exceptions=True,
         )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        state = cast(OrchestrationState | None, outcomes[0])
+        blocking = cast(BlockingReport | None, outcomes[1])
         if state is None:
             raise ApiError(404, f"no orchestration instance with id {instance_id!r}")
         history = None
         if show_history:
             history = await call(self.client.get_orchestration_history, instance_id)
         payload = p.status_json(state, show_input=show_input, history=history)
+        payload["blockingReport"] = p.blocking_json(blocking)
         status = state.runtime_status
         if not status.is_terminal:
             url = p.management_urls(self._base(request), instance_id)["statusQueryGetUri"]

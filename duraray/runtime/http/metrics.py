@@ -16,10 +16,14 @@ Series (all prefixed ``duraray_``):
 - ``episodes_total``, ``replays_total``, ``activities_dispatched_total``,
   ``messages_sent_total``, ``entity_operations_total``;
 - ``queue_depth`` (work waiting for the next batch), ``timers``, ``activities_in_flight``,
-  ``activities_waiting`` (beyond ``max_activities_in_flight``), ``outbox_messages`` (partition messages not yet acknowledged), ``cached_executors``;
+  ``activities_waiting`` (beyond ``max_activities_in_flight``), ``outbox_messages``
+  (partition messages not yet acknowledged), ``cached_executors``;
 - ``parked_items`` (work set aside as poison, kept in the store: a gauge that only grows,
   so alert on ``> 0`` or on ``increase()``), ``poison_items_total`` (items found poison)
   and ``rebuilds_total`` (the partition's core rebuilt after a failed batch);
+- ``blocking_episodes_total``: orchestrator episodes that ran longer than
+  ``blocking_episode_warning_s`` (code blocking its partition's thread; counted while
+  they run, so a scrape sees one as soon as the partition answers again);
 - ``stats_up{hub}``: 1 when every partition answered, else 0 (and no other series).
 
 Counters the engine adds later appear as ``duraray_<name>_total`` without a change here.
@@ -69,6 +73,12 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "Items that failed on their own, twice, inside the partition (poison): a client "
         "request answered with PartitionFailureError (HTTP 500), an instance failed, or a "
         "message parked (see duraray_parked_items).",
+    ),
+    "blocking_episodes": (
+        "duraray_blocking_episodes",
+        "Orchestrator episodes that ran longer than blocking_episode_warning_s, blocking "
+        "the partition's other instances meanwhile (each reported once, with its stack, in "
+        "the log and on the instance's dashboard page).",
     ),
     "rebuilds": (
         "duraray_rebuilds",

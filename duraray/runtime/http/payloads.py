@@ -1,5 +1,5 @@
 """The JSON shapes of the HTTP API: instance status, history events, entities, parked
-items, management URLs.
+items, blocking reports, management URLs.
 
 Pure functions from the client's records to JSON-ready dicts; no Starlette, no I/O, so the
 shapes can be tested (and reused by the CLI) without a server. ``api.py`` documents them.
@@ -31,7 +31,12 @@ from typing import Any
 from urllib.parse import quote
 
 from duraray.orchestrations.history import HistoryEvent, OrchestrationStatus
-from duraray.runtime.client.sync import EntityMetadata, OrchestrationState, ParkedItem
+from duraray.runtime.client.sync import (
+    BlockingReport,
+    EntityMetadata,
+    OrchestrationState,
+    ParkedItem,
+)
 from duraray.runtime.engine.codec import MAX_DEPTH, UndecodablePayload
 
 #: OrchestrationStatus -> the Durable Functions ``runtimeStatus`` spelling.
@@ -260,6 +265,20 @@ def parked_json(item: ParkedItem, *, show_payload: bool = False) -> dict[str, An
             None if item.payload is None else base64.b64encode(item.payload).decode("ascii")
         )
     return out
+
+
+def blocking_json(report: BlockingReport | None) -> dict[str, Any] | None:
+    """The latest blocking report of an instance: ``{partition, reportedAt, seconds,
+    finishedAfter, stack}`` (``finishedAfter`` null while the episode runs), or None."""
+    if report is None:
+        return None
+    return {
+        "partition": report.partition,
+        "reportedAt": iso(report.reported_at),
+        "seconds": report.seconds,
+        "finishedAfter": report.finished_after,
+        "stack": report.stack,
+    }
 
 
 def management_urls(base_url: str, instance_id: str) -> dict[str, str]:

@@ -1,5 +1,6 @@
-// One instance: its status, payloads, failure, history timeline and raw event table, and
-// the operator actions (raise event, suspend, resume, terminate, rewind, restart, purge).
+// One instance: its status, payloads, failure, latest blocking report, history timeline
+// and raw event table, and the operator actions (raise event, suspend, resume, terminate,
+// rewind, restart, purge).
 
 import { getInstance, instanceAction, purgeInstance, raiseEvent } from "../api.js";
 import { buildTimeline, renderTimeline } from "../timeline.js";
@@ -77,6 +78,23 @@ function failurePanel(failure) {
     h("p", { class: "failure-message" }, failure.type ? h("strong", {}, `${failure.type}: `) : null, failure.message),
     chain.length ? h("div", {}, h("p", { class: "muted" }, "Caused by"), h("ul", {}, chain)) : null,
     failure.stack ? h("details", {}, h("summary", {}, "Stack trace"), h("pre", { class: "payload" }, failure.stack)) : null,
+  );
+}
+
+/** The latest episode of the instance that blocked its partition (``blockingReport``). */
+function blockingPanel(report) {
+  const ran = report.finishedAfter == null
+    ? `has run for over ${formatDuration(report.seconds * 1000)} and still runs`
+    : `ran for ${formatDuration(report.finishedAfter * 1000)}`;
+  return h(
+    "section",
+    { class: "panel panel-warning", "data-panel": "blocking" },
+    h("h2", {}, "Blocking episode"),
+    h("p", {},
+      `An episode of this orchestration ${ran} on partition ${report.partition}; the partition's other instances waited meanwhile. `,
+      `Reported ${formatTime(report.reportedAt)}, after ${formatDuration(report.seconds * 1000)}. `,
+      "Orchestrator code must not block: wait with a durable timer or an event, do I/O in an activity."),
+    h("details", { open: true }, h("summary", {}, "Stack when reported"), h("pre", { class: "payload" }, report.stack || "(not available)")),
   );
 }
 
@@ -161,6 +179,7 @@ export function instanceView(instanceId) {
 
   const payloads = h("div", { class: "panels" });
   const failureSlot = h("div");
+  const blockingSlot = h("div");
   const timelineSlot = h("div", { class: "timeline-slot" });
   const historySlot = h("div", { class: "table-wrap history-wrap" });
   const historyCount = h("span", { class: "muted" });
@@ -169,6 +188,7 @@ export function instanceView(instanceId) {
     "div",
     { hidden: true },
     failureSlot,
+    blockingSlot,
     payloads,
     h("section", { class: "panel" }, h("h2", {}, "Timeline"), timelineSlot),
     h("section", { class: "panel" }, h("h2", {}, "History ", historyCount), historySlot),
@@ -272,6 +292,7 @@ export function instanceView(instanceId) {
 
     const failure = status === "Failed" ? failureOf(instance) : null;
     fill(failureSlot, failure ? failurePanel(failure) : null);
+    fill(blockingSlot, instance.blockingReport ? blockingPanel(instance.blockingReport) : null);
     fill(
       payloads,
       h("section", { class: "panel", "data-panel": "input" }, h("h2", {}, "Input"), payloadBlock(instance.input)),
