@@ -294,5 +294,5 @@ def test_calling_an_undecorated_function_names_the_decorator(client):
     assert "@app.activity" in state.failure_details.message
     assert "forgot_the_decorator" in state.failure_details.message
     assert not any(isinstance(e, dr.TaskScheduled) for e in client.get_orchestration_history(iid))
-    with pytest.raises(dr.OrchestratorNotRegisteredError, match="@app.orchestration"):
+    with pytest.raises(dr.OrchestratorNotRegisteredError, match=r"@app\.orchestration"):
         client.schedule_new_orchestration(forgot_the_decorator)

@@ -21,7 +21,7 @@ from duraray.orchestrations.executor import ExecutorOptions, OrchestrationExecut
 from duraray.runtime.engine import codec
 from duraray.runtime.engine import records as r
 from duraray.runtime.engine.batch import Batch
-from duraray.runtime.engine.records import InstanceRecord
+from duraray.runtime.engine.records import ActivityTask, InstanceRecord
 from duraray.runtime.engine.status_counts import STATUS_COUNTS_KEY, StatusCounts
 from duraray.runtime.engine.store import PartitionStore
 
@@ -92,6 +92,16 @@ class InstanceTable:
     def get(self, instance_id: str) -> LiveInstance | None:
         """The live (non-terminal) instance, or None."""
         return self._live.get(instance_id)
+
+    def waits_for(self, task: ActivityTask) -> bool:
+        """True if the activity's instance still waits for it (it may have ended while
+        the activity waited for a slot)."""
+        live = self._live.get(task.instance_id)
+        return (
+            live is not None
+            and live.record.execution_id == task.execution_id
+            and task.task_id in live.activities
+        )
 
     def add(self, live: LiveInstance) -> None:
         """A new live instance (created, rewound, or recovered)."""

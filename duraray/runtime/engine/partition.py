@@ -71,7 +71,6 @@ from duraray.runtime.engine.poison import (
 )
 from duraray.runtime.engine.records import (
     ActivityResult,
-    ActivityTask,
     ClientRequest,
     Effects,
     Message,
@@ -376,7 +375,7 @@ class PartitionCore:
             for iid in b.ended:  # what ended instances still had waiting never runs
                 live = self.instances.get(iid)
                 self.gate.forget(iid, live.record.execution_id if live else None)
-            fx.activities = self.gate.admit(fx.activities, self._still_pending)
+            fx.activities = self.gate.admit(fx.activities, self.instances.waits_for)
         except Exception:
             # Their rows are stored: a restart of the partition sends them again.
             self._log.exception("activity gate failed; its activities wait for a restart")
@@ -392,16 +391,6 @@ class PartitionCore:
             self._pending_effects.activities.extend(fx.activities)
             fx.activities = []
         return fx
-
-    def _still_pending(self, task: ActivityTask) -> bool:
-        """True if the activity's instance still waits for it (it may have ended while
-        the activity waited for a slot)."""
-        live = self.instances.get(task.instance_id)
-        return (
-            live is not None
-            and live.record.execution_id == task.execution_id
-            and task.task_id in live.activities
-        )
 
     def _run_isolated(self, b: Batch) -> int:
         """Apply one unit of a failed batch's work, or deal with a poison unit."""
