@@ -205,6 +205,7 @@ class OrchestrationContext:
         def schedule(task: CompletableTask[Any]) -> None:
             seq = ex.next_sequence()
             task.description = f"call_activity({name!r}) #{seq}"
+            attempt = getattr(task, "attempt", 1)  # a retry's count (RetryableTask)
             ex.record_action(
                 h.TaskScheduled(
                     timestamp=self.current_utc_datetime,
@@ -212,6 +213,7 @@ class OrchestrationContext:
                     name=name,
                     input=encoded,
                     tags=dict(tags) if tags else None,
+                    attempt=attempt if attempt > 1 else None,
                 ),
                 task,
             )

@@ -100,6 +100,8 @@ class TaskScheduled(HistoryEvent):
     name: str
     input: Any = None
     tags: dict[str, str] | None = None
+    #: which attempt of a retried call this is (None: the first)
+    attempt: int | None = field(default=None, metadata=SPARSE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

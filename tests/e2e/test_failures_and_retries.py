@@ -296,3 +296,42 @@ def test_calling_an_undecorated_function_names_the_decorator(client):
     assert not any(isinstance(e, dr.TaskScheduled) for e in client.get_orchestration_history(iid))
     with pytest.raises(dr.OrchestratorNotRegisteredError, match=r"@app\.orchestration"):
         client.schedule_new_orchestration(forgot_the_decorator)
+
+
+attempts_seen: list[tuple[int, int]] = []
+
+
+@app.activity
+def fails_until_third(ctx: dr.ActivityContext, _: None) -> int:
+    attempts_seen.append((ctx.task_id, ctx.attempt))
+    if ctx.attempt < 3:
+        raise RuntimeError(f"attempt {ctx.attempt}")
+    return ctx.attempt
+
+
+@app.orchestration
+def retries_three_times(ctx: dr.OrchestrationContext):
+    policy = dr.RetryPolicy(timedelta(seconds=1), 5)
+    first = yield ctx.call_activity(fails_until_third, retry_policy=policy)
+    plain = yield ctx.call_activity(fails_until_third_once_ok)
+    return [first, plain]
+
+
+@app.activity
+def fails_until_third_once_ok(ctx: dr.ActivityContext) -> int:
+    return ctx.attempt
+
+
+def test_an_activity_sees_which_attempt_it_is(client):
+    """ActivityContext.attempt counts from 1 and goes up with each retry of the policy;
+    a call without a policy is attempt 1. Each attempt is its own task id."""
+    attempts_seen.clear()
+    iid = client.schedule_new_orchestration(retries_three_times)
+    state = client.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
+    assert [3, 1] == state.output
+    assert [1, 2, 3] == [attempt for _, attempt in attempts_seen]
+    assert len({task_id for task_id, _ in attempts_seen}) == 3
+    scheduled = [
+        e for e in client.get_orchestration_history(iid) if isinstance(e, dr.TaskScheduled)
+    ]
+    assert [None, 2, 3, None] == [e.attempt for e in scheduled]

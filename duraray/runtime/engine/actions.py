@@ -48,6 +48,7 @@ class Actions:
                 input=event.input,
                 partition=self._index,
                 tags=event.tags,
+                attempt=event.attempt,
             )
             b.wb.put("activities", r.seq_key(iid, event.event_id), codec.encode_record(task))
             live.activities.add(event.event_id)

@@ -23,12 +23,14 @@ from duraray.runtime.engine.records import ActivityResult, ActivityTask
 
 @dataclass(frozen=True, slots=True)
 class ActivityContext:
-    """What an activity knows about the call: the orchestration and the task id."""
+    """What an activity knows about the call: the orchestration, the task id, and which
+    attempt this is (1 for the first call; a ``RetryPolicy`` retry counts on from 2)."""
 
     orchestration_id: str
     task_id: int
     name: str
     tags: dict[str, str] | None = None
+    attempt: int = 1
 
     @property
     def instance_id(self) -> str:
@@ -50,7 +52,9 @@ def execute_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
             )
         fn = _callable(spec)
         value = codec.decode(task.input, input_type_hint(fn))
-        ctx = ActivityContext(task.instance_id, task.task_id, task.name, task.tags)
+        ctx = ActivityContext(
+            task.instance_id, task.task_id, task.name, task.tags, task.attempt or 1
+        )
         outcome: Any = fn(ctx, value) if accepts_input(fn) else fn(ctx)
         if inspect.isawaitable(outcome):
             # One loop per thread, kept: an activity class's state tied to a loop (a

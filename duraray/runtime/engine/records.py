@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from duraray._errors import FailureDetails
-from duraray.orchestrations.history import OrchestrationStatus
+from duraray.orchestrations.history import SPARSE, OrchestrationStatus
 
 #: Bumped when the on-disk layout changes; stored in ``meta``. 2 added the ``live`` index
 #: (the ids of non-terminal instances), built once when a version-1 store is opened. 3
@@ -177,6 +177,8 @@ class ActivityTask:
     input: bytes | None
     partition: int
     tags: dict[str, str] | None = None
+    #: which attempt of a retried call (None: the first); written only when set
+    attempt: int | None = field(default=None, metadata=SPARSE)
 
 
 @dataclass(frozen=True, slots=True)
