@@ -6,11 +6,14 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from duraray._registry import Registry
 from duraray.config import HubConfig
 from duraray.orchestrations.ids import validate_instance_id
+
+if TYPE_CHECKING:
+    from duraray.runtime.client.sync import Client
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -133,7 +136,7 @@ class App:
         in_process: bool = False,
         clock: Callable[[], datetime] | None = None,
         **options: Any,
-    ) -> Iterator[Any]:
+    ) -> Iterator[Client]:
         """Run the hub for the duration of a ``with`` block and yield a ``Client``.
 
         ``in_process=True`` runs the same engine without Ray (``data_dir=":memory:"`` keeps
@@ -187,7 +190,7 @@ class App:
         data_dir: str | None = None,
         detached: bool = True,
         **options: Any,
-    ) -> Any:
+    ) -> Client:
         """Launch the hub's actors on a running Ray cluster (or attach if they are up).
 
         Idempotent: a second call attaches to the running hub. With ``detached=True`` the
@@ -217,7 +220,7 @@ class App:
             config = config.with_options(data_dir=os.path.abspath(config.data_dir))
         return config
 
-    def _launch(self, config: HubConfig, *, detached: bool) -> Any:
+    def _launch(self, config: HubConfig, *, detached: bool) -> Client:
         from duraray.runtime.client.sync import Client
         from duraray.runtime.ray.manager import PartitionManager, RayTransport
 

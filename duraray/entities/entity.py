@@ -7,13 +7,16 @@ them only if the operation succeeds.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from duraray import _limits
 from duraray.entities.ids import EntityId
 from duraray.orchestrations.ids import validate_instance_id
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,13 @@ class EntityContext:
         if self._working is not _MISSING:
             return self._working is not None
         return self._committed is not None
+
+    @overload
+    def get_state(self, type: builtins.type[T], default: T) -> T: ...
+    @overload
+    def get_state(self, type: builtins.type[T], default: None = None) -> T | None: ...
+    @overload
+    def get_state(self, type: None = None, default: Any = None) -> Any: ...
 
     def get_state(self, type: Any = None, default: Any = None) -> Any:
         """The entity's state (converted to ``type``), or ``default`` if it has none."""
@@ -171,6 +181,13 @@ class DurableEntity:
     def operation(self) -> str:
         """The name of the operation being run."""
         return self._ctx.operation
+
+    @overload
+    def get_state(self, type: builtins.type[T], default: T) -> T: ...
+    @overload
+    def get_state(self, type: builtins.type[T], default: None = None) -> T | None: ...
+    @overload
+    def get_state(self, type: None = None, default: Any = None) -> Any: ...
 
     def get_state(self, type: Any = None, default: Any = None) -> Any:
         """The entity's state (converted to ``type``), or ``default`` if it has none."""

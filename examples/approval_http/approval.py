@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Generator
 from datetime import timedelta
 from typing import Any
 
@@ -55,7 +56,9 @@ def place_order(ctx: dr.ActivityContext, request: dict[str, Any]) -> str:
 
 
 @app.orchestration
-def purchase_approval(ctx: dr.OrchestrationContext, request: dict[str, Any]):
+def purchase_approval(
+    ctx: dr.OrchestrationContext, request: dict[str, Any]
+) -> Generator[dr.Task[Any], Any, dict[str, Any]]:
     """Ask for approval; order if approved, stop if rejected or if nobody answers in a day."""
     yield ctx.call_activity(notify_approver, input=request)
     ctx.set_custom_status({"stage": "awaiting approval", "approver": request["approver"]})

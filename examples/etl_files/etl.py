@@ -24,6 +24,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +75,16 @@ class Total(dr.DurableEntity):
         self.set_state(state)
 
     def get(self) -> dict[str, int]:
-        return self.get_state(dict, {"files": 0, "rows": 0, "cents": 0})
+        totals: dict[str, int] = self.get_state(dict, {"files": 0, "rows": 0, "cents": 0})
+        return totals
 
 
 @app.orchestration
-def process_file(ctx: dr.OrchestrationContext, path: str):
+def process_file(
+    ctx: dr.OrchestrationContext, path: str
+) -> Generator[dr.Task[Any], Any, dict[str, Any]]:
     """Parse a file, then add its share to each category's Total entity."""
-    summary = yield ctx.call_activity(
+    summary: dict[str, Any] = yield ctx.call_activity(
         parse_file,
         input=path,
         retry_policy=dr.RetryPolicy(first_retry_interval=0.5, max_number_of_attempts=3),

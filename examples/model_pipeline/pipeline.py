@@ -25,7 +25,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import duraray as dr
 
@@ -55,9 +57,12 @@ class Scorer:
 
 
 @app.orchestration
-def score_all(ctx: dr.OrchestrationContext, doc_paths: list[str]):
+def score_all(
+    ctx: dr.OrchestrationContext, doc_paths: list[str]
+) -> Generator[dr.Task[Any], Any, list[str]]:
     """Scores every document at once; returns the paths of the scores."""
-    return (yield dr.when_all([ctx.call_activity(Scorer, input=p) for p in doc_paths]))
+    scores: list[str] = yield dr.when_all([ctx.call_activity(Scorer, input=p) for p in doc_paths])
+    return scores
 
 
 def make_docs(folder: Path, count: int) -> list[str]:

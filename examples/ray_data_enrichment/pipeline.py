@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import shutil
 import sys
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +64,13 @@ def lookup_region(ctx: dr.ActivityContext, record: dict[str, Any]) -> dict[str, 
 def score_risk(ctx: dr.ActivityContext, record: dict[str, Any]) -> float:
     """A toy risk score from spend and region."""
     base = {"north": 0.2, "east": 0.4, "south": 0.3, "west": 0.5}[record["region"]]
-    return round(min(1.0, base + record["spend"] / 10_000), 3)
+    return round(min(1.0, base + float(record["spend"]) / 10_000), 3)
 
 
 @app.orchestration
-def enrich_customer(ctx: dr.OrchestrationContext, record: dict[str, Any]):
+def enrich_customer(
+    ctx: dr.OrchestrationContext, record: dict[str, Any]
+) -> Generator[dr.Task[Any], Any, dict[str, Any]]:
     """Look the region up (retrying the flaky API), then score the customer."""
     geo = yield ctx.call_activity(lookup_region, input=record, retry_policy=RETRY)
     risk = yield ctx.call_activity(score_risk, input={**record, **geo})
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         address="local",
         resources={"geo_api": 2},
         include_dashboard=False,
-        logging_level="WARNING",
+        logging_level=logging.WARNING,
     )
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False

@@ -67,9 +67,8 @@ def demo(data_dir: str, address: str | None) -> None:
 
         _say("3. approval: an orchestration waiting for a human")
         iid = client.schedule_new_orchestration("approval", input={"item": "laptop"})
-        client.wait_for_orchestration_start(iid, timeout=60)
-        state = client.get_orchestration_state(iid)
-        _say(f"   status {state.runtime_status.value}, custom status {state.custom_status!r}")
+        waiting = client.wait_for_orchestration_start(iid, timeout=60)
+        _say(f"   status {waiting.runtime_status.value}, custom status {waiting.custom_status!r}")
         client.raise_orchestration_event(iid, "approve", data="alice")
         state = client.wait_for_orchestration_completion(iid, timeout=60)
         _say(f"   -> approved: {state.output}")
