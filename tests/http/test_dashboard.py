@@ -65,7 +65,13 @@ def test_root_serves_the_page(http):
 def test_every_file_the_page_loads_is_served(http):
     """Each stylesheet and script the page references (imports included) is served with its type."""
     files = _referenced_files()
-    assert {"app.js", "dashboard.css", "views/instance.js"} <= files
+    assert {
+        "app.js",
+        "dashboard.css",
+        "views/instance.js",
+        "views/bulk.js",
+        "timeline-view.js",
+    } <= files
     for name in sorted(files):
         response = http.get(f"/static/{name}")
         assert 200 == response.status_code, name
