@@ -369,11 +369,14 @@ def _statuses(client: dr.Client, ids: list[str]) -> list[str | None]:
 def test_bulk_actions_on_a_selection_confirm_the_count_and_report_failures(hub: Hub, page):
     """Selected rows are suspended, then (select all on the page) the unfinished ones
     terminated and the finished ones purged, each after a dialog naming how many; a
-    refusal by the API is reported per instance."""
+    refusal by the API is reported per instance. Tags show as text."""
     client = hub.client
     running = [f"restock-sku-{n}" for n in (1, 2, 3)]
+    markup = "<img src=x onerror=alert(1)>"
     for iid in running:
-        client.schedule_new_orchestration(restock, input=iid[8:], instance_id=iid)
+        client.schedule_new_orchestration(
+            restock, input=iid[8:], instance_id=iid, tags={"note": markup}
+        )
     done = ["ship-1", "ship-2"]
     for number, iid in enumerate(done):
         client.schedule_new_orchestration(ship_order, input=_order(number), instance_id=iid)
@@ -382,6 +385,9 @@ def test_bulk_actions_on_a_selection_confirm_the_count_and_report_failures(hub: 
     page.goto(hub.url + "/")
     page.get_by_label("Auto-refresh").uncheck()
     dialog = page.locator("#confirm-dialog")
+    # A tag is shown as text, never as markup.
+    expect(page.locator("tr[data-instance-id='restock-sku-1'] .tag")).to_have_text(f"note:{markup}")
+    expect(page.locator("table.instances img")).to_have_count(0)
 
     # Two running rows: suspend them.
     page.get_by_label("Select restock-sku-1").check()

@@ -2,9 +2,11 @@
 
 ``create_app(client)`` returns a Starlette app; every route calls the client (through
 ``AsyncClient``, so the event loop never waits on a commit) and maps its errors to status
-codes. This module owns routing, request validation and status codes; the JSON shapes are
-built in ``payloads.py``, metrics in ``metrics.py``, the token check in ``auth.py``, the
-answers to exceptions that escape a route in ``errors.py``. It never touches partitions or
+codes. This module owns routing, request validation and status codes; the handlers of the
+routes over instance filters (list, counts, bulk purge, terminate and purge) are in
+``instances.py``, the JSON shapes are built in ``payloads.py``, metrics in ``metrics.py``,
+the token check in ``auth.py``, the answers to exceptions that escape a route in
+``errors.py``. It never touches partitions or
 storage. The dashboard (``dashboard.py``, if present) adds ``GET /`` and ``/static/...``
 and calls the routes below from the browser, so the shapes documented here are a
 contract: keys are only ever added.

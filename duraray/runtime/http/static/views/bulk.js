@@ -191,7 +191,7 @@ export class BulkActions {
       `${action.label} ${howMany} matching ${description}?`,
       n === null ? "The number is not known (the count failed)." : "",
       action.note,
-      action.id === "terminate" ? "Instances that start meanwhile and match are terminated too." : "",
+      action.id === "terminate" ? "Instances that start meanwhile and match may be terminated too." : "",
     ].filter(Boolean).join(" ");
     const ok = await confirmAction(message, {
       title: `${action.label} all matching instances`,
