@@ -65,7 +65,13 @@ def test_root_serves_the_page(http):
 def test_every_file_the_page_loads_is_served(http):
     """Each stylesheet and script the page references (imports included) is served with its type."""
     files = _referenced_files()
-    assert {"app.js", "dashboard.css", "views/instance.js"} <= files
+    assert {
+        "app.js",
+        "dashboard.css",
+        "views/instance.js",
+        "views/bulk.js",
+        "timeline-view.js",
+    } <= files
     for name in sorted(files):
         response = http.get(f"/static/{name}")
         assert 200 == response.status_code, name
@@ -107,3 +113,16 @@ def test_partitions_view_shows_and_flags_parked_items():
     assert "p.parked" in view and '"Parked items"' in view
     for flag in ("parked-alert", "card-alert"):
         assert flag in view and f".{flag}" in css
+
+
+def test_scripts_never_parse_server_text_as_html():
+    """The page builds its DOM from text nodes (ui.js h()/fill()); no script assigns or
+    inserts HTML, so ids, names, tags and payloads cannot inject markup."""
+    sinks = ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "DOMParser")
+    found = [
+        f"{path.relative_to(STATIC_DIR)}: {sink}"
+        for path in sorted(STATIC_DIR.rglob("*.js"))
+        for sink in sinks
+        if sink in path.read_text()
+    ]
+    assert [] == found

@@ -12,18 +12,15 @@ cannot pass quietly.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-import uvicorn
-from playwright.sync_api import expect, sync_playwright
+from browser_support import WAIT_MS, chromium, serve, watched_page
+from playwright.sync_api import expect
 from structlog.testing import capture_logs
 
 import duraray as dr
@@ -31,22 +28,6 @@ from duraray.runtime.http import create_app
 from duraray.testing import ManualClock, run_in_process
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = Path("/usr/bin/chromium")
-#: Flags for Chromium on our machines (closed network, root, no GPU); see the env notes.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-#: Milliseconds any one wait on the page may take.
-WAIT_MS = 15_000
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 
 app = dr.App("shop")
 
@@ -186,31 +167,6 @@ class Hub:
 
 
 @contextlib.contextmanager
-def _serve(asgi_app: object) -> Iterator[str]:
-    """Serve ``asgi_app`` on a free loopback port in a thread; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))  # the port is ours from here on: no race for it
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        asgi_app, log_level="warning", lifespan="off", ws="none", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start serving the dashboard within 10 s")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
-@contextlib.contextmanager
 def _running_hub(token: str | None = None, **options: object) -> Iterator[Hub]:
     clock = ManualClock(datetime(2026, 3, 2, 9, 30, tzinfo=UTC), auto_advance=True)
     _clock["now"] = clock
@@ -218,7 +174,7 @@ def _running_hub(token: str | None = None, **options: object) -> Iterator[Hub]:
     with run_in_process(app, clock=clock, **options) as client:
         # As `duraray serve` builds it on loopback: Origin and Host checked (same-origin page).
         api = create_app(client, token=token, bind_host="127.0.0.1")
-        with _serve(api) as url:
+        with serve(api) as url:
             yield Hub(client, clock, url)
 
 
@@ -250,47 +206,15 @@ def secured_hub() -> Iterator[Hub]:
 @pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory):
     """Debian's Chromium with a new, empty profile directory; fails if it is missing."""
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the dashboard tests need Debian's chromium package. "
-            "Run `bash scripts/ensure-browser.sh` (make test does) or `apt-get install -y chromium`."
-        )
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_playwright() as pw:
-        # Playwright passes the profile as --user-data-dir itself (and refuses the flag).
-        context = pw.chromium.launch_persistent_context(
-            str(profile),
-            executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1360, "height": 900},
-            timezone_id="UTC",
-            locale="en-US",
-        )
-        context.set_default_timeout(WAIT_MS)
-        try:
-            yield context
-        finally:
-            context.close()
-
-
-def _console_error(msg, errors: list[str]) -> None:
-    # Chromium logs every non-2xx response ("Failed to load resource: ... 401"); those the
-    # page handles itself (the token prompt, error notices), so only other errors count.
-    if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
-        errors.append(f"console error: {msg.text}")
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as context:
+        yield context
 
 
 @pytest.fixture
 def page(browser_context):
     """A new tab; the test fails on any uncaught script error or console error."""
-    tab = browser_context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-    tab.on("console", lambda msg: _console_error(msg, errors))
-    yield tab
-    tab.close()
-    assert [] == errors
+    with watched_page(browser_context) as tab:
+        yield tab
 
 
 def _seed(hub: Hub) -> str:
@@ -350,9 +274,12 @@ def test_raise_event_from_instance_page_completes_the_orchestration(hub: Hub, pa
     waiting = _seed(hub)
 
     # The list, filtered to running orders: the waiting instance is there, finished ones not.
+    # (Refreshing every 2 s: the completion below is seen by auto-refresh.)
     page.goto(hub.url + "/")
+    page.locator("#refresh-every").select_option("2000")
     expect(page.locator("table.instances")).to_be_visible()
-    page.locator("select[name=status]").select_option("Running")
+    page.locator(".chip[data-status=Running]").click()
+    expect(page.locator(".chip[data-status=Running]")).to_have_attribute("aria-pressed", "true")
     page.locator("input[name=prefix]").fill("order-")
     page.get_by_role("button", name="Apply").click()
     row = page.locator(f"tr[data-instance-id='{waiting}']")
@@ -411,17 +338,12 @@ def test_raise_event_from_instance_page_completes_the_orchestration(hub: Hub, pa
     )
     page.screenshot(path=str(tmp_path / "partitions.png"), full_page=True)
 
-    # The list as an operator first sees it, for the docs (without the notices).
-    # (Success notices fade after 5 s; removing them now saves the wait.)
-    page.evaluate("document.querySelectorAll('.notice').forEach((n) => n.remove())")
+    # The list as an operator first sees it: newest first, the totals by status.
     page.get_by_role("link", name="Instances").click()
     expect(page.locator(f"tr[data-instance-id='{waiting}'] .badge")).to_have_text("Completed")
-    page.set_viewport_size({"width": 1360, "height": 640})
+    total = sum(hub.client.count_instances().values())
+    expect(page.locator(".total")).to_have_attribute("data-total", str(total))
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
-    if os.environ.get("DURARAY_UPDATE_DOCS"):
-        # Refresh the README's screenshot deliberately, not on every test run.
-        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(DOCS_SCREENSHOT), full_page=True)
 
 
 def test_page_asks_for_the_token_once_and_sends_it(secured_hub: Hub, page):
@@ -465,6 +387,76 @@ def test_refused_action_shows_the_api_error_and_purge_returns_to_the_list(hub: H
     expect(page.locator("h1")).to_have_text("Instances")
     expect(page.locator(".empty")).to_contain_text("No instances match")
     assert hub.client.get_orchestration_state(instance) is None
+
+
+def _statuses(client: dr.Client, ids: list[str]) -> list[str | None]:
+    states = [client.get_orchestration_state(iid) for iid in ids]
+    return [None if s is None else s.runtime_status.value for s in states]
+
+
+def test_bulk_actions_on_a_selection_confirm_the_count_and_report_failures(hub: Hub, page):
+    """Selected rows are suspended, then (select all on the page) the unfinished ones
+    terminated and the finished ones purged, each after a dialog naming how many; a
+    refusal by the API is reported per instance. Tags show as text."""
+    client = hub.client
+    running = [f"restock-sku-{n}" for n in (1, 2, 3)]
+    markup = "<img src=x onerror=alert(1)>"
+    for iid in running:
+        client.schedule_new_orchestration(
+            restock, input=iid[8:], instance_id=iid, tags={"note": markup}
+        )
+    done = ["ship-1", "ship-2"]
+    for number, iid in enumerate(done):
+        client.schedule_new_orchestration(ship_order, input=_order(number), instance_id=iid)
+        client.wait_for_orchestration_completion(iid, timeout=10).raise_if_failed()
+    assert client.hub_runtime.wait_idle(timeout=10)
+    page.goto(hub.url + "/")
+    page.get_by_label("Auto-refresh").uncheck()
+    dialog = page.locator("#confirm-dialog")
+    # A tag is shown as text, never as markup.
+    expect(page.locator("tr[data-instance-id='restock-sku-1'] .tag")).to_have_text(f"note:{markup}")
+    expect(page.locator("table.instances img")).to_have_count(0)
+
+    # Two running rows: suspend them.
+    page.get_by_label("Select restock-sku-1").check()
+    page.get_by_label("Select restock-sku-2").check()
+    expect(page.locator(".selected-count")).to_have_text("2 selected")
+    expect(page.locator("[data-bulk=resume]")).to_be_disabled()
+    page.locator("[data-bulk=suspend]").click()
+    expect(dialog).to_contain_text("Suspend 2 instances?")
+    dialog.get_by_role("button", name="Suspend 2").click()
+    expect(page.locator(".notice-success").last).to_contain_text("Suspended 2 instances.")
+    assert ["SUSPENDED", "SUSPENDED", "RUNNING"] == _statuses(client, running)
+
+    # Everything on the page: terminate applies to the three unfinished ones only.
+    page.get_by_label("Select all on this page").check()
+    expect(page.locator(".selected-count")).to_have_text("5 selected")
+    page.locator("[data-bulk=terminate]").click()
+    expect(dialog).to_contain_text(
+        "Terminate 3 instances? 2 of the 5 selected are already finished and left out."
+    )
+    dialog.get_by_role("button", name="Terminate 3").click()
+    expect(page.locator(".notice-success").last).to_contain_text("Terminated 3 instances.")
+    assert 3 * ["TERMINATED"] == _statuses(client, running)
+
+    # What succeeded left the selection: the two finished ones remain; purge them.
+    expect(page.locator(".selected-count")).to_have_text("2 selected")
+    page.locator("[data-bulk=purge]").click()
+    expect(dialog).to_contain_text("Purge 2 instances?")
+    dialog.get_by_role("button", name="Purge 2").click()
+    expect(page.locator(".notice-success").last).to_contain_text("Purged 2 instances.")
+    assert [None, None] == _statuses(client, done)
+    expect(page.locator("table.instances tbody tr")).to_have_count(3)
+
+    # Purged behind the page's back: the API's 404 is reported for that instance.
+    page.get_by_label("Select restock-sku-3").check()
+    client.purge_orchestration("restock-sku-3")
+    page.locator("[data-bulk=purge]").click()
+    dialog.get_by_role("button", name="Purge 1").click()
+    expect(page.locator(".notice-error")).to_contain_text(
+        "Purged 0 of 1; 1 failed: restock-sku-3 (404"
+    )
+    expect(page.locator(".selected-count")).to_have_text("1 selected")
 
 
 def test_a_page_of_another_site_cannot_drive_the_hub(hub: Hub, page):

@@ -143,6 +143,9 @@ PARAM_NAMES = [
     "keyPrefix",
     "includeState",
     "op",
+    "tag",
+    "newestFirst",
+    "all",
 ]
 TIMES = [
     "1960-01-01",
@@ -177,6 +180,8 @@ param_value = st.one_of(
             "fz-run",
             "fz",
             "echo",
+            "k:v",
+            ":v",
             "Counter",
         ]
     ),
@@ -217,6 +222,9 @@ routed = st.one_of(
     _route("POST", "/api/orchestrations/{}", 1, ["instance_id", "instanceId"]),
     _route("GET", "/api/instances", 0, [*_LIST, "showInput"]),
     _route("DELETE", "/api/instances", 0, ["createdTimeFrom", "createdTimeTo", "runtimeStatus"]),
+    _route("GET", "/api/instance-counts", 0, [*_LIST, "name", "tag", "newestFirst"]),
+    _route("POST", "/api/instances/terminate", 0, [*_LIST, "name", "tag", "all", "reason"]),
+    _route("POST", "/api/instances/purge", 0, [*_LIST, "name", "tag", "all"]),
     _route(
         "GET",
         "/api/instances/{}",

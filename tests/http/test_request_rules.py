@@ -84,6 +84,8 @@ def test_a_foreign_page_cannot_terminate_an_instance_on_a_loopback_hub(client, l
         ("POST", "/api/instances/victim/raiseEvent/go"),
         ("DELETE", "/api/instances/victim"),
         ("DELETE", "/api/instances?createdTimeFrom=2000-01-01"),
+        ("POST", "/api/instances/terminate?all=true"),
+        ("POST", "/api/instances/purge?all=true"),
         ("POST", "/api/entities/counter/k?op=add"),
         ("GET", "/api/instances/victim"),
         ("GET", "/api/instances"),

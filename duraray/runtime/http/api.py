@@ -2,9 +2,11 @@
 
 ``create_app(client)`` returns a Starlette app; every route calls the client (through
 ``AsyncClient``, so the event loop never waits on a commit) and maps its errors to status
-codes. This module owns routing, request validation and status codes; the JSON shapes are
-built in ``payloads.py``, metrics in ``metrics.py``, the token check in ``auth.py``, the
-answers to exceptions that escape a route in ``errors.py``. It never touches partitions or
+codes. This module owns routing, request validation and status codes; the handlers of the
+routes over instance filters (list, counts, bulk purge, terminate and purge) are in
+``instances.py``, the JSON shapes are built in ``payloads.py``, metrics in ``metrics.py``,
+the token check in ``auth.py``, the answers to exceptions that escape a route in
+``errors.py``. It never touches partitions or
 storage. The dashboard (``dashboard.py``, if present) adds ``GET /`` and ``/static/...``
 and calls the routes below from the browser, so the shapes documented here are a
 contract: keys are only ever added.
@@ -49,6 +51,15 @@ addressed by URL and are refused at start):
                                                          (+ ``createdTimeTo``,
                                                          ``runtimeStatus``) -> 200
                                                          ``{instancesDeleted}``, 404 if none
+``POST /api/instances/terminate?<filters>``             terminate every unfinished instance
+                                                         the list filters match (``all=true``
+                                                         if none is given; ``reason`` or a
+                                                         JSON body = the output,
+                                                         ``recursive=false``) -> 200
+                                                         ``{terminated}`` once done
+``POST /api/instances/purge?<filters>``                 purge every finished instance the
+                                                         list filters match (``all=true`` if
+                                                         none) -> 200 ``{purged}`` once done
 ``POST /api/entities/{name}/{key}?op=``                  signal; body = JSON input -> 202
 ``GET /api/entities/{name}/{key}``                       -> 200 entity payload, 404
 ``GET /api/entities[?name=&keyPrefix=&top=]``            -> 200 list of entity payloads
@@ -62,6 +73,11 @@ addressed by URL and are refused at start):
 ``GET /metrics``                                         Prometheus text (see metrics.py)
 ``GET /healthz``                                         200 ``{"status": "ok", "hub"}``
 =======================================================  ==================================
+
+The two bulk routes work a page of 1,000 instances at a time and answer when all are
+done; a request without any filter is a 400 unless it says ``all=true``. Their paths do
+not shadow instances named ``terminate`` or ``purge``: those stay addressable by ``GET``,
+``DELETE`` and their own ``/terminate``-style routes.
 
 List routes page: the response header ``x-ms-continuation-token`` (absent on the last
 page) goes back in the same request header for the next page.
@@ -151,6 +167,7 @@ from duraray.runtime.http.auth import (
     normalize_allowed_hosts,
 )
 from duraray.runtime.http.errors import EXCEPTION_HANDLERS, CatchAllMiddleware
+from duraray.runtime.http.instances import MAX_PAGE_SIZE, FilterRoutes
 from duraray.runtime.http.metrics import hub_registry
 from duraray.runtime.http.parsing import CONTINUATION_HEADER, NO_BODY, ApiError, call
 
@@ -169,7 +186,6 @@ log = structlog.get_logger("duraray.http")
 
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 RETRY_AFTER_SECONDS = 1
-MAX_PAGE_SIZE = 1000
 
 
 def as_async(client: Client | AsyncClient) -> AsyncClient:
@@ -261,17 +277,24 @@ class HttpApi:
         self.max_body_bytes = max_body_bytes
         self.base_url = base_url
         self.registry = hub_registry(self.hub, self.client.client.partition_stats)
+        self.filtered = FilterRoutes(self.client, max_body_bytes)
 
     def routes(self) -> list[BaseRoute]:
         """The API's routes, in matching order."""
         # ``path``: an instance id may hold "/" (sent percent-encoded as %2F, which the
         # server decodes before routing); the action routes are matched by their suffix.
         instance = "/api/instances/{instance_id:path}"
+        filtered = self.filtered
         return [
             Route("/api/orchestrations/{name}", self.start, methods=["POST"]),
-            Route("/api/instances", self.list_instances, methods=["GET"]),
-            Route("/api/instances", self.purge_by, methods=["DELETE"]),
-            Route("/api/instance-counts", self.count_instances, methods=["GET"]),
+            Route("/api/instances", filtered.list_instances, methods=["GET"]),
+            Route("/api/instances", filtered.purge_by, methods=["DELETE"]),
+            Route("/api/instance-counts", filtered.count_instances, methods=["GET"]),
+            # Before the {instance_id} routes: Starlette takes the first route whose path
+            # and method both match, and "/api/instances/{instance_id}" matches these
+            # paths (for GET and DELETE only today; a POST added there must not win).
+            Route("/api/instances/terminate", filtered.terminate_matching, methods=["POST"]),
+            Route("/api/instances/purge", filtered.purge_matching, methods=["POST"]),
             Route(instance, self.status, methods=["GET"]),
             Route(instance, self.purge, methods=["DELETE"]),
             Route(f"{instance}/raiseEvent/{{event}}", self.raise_event, methods=["POST"]),
@@ -434,40 +457,6 @@ class HttpApi:
             )
         # It finished between the purge and this check: nothing was deleted; a retry will.
         raise ApiError(409, f"instance {instance_id!r} finished while being purged; retry")
-
-    async def purge_by(self, request: Request) -> Response:
-        """Delete finished instances created in a time range (Durable Functions' bulk purge)."""
-        created_from = q.query_time(request, "createdTimeFrom")
-        if created_from is None:
-            raise ApiError(400, "bulk purge needs createdTimeFrom (ISO 8601)")
-        result = await call(
-            self.client.purge_orchestrations_by,
-            created_time_from=created_from,
-            created_time_to=q.query_time(request, "createdTimeTo"),
-            runtime_status=q.query_statuses(request),
-        )
-        deleted = result.deleted_instance_count
-        if not deleted:
-            return q.error_response(404, "no finished instance matched", instancesDeleted=0)
-        return JSONResponse({"instancesDeleted": deleted})
-
-    async def list_instances(self, request: Request) -> Response:
-        """One page of instances matching the filters, oldest (or newest) first."""
-        show_input = q.query_bool(request, "showInput", False)
-        page = await call(
-            self.client.query_instances,
-            **q.instance_filters(request),
-            newest_first=q.query_bool(request, "newestFirst", False),
-            page_size=q.query_int(request, "top", 100, 1, MAX_PAGE_SIZE),
-            continuation_token=q.continuation(request),
-        )
-        body = [p.status_json(state, show_input=show_input) for state in page.items]
-        return JSONResponse(body, headers=q.page_headers(page.continuation_token))
-
-    async def count_instances(self, request: Request) -> Response:
-        """Instances by status (``Client.count_instances``)."""
-        counts = await call(self.client.count_instances, **q.instance_filters(request))
-        return JSONResponse({p.DF_STATUS[status]: n for status, n in counts.items()})
 
     # -- entities ----------------------------------------------------------------------
 

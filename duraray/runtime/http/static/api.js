@@ -110,21 +110,55 @@ function withQuery(path, params) {
 
 const CONTINUATION = "x-ms-continuation-token";
 
+/**
+ * The query of an instance filter: {statuses: [..], from, to (ISO 8601), prefix, name,
+ * tags: ["key:value", ..]} as the API's parameters (runtimeStatus, createdTimeFrom, ...).
+ */
+function instanceQuery(filters) {
+  const query = new URLSearchParams();
+  const set = (key, value) => {
+    if (value !== undefined && value !== null && value !== "") query.set(key, value);
+  };
+  set("runtimeStatus", (filters.statuses || []).join(","));
+  set("createdTimeFrom", filters.from);
+  set("createdTimeTo", filters.to);
+  set("instanceIdPrefix", filters.prefix);
+  set("name", filters.name);
+  for (const tag of filters.tags || []) query.append("tag", tag);
+  return query;
+}
+
+function withParams(path, query) {
+  const text = query.toString();
+  return text ? `${path}?${text}` : path;
+}
+
 /** One page of instances: {items, next} (next: the continuation token or null). */
-export async function listInstances(filters, token) {
+export async function listInstances(filters, { top, newestFirst = true, token } = {}) {
+  const query = instanceQuery(filters);
+  query.set("top", String(top));
+  query.set("newestFirst", String(newestFirst));
   const headers = token ? { [CONTINUATION]: token } : {};
-  const { data, headers: got } = await request(
-    "GET",
-    withQuery("api/instances", {
-      runtimeStatus: filters.status,
-      createdTimeFrom: filters.from,
-      createdTimeTo: filters.to,
-      instanceIdPrefix: filters.prefix,
-      top: filters.top,
-    }),
-    { headers },
-  );
+  const { data, headers: got } = await request("GET", withParams("api/instances", query), { headers });
   return { items: Array.isArray(data) ? data : [], next: got.get(CONTINUATION) || null };
+}
+
+/** Instances matching the filters, by status: {Running: n, Completed: n, ...}. */
+export async function countInstances(filters) {
+  const { data } = await request("GET", withParams("api/instance-counts", instanceQuery(filters)));
+  return data && typeof data === "object" ? data : {};
+}
+
+/**
+ * Terminates ("terminate") or purges ("purge") every instance the filters match, on the
+ * server; resolves to how many. With no filter at all the server wants all=true.
+ */
+export async function actOnMatching(action, filters) {
+  const query = instanceQuery(filters);
+  if (!query.toString()) query.set("all", "true");
+  const { data } = await request("POST", withParams(`api/instances/${action}`, query));
+  const done = data && (action === "terminate" ? data.terminated : data.purged);
+  return Number(done) || 0;
 }
 
 export async function getInstance(id) {

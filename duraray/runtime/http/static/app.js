@@ -14,9 +14,9 @@ import { instanceView } from "./views/instance.js";
 import { instancesView } from "./views/instances.js";
 import { partitionsView } from "./views/partitions.js";
 
-const REFRESH_MS = 2000;
 const main = document.getElementById("view");
 const autoRefresh = document.getElementById("auto-refresh");
+const refreshEvery = document.getElementById("refresh-every");
 const forgetButton = document.getElementById("forget-token");
 
 let view = null;
@@ -57,10 +57,17 @@ function updateTokenButton() {
   forgetButton.hidden = !getToken();
 }
 
-// Auto-refresh reloads the current view's data; a view keeps what it shows when nothing
-// changed. It pauses while a dialog is open (so a confirmation is not pulled away from
-// under the operator), while the tab is hidden, and while the last refresh still runs.
+// Auto-refresh reloads the current view's data every few seconds (the interval is the
+// operator's choice); a view keeps what it shows when nothing changed. It pauses while a
+// dialog is open (so a confirmation is not pulled away from under the operator), while
+// the tab is hidden, and while the last refresh still runs.
+const refreshMs = () => Number(refreshEvery.value) || 5000;
 let refreshing = false;
+let timer = null;
+function schedule() {
+  clearTimeout(timer);
+  timer = setTimeout(tick, refreshMs());
+}
 async function tick() {
   if (view && autoRefresh.checked && !dialogOpen() && document.visibilityState === "visible" && !refreshing) {
     refreshing = true;
@@ -71,7 +78,7 @@ async function tick() {
       refreshing = false;
     }
   }
-  setTimeout(tick, REFRESH_MS);
+  schedule();
 }
 
 setTokenPrompt(askToken);
@@ -82,8 +89,16 @@ forgetButton.addEventListener("click", () => {
 autoRefresh.checked = sessionStorage.getItem("duraray.autoRefresh") !== "off";
 autoRefresh.addEventListener("change", () => {
   sessionStorage.setItem("duraray.autoRefresh", autoRefresh.checked ? "on" : "off");
+  refreshEvery.disabled = !autoRefresh.checked;
+});
+const savedEvery = sessionStorage.getItem("duraray.refreshEvery");
+if ([...refreshEvery.options].some((o) => o.value === savedEvery)) refreshEvery.value = savedEvery;
+refreshEvery.disabled = !autoRefresh.checked;
+refreshEvery.addEventListener("change", () => {
+  sessionStorage.setItem("duraray.refreshEvery", refreshEvery.value);
+  schedule(); // a shorter interval applies now, not after the longer one runs out
 });
 window.addEventListener("hashchange", show);
 if (!location.hash) history.replaceState(null, "", "#/instances");
 show();
-setTimeout(tick, REFRESH_MS);
+schedule();

@@ -1,12 +1,13 @@
-// An instance's history drawn as a timeline: one bar per activity, timer,
+// An instance's history as a timeline model: one span per activity, timer,
 // sub-orchestration, entity call or lock request, from when it was scheduled to when it
-// finished, scaled to the instance's time span.
+// finished; the rows they are drawn on; and the groups that fold a fan-out's rows of one
+// name into one.
 //
-// buildTimeline() is a pure function of the history events (as the API returns them:
-// {EventType, timestamp, event_id, task_scheduled_id, timer_id, name, ...}); it does the
-// pairing and the retry detection. renderTimeline() turns its result into DOM.
+// Pure functions of the history events (as the API returns them: {EventType, timestamp,
+// event_id, task_scheduled_id, timer_id, name, ...}): buildTimeline() does the pairing and
+// the retry detection, groupRows() the folding. timeline-view.js turns them into DOM.
 
-import { formatDuration, formatTime, h, ms } from "./ui.js";
+import { ms } from "./ui.js";
 
 // Which event opens a span, and which events close one (they name the opener's event_id
 // in task_scheduled_id or, for timers, timer_id).
@@ -178,139 +179,91 @@ export function buildTimeline(events, { end } = {}) {
   return { start, end: stop, rows, markers };
 }
 
-// -- rendering -----------------------------------------------------------------------------
 
-// Tick steps, in ms, from 1 ms to 30 days; the first giving at most ~7 ticks is used.
-const STEPS = [
-  1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 15e3, 3e4, 6e4, 12e4, 3e5, 6e5,
-  9e5, 18e5, 36e5, 72e5, 108e5, 216e5, 432e5, 864e5, 1728e5, 6048e5, 2592e6,
-];
+// -- groups ------------------------------------------------------------------------------------
 
-function tickStep(range) {
-  return STEPS.find((step) => range / step <= 7) || STEPS[STEPS.length - 1];
-}
+// The kinds whose rows of one name fold into a group: a fan-out schedules many activities
+// (or sub-orchestrations) of the same name, and one row each would make a 200-way fan-out
+// a 6,000-pixel page. Timers, entity calls and locks are named by their target, rarely fan
+// out, and keep a row each.
+const GROUPED_KINDS = new Set(["activity", "suborchestration"]);
 
-function describeSpan(span, origin) {
-  const lines = [
-    `${KIND_LABELS[span.kind]}: ${span.label}${span.attempt ? ` (attempt ${span.attempt})` : ""}`,
-    `scheduled ${formatTime(new Date(span.start).toISOString())} (+${formatDuration(span.start - origin)})`,
-  ];
-  if (span.outcome === "open") {
-    lines.push(span.kind === "timer" || span.kind === "retry" ? "not fired yet" : "still running");
-  } else {
-    lines.push(`${span.outcome} after ${formatDuration(span.end - span.start)}`);
+/** The last span of a row of the group's kind (its last attempt; retry delays skipped). */
+function lastCall(row, kind) {
+  for (let i = row.length - 1; i >= 0; i -= 1) {
+    if (row[i].kind === kind) return row[i];
   }
-  if (Number.isFinite(span.fireAt)) {
-    lines.push(`fires at ${formatTime(new Date(span.fireAt).toISOString())}`);
-  }
-  if (span.detail) lines.push(span.detail);
-  return lines.join("\n");
+  return row[row.length - 1];
 }
 
 /**
- * The timeline as DOM. `onSelect(eventIndexes)` is called when a bar or marker is clicked
- * (the view highlights those rows of the event table); `maxRows` bounds the drawing for
- * very long histories.
+ * Folds the rows of one activity (or sub-orchestration) name into a group, placed where
+ * the name first appears; a name with fewer than `minimum` rows keeps its own row.
+ *
+ * Returns a list of items, each {row} or {group}, where a group is {key, kind, label,
+ * rows, calls (attempts), failed (rows whose last attempt failed), failedAttempts,
+ * retried (rows with more than one attempt), open (rows not finished), start (first
+ * scheduled), end (last finished; NaN while any is open), events (all event indexes)}.
  */
-export function renderTimeline(model, { status, onSelect = () => {}, maxRows = 200 } = {}) {
-  const { start, end, rows, markers } = model;
-  if (!Number.isFinite(start)) return h("p", { class: "muted" }, "No history yet.");
-  // A zero-length history still gets a visible width, so bars have somewhere to be.
-  const range = Math.max(end - start, 1);
-  const pct = (t) => `${(((t - start) / range) * 100).toFixed(3)}%`;
-  const width = (a, b) => `${Math.max(((b - a) / range) * 100, 0.35).toFixed(3)}%`;
-
-  const step = tickStep(range);
-  const ticks = [];
-  for (let t = 0; t <= range + 1e-9; t += step) {
-    ticks.push(
-      h("span", { class: "tl-tick", style: `left:${((t / range) * 100).toFixed(3)}%` }, t === 0 ? "0" : formatDuration(t)),
-    );
-  }
-  const gridlines = ticks.map((tick) => h("span", { class: "tl-grid", style: `left:${tick.style.left}` }));
-
-  const select = (indexes) => () => onSelect(indexes);
-
-  // The orchestration's own row: its whole life, with markers for point events.
-  const statusClass = `status-${String(status || "running").toLowerCase()}`;
-  const orchestrationRow = h(
-    "div",
-    { class: "tl-row tl-orchestration" },
-    h("div", { class: "tl-label" }, h("span", { class: "tl-name" }, "orchestration"), h("span", { class: "tl-meta" }, formatDuration(end - start))),
-    h(
-      "div",
-      { class: "tl-track" },
-      gridlines.map((g) => g.cloneNode()),
-      h("div", { class: `tl-bar tl-life ${statusClass}`, style: `left:0;width:100%` }),
-      markers.map((m) =>
-        h("button", {
-          type: "button",
-          class: `tl-marker marker-${m.type}`,
-          style: `left:${pct(m.time)}`,
-          title: `${m.label}\n${formatTime(new Date(m.time).toISOString())} (+${formatDuration(m.time - start)})`,
-          "aria-label": m.label,
-          onclick: select(m.events),
-        }),
-      ),
-    ),
-  );
-
-  const drawn = rows.slice(0, maxRows).map((row) => {
+export function groupRows(rows, { minimum = 2 } = {}) {
+  const items = [];
+  const byKey = new Map();
+  for (const row of rows) {
     const first = row[0];
-    const attempts = row.filter((s) => s.attempt).length;
-    const total = (row[row.length - 1].end || end) - first.start;
-    const meta = attempts > 1 ? `${attempts} attempts · ${formatDuration(total)}` : formatDuration((Number.isNaN(first.end) ? end : first.end) - first.start);
-    const name = first.instanceId
-      ? h("a", { class: "tl-name", href: `#/instances/${encodeURIComponent(first.instanceId)}`, title: first.instanceId }, first.label)
-      : h("span", { class: "tl-name", title: first.label }, first.label);
-    return h(
-      "div",
-      { class: `tl-row kind-${first.kind}` },
-      h("div", { class: "tl-label" }, h("span", { class: `tl-kind kind-${first.kind}`, title: KIND_LABELS[first.kind] }), name, h("span", { class: "tl-meta" }, meta)),
-      h(
-        "div",
-        { class: "tl-track" },
-        gridlines.map((g) => g.cloneNode()),
-        row.map((span) => {
-          const stop = Number.isNaN(span.end) ? end : span.end;
-          return h(
-            "button",
-            {
-              type: "button",
-              class: `tl-bar kind-${span.kind} outcome-${span.outcome}`,
-              style: `left:${pct(span.start)};width:${width(span.start, stop)}`,
-              title: describeSpan(span, start),
-              "data-kind": span.kind,
-              "data-outcome": span.outcome,
-              onclick: select(span.events),
-            },
-            span.attempt ? h("span", { class: "tl-attempt" }, `#${span.attempt}`) : null,
-          );
-        }),
-      ),
-    );
+    if (!GROUPED_KINDS.has(first.kind)) {
+      items.push({ row });
+      continue;
+    }
+    const key = `${first.kind}:${first.label}`;
+    let group = byKey.get(key);
+    if (!group) {
+      group = { key, kind: first.kind, label: first.label, rows: [] };
+      byKey.set(key, group);
+      items.push({ group });
+    }
+    group.rows.push(row);
+  }
+  return items.map((item) => {
+    if (!item.group) return item;
+    if (item.group.rows.length < minimum) return { row: item.group.rows[0] };
+    return { group: summarize(item.group) };
   });
+}
 
-  const more = rows.length > maxRows ? h("p", { class: "muted" }, `${rows.length - maxRows} more rows not drawn; see the event table.`) : null;
-
-  const legend = h(
-    "div",
-    { class: "tl-legend" },
-    ["activity", "timer", "retry", "suborchestration", "entity"].map((kind) =>
-      h("span", {}, h("span", { class: `tl-swatch kind-${kind}` }), KIND_LABELS[kind]),
-    ),
-    h("span", {}, h("span", { class: "tl-swatch outcome-failed" }), "Failed"),
-    h("span", {}, h("span", { class: "tl-swatch outcome-open" }), "Not finished"),
-    h("span", {}, h("span", { class: "tl-swatch tl-marker-swatch" }), "Event"),
-  );
-
-  return h(
-    "div",
-    { class: "timeline" },
-    h("div", { class: "tl-row tl-axis" }, h("div", { class: "tl-label muted" }, formatTime(new Date(start).toISOString())), h("div", { class: "tl-track" }, ticks)),
-    orchestrationRow,
-    drawn,
-    more,
-    legend,
-  );
+function summarize(group) {
+  let calls = 0;
+  let failedAttempts = 0;
+  let failed = 0;
+  let retried = 0;
+  let open = 0;
+  let start = Infinity;
+  let end = -Infinity;
+  const events = [];
+  for (const row of group.rows) {
+    let attempts = 0;
+    for (const span of row) {
+      events.push(...span.events);
+      if (span.kind !== group.kind) continue; // a retry delay between two attempts
+      attempts += 1;
+      if (span.outcome === "failed") failedAttempts += 1;
+    }
+    calls += attempts;
+    if (attempts > 1) retried += 1;
+    const last = lastCall(row, group.kind);
+    if (last.outcome === "failed") failed += 1;
+    if (last.outcome === "open") open += 1;
+    start = Math.min(start, row[0].start);
+    if (Number.isFinite(last.end)) end = Math.max(end, last.end);
+  }
+  return {
+    ...group,
+    calls,
+    failed,
+    failedAttempts,
+    retried,
+    open,
+    start,
+    end: open || !Number.isFinite(end) ? NaN : end,
+    events,
+  };
 }

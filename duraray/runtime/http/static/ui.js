@@ -104,6 +104,16 @@ export function formatDuration(millis) {
   return both(Math.floor(hours / 24), "d", hours % 24, "h");
 }
 
+/** A count for people: 10000 -> "10,000". */
+export function formatCount(n) {
+  return Number(n || 0).toLocaleString("en-US");
+}
+
+/** "1 instance", "3 instances". */
+export function plural(n, one, many = `${one}s`) {
+  return `${formatCount(n)} ${n === 1 ? one : many}`;
+}
+
 /** A datetime-local input's value (local time) as ISO 8601 UTC, or "" when empty. */
 export function localInputToIso(value) {
   if (!value) return "";
@@ -227,7 +237,8 @@ export class Pager {
     return this.tokens[this.index];
   }
 
-  render() {
+  /** The pager's controls; `label` (e.g. "Page 2 of 40") replaces the plain page number. */
+  render(label) {
     const prev = h("button", { type: "button", class: "secondary", disabled: this.index === 0 }, "← Previous");
     const next = h("button", { type: "button", class: "secondary", disabled: !this.next }, "Next →");
     prev.addEventListener("click", () => {
@@ -239,6 +250,6 @@ export class Pager {
       this.index += 1;
       this.onPage(this.current);
     });
-    return h("div", { class: "pager" }, prev, h("span", { class: "muted" }, `Page ${this.index + 1}`), next);
+    return h("div", { class: "pager" }, prev, h("span", { class: "muted page-label" }, label || `Page ${this.index + 1}`), next);
   }
 }

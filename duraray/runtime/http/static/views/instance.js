@@ -3,7 +3,8 @@
 // rewind, restart, purge).
 
 import { getInstance, instanceAction, purgeInstance, raiseEvent } from "../api.js";
-import { buildTimeline, renderTimeline } from "../timeline.js";
+import { buildTimeline } from "../timeline.js";
+import { renderTimeline } from "../timeline-view.js";
 import {
   badge,
   confirmAction,
@@ -207,6 +208,7 @@ export function instanceView(instanceId) {
 
   let current = null; // the last instance payload shown
   let lastJson = "";
+  const expandedGroups = new Set(); // timeline groups the operator opened (kept on redraw)
 
   async function runAction(action) {
     const ok = await confirmAction(`${action.label} ${instanceId}? ${CONFIRM_TEXT[action.id]}`, {
@@ -316,7 +318,7 @@ export function instanceView(instanceId) {
     const now = Date.now();
     const end = isTerminal(status) || now < lastEvent || now - lastEvent > 864e5 ? lastEvent : now;
     const model = buildTimeline(events, { end });
-    fill(timelineSlot, renderTimeline(model, { status, onSelect: highlight }));
+    fill(timelineSlot, renderTimeline(model, { status, onSelect: highlight, expanded: expandedGroups }));
   }
 
   const view = {
