@@ -85,9 +85,11 @@ def test_unknown_and_finished_instances_are_reported_per_event(client):
     )
 
 
-def test_events_to_one_instance_arrive_in_the_order_given(client):
-    """Two events to one instance in one call are received in the order of the list."""
-    ids = [f"two-{i}" for i in range(8)]
+def test_events_to_one_instance_arrive_in_the_order_given(client, monkeypatch):
+    """Two events to one instance in one call, far apart in the list (their partition's
+    events fill several requests), are received in the order of the list."""
+    monkeypatch.setattr(transport, "BATCH_CHUNK", 4)
+    ids = [f"two-{i}" for i in range(40)]
     _start(client, wait_two, ids)
 
     events = [(iid, "item", f"{iid}:first") for iid in ids]
@@ -219,8 +221,11 @@ class _ScriptedTransport:
         return future
 
 
-def _ops(count: int, data: bytes = b"") -> list[tuple[str, str, dict[str, Any]]]:
-    return [(f"i{n}", "raise_event", {"instance_id": f"i{n}", "data": data}) for n in range(count)]
+def _ops(count: int, data: bytes = b"", prefix: str = "i") -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (f"{prefix}{n}", "raise_event", {"instance_id": f"{prefix}{n}", "data": data})
+        for n in range(count)
+    ]
 
 
 def test_a_request_refused_by_its_partition_fails_only_its_events():
@@ -247,6 +252,29 @@ def test_a_transport_error_is_raised_after_every_request_was_answered():
     assert {0, 1} == {partition for partition, _ in scripted.sent}
 
 
+def test_one_keys_operations_share_one_request_in_order(monkeypatch):
+    """Every operation of a key goes in the request its first one went in, even past the
+    bounds, in the order given: two requests in flight to a partition may run in either
+    order, one request's operations run in order."""
+    monkeypatch.setattr(transport, "BATCH_CHUNK", 3)
+    router = Router(_ScriptedTransport(2, {}))
+    keys = ["a", "b", "c", "d", "a", "e", "f", "a", "b", "g"]
+    ops = [(key, "raise_event", {"instance_id": key, "seq": n}) for n, key in enumerate(keys)]
+
+    requests = [[ops[i] for i in chunk] for _, chunk, _ in router._chunks(ops)]
+
+    holding = {
+        key: [n for n, r in enumerate(requests) if any(op[0] == key for op in r)] for key in keys
+    }
+    assert len(requests) >= 3
+    assert all(len(where) == 1 for where in holding.values())
+    for key in set(keys):
+        [request] = [requests[n] for n in holding[key]]
+        expected = [op[2]["seq"] for op in ops if op[0] == key]
+        assert expected == [op[2]["seq"] for op in request if op[0] == key]
+    assert sorted(map(id, ops)) == sorted(id(op) for r in requests for op in r)
+
+
 def test_requests_are_bounded_by_count_and_by_payload_bytes(monkeypatch):
     """A partition's operations go in requests of at most BATCH_CHUNK operations and about
     BATCH_BYTES of payload (an operation over it alone), in order."""
@@ -256,7 +284,7 @@ def test_requests_are_bounded_by_count_and_by_payload_bytes(monkeypatch):
     router = Router(scripted)
 
     router.batch_each(_ops(10))
-    router.batch_each(_ops(3, b"x" * 40) + _ops(1, b"y" * 500))
+    router.batch_each(_ops(3, b"x" * 40) + _ops(1, b"y" * 500, prefix="j"))
 
     expected = [(0, 4), (0, 4), (0, 2), (0, 2), (0, 1), (0, 1)]
     assert expected == scripted.sent

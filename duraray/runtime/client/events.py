@@ -24,8 +24,8 @@ def event_ops(
     events: Iterable[Any], encode: Callable[[Any, str], bytes]
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """The ``raise_event`` operations of ``events``, routed by instance id, in the order
-    given (``Router.batch_each`` keeps it within a partition, so events to one instance
-    arrive as listed). ``encode`` is the client's payload encoder (its size limit)."""
+    given (``Router.batch_each`` applies one key's operations in that order, so events to
+    one instance arrive as listed). ``encode`` is the client's payload encoder."""
     if isinstance(events, str | bytes | dict):
         raise TypeError(f"events must be an iterable of {ITEM_SHAPE}s, got {type(events).__name__}")
     ops = []

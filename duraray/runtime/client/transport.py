@@ -22,7 +22,8 @@ from duraray.runtime.engine.records import InstanceRecord, Reply
 from duraray.runtime.engine.routing import partition_for
 
 #: At most this many operations go in one batch request, so that one request (and the
-#: partition's reply to it) stays a bounded size however many operations a call makes.
+#: partition's reply to it) stays a bounded size however many operations a call makes
+#: (but see ``Router._chunks``: one key's operations are never split).
 BATCH_CHUNK = 2000
 #: ... and at most about this many payload bytes (inputs, event data): 2,000 events of
 #: 1 MiB each would otherwise be one 2 GiB request and one commit. An operation larger
@@ -92,7 +93,8 @@ class Router:
     def batch(self, ops: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:
         """Run (routing key, op, args) triples as batch requests; results in order.
 
-        Every operation runs, even when some fail; the first failure is raised afterwards.
+        One key's operations are applied in the order given. Every operation runs, even
+        when some fail; the first failure is raised afterwards.
         """
         results = self.batch_each(ops)
         first_error = next((r.error for r in results if isinstance(r, Reply)), None)
@@ -132,22 +134,36 @@ class Router:
     def _chunks(
         self, ops: list[tuple[str, str, dict[str, Any]]]
     ) -> Iterator[tuple[int, list[int], list[tuple[str, dict[str, Any]]]]]:
-        """(partition, indexes of ``ops``, their (op, args)) of each batch request, in
-        order: a partition's operations keep theirs across its requests."""
+        """(partition, indexes of ``ops``, their (op, args)) of each batch request.
+
+        All the operations of one routing key go in one request, in the order given: a
+        partition applies a request's operations in order, but two requests in flight to
+        one partition actor may run in either order (Ray runs an async actor's calls out
+        of order). A key's later operations join its request even when that one is full,
+        so a key with very many operations makes its request that much larger.
+        """
         by_partition: dict[int, list[int]] = {}
         for index, (key, _, _) in enumerate(ops):
             by_partition.setdefault(self.partition(key), []).append(index)
         for partition, indexes in by_partition.items():
-            chunk: list[int] = []
-            size = 0
+            chunks: list[list[int]] = []
+            sizes: list[int] = []
+            chunk_of: dict[str, int] = {}
             for index in indexes:
-                weight = _payload_bytes(ops[index][2])
-                if chunk and (len(chunk) >= BATCH_CHUNK or size + weight > BATCH_BYTES):
-                    yield partition, chunk, [(ops[i][1], ops[i][2]) for i in chunk]
-                    chunk, size = [], 0
-                chunk.append(index)
-                size += weight
-            if chunk:
+                key, _, args = ops[index]
+                weight = _payload_bytes(args)
+                at = chunk_of.get(key)
+                if at is None:
+                    if not chunks or (
+                        chunks[-1]
+                        and (len(chunks[-1]) >= BATCH_CHUNK or sizes[-1] + weight > BATCH_BYTES)
+                    ):
+                        chunks.append([])
+                        sizes.append(0)
+                    at = chunk_of[key] = len(chunks) - 1
+                chunks[at].append(index)
+                sizes[at] += weight
+            for chunk in chunks:
                 yield partition, chunk, [(ops[i][1], ops[i][2]) for i in chunk]
 
     def wait_all(self, instance_ids: list[str], timeout: float) -> list[InstanceRecord]:
