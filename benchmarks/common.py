@@ -114,6 +114,11 @@ def timer_wait(ctx: dr.OrchestrationContext, seconds: float) -> Any:
     return ctx.current_utc_datetime
 
 
+def wait_event(ctx: dr.OrchestrationContext, _: Any = None) -> Any:
+    """Wait for one external event "go" and return its data."""
+    return (yield ctx.wait_for_external_event("go"))
+
+
 class Counter(dr.DurableEntity):
     """A counter: ``add(amount)``, ``get()``."""
 
@@ -198,6 +203,7 @@ def make_app(hub: str, *, partitions: int = 4, fsync: bool = True, **options: An
     app.add_orchestration(instant)
     app.add_orchestration(transfer)
     app.add_orchestration(timer_wait)
+    app.add_orchestration(wait_event)
     app.add_entity(Counter)
     app.add_entity(Account)
     return app

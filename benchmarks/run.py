@@ -33,6 +33,7 @@ from benchmarks import (
     common,
     cpu_fan_out,
     entity_signals,
+    events,
     fan_out,
     gpu_fan_out,
     hello5,
@@ -57,6 +58,7 @@ WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "gpu_fan_out": gpu_fan_out.run,
     "scale_out": scale_out.run,
     "backlog": backlog.run,
+    "events": events.run,
 }
 
 
@@ -229,6 +231,7 @@ def _notes(line: dict[str, Any]) -> str:
         "recovery": ("recovery_s", "restart_s", "not_exactly_once"),
         "raw_ray": ("step_p50_ms", "wall_rate_per_s"),
         "backlog": ("idle_p99_ms", "p99_ratio", "peak_waiting", "bytes_per_pending"),
+        "events": ("durable_s", "completed_s", "complete_rate_per_s", "waiting_s"),
     }.get(line["workload"], ())
     parts = [f"{k}={_fmt(line[k], 2)}" for k in keys if line.get(k) is not None]
     if line.get("ratio_to"):
@@ -278,10 +281,12 @@ def write_report(
         f"- mode: {'quick (small N)' if quick else 'full'}"
         + (f", {elapsed:.0f} s in all" if elapsed is not None else ""),
         "- config: P partitions, W activity workers (duraray) or CPU task slots (ray), "
-        "fsync on/off; ratio = duraray rate / raw Ray rate measured in this run",
+        "fsync on/off; ratio = duraray rate / raw Ray rate measured in this run (events: "
+        "bulk rate / one-by-one rate)",
         "- rate: orchestrations/s (hello5, bank, timers, recovery), activities/s (fan_out), "
-        "signals/s (entity_signals), chains/s or tasks/s (raw_ray); p50/p99: per-instance "
-        "latency, per signal call, or timer firing delay (timers)",
+        "signals/s (entity_signals), events durable/s (events), chains/s or tasks/s "
+        "(raw_ray); p50/p99: per-instance latency, per signal or event call, or timer "
+        "firing delay (timers)",
         "",
         "",
     ]

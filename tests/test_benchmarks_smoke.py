@@ -50,6 +50,7 @@ def _verdicts(lines: list[dict]) -> list[tuple[str, bool]]:
         "gpu_fan_out",
         "scale_out",
         "backlog",
+        "events",
     ],
 )
 def test_quick_workload_results_are_correct(ray_session, tmp_path, workload):

@@ -7,6 +7,7 @@ form is a store key, so its length is limited in UTF-8 bytes (``duraray._limits`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,9 @@ from duraray._limits import MAX_ENTITY_ID_BYTES, utf8_size
 
 #: The longest ``@name@key`` string form, in UTF-8 bytes.
 MAX_ENTITY_ID_LENGTH = MAX_ENTITY_ID_BYTES
+
+# A regular expression, not a loop over the characters: ids are checked on every request.
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def _check_part(what: str, value: Any) -> str:
@@ -23,7 +27,7 @@ def _check_part(what: str, value: Any) -> str:
         raise ValueError(f"entity {what} must not be empty")
     if "@" in value:
         raise ValueError(f"entity {what} {value[:64]!r} must not contain '@'")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if _CONTROL.search(value):
         raise ValueError(f"entity {what} {value[:64]!r} contains control characters")
     return value
 

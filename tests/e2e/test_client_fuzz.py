@@ -3,20 +3,20 @@ or refused with a clear error, nothing stored from a refusal, and the hub unharm
 
 What is fuzzed: hypothesis draws sequences of calls to every public operation of
 ``duraray.Client`` (starts one by one and in bulk, ``map``, state, history and waits,
-events, terminate, suspend, resume, rewind, restart, purges, instance queries and their
-continuation tokens, entity signals one by one and in bulk, entity reads and queries, the
-entity storage clean-up, partition stats, parked items), with arguments that mix valid
-values and hostile ones: odd unicode (lone surrogates, controls, RTL marks, ``@``), ids
-and names just over their UTF-8 byte limits, texts over 64 KiB, times before 1970 or
-after ``MAX_TIME`` (aware ones with +/-14 h offsets too), ``timedelta.max``, NaN,
-infinite, negative and huge numbers (ints beyond any float), payloads nested past the
-depth limit or containing themselves, ints over 64 bits, unsupported types and
-subclasses, non-str and unhashable-once-decoded dict keys, NumPy scalars, entity ids
-forged with ``EntityId.from_stored``, continuation tokens forged with the right checksum,
-and plain wrong types. The calls act on a hub holding instances in every state (running,
-suspended, pending, completed, failed, terminated) and an entity, and mostly on the
-instances the fuzz started itself; a pseudo-call moves the hub's clock so that delayed
-starts and signals come due.
+events one by one and in bulk, terminate, suspend, resume, rewind, restart, purges,
+instance queries and their continuation tokens, entity signals one by one and in bulk,
+entity reads and queries, the entity storage clean-up, partition stats, parked items),
+with arguments that mix valid values and hostile ones: odd unicode (lone surrogates,
+controls, RTL marks, ``@``), ids and names just over their UTF-8 byte limits, texts over
+64 KiB, times before 1970 or after ``MAX_TIME`` (aware ones with +/-14 h offsets too),
+``timedelta.max``, NaN, infinite, negative and huge numbers (ints beyond any float),
+payloads nested past the depth limit or containing themselves, ints over 64 bits,
+unsupported types and subclasses, non-str and unhashable-once-decoded dict keys, NumPy
+scalars, entity ids forged with ``EntityId.from_stored``, continuation tokens forged
+with the right checksum, and plain wrong types. The calls act on a hub holding instances
+in every state (running, suspended, pending, completed, failed, terminated) and an
+entity, and mostly on the instances the fuzz started itself; a pseudo-call moves the
+hub's clock so that delayed starts and signals come due.
 
 What is checked, for every call:
 
@@ -807,6 +807,20 @@ signals = st.builds(
     st.just("signals"),
 )
 
+#: ``(instance_id, event_name[, data])`` events (form "signals": each item's id resolved).
+bulk_events = st.builds(
+    Ids,
+    st.lists(
+        st.one_of(
+            st.tuples(instance_ids, st.one_of(st.just("go"), text_or_wrong), optional_payload),
+            st.tuples(instance_ids, st.just("go")),
+            st.sampled_from([None, "x", ("fz-run", "go", 1, 2)]),
+        ),
+        max_size=4,
+    ),
+    st.just("signals"),
+)
+
 #: (weight, call): starts, signals and the operations on existing instances most often.
 WEIGHTED: list[tuple[int, st.SearchStrategy[Call]]] = [
     (
@@ -880,6 +894,7 @@ WEIGHTED: list[tuple[int, st.SearchStrategy[Call]]] = [
             {"data": optional_payload},
         ),
     ),
+    (2, _call("raise_orchestration_events", [bulk_events])),
     (
         3,
         _call(
@@ -1189,6 +1204,17 @@ class Fuzzer:
         elif method == "schedule_new_orchestrations":
             self.recent.extend(result)
             self.fresh.difference_update(result)
+        elif method == "raise_orchestration_events":
+            # Per event: delivered, or refused as the single call would be; a failure
+            # inside a partition (PartitionFailureError) means a value passed the checks.
+            wrong = [
+                r
+                for r in result
+                if r is not None
+                and not isinstance(r, dr.InstanceNotFoundError | dr.InstanceStateError)
+            ]
+            if wrong:
+                self._fail(described, f"answered events with {_show(wrong)}")
         elif method in ("query_instances", "query_entities"):
             self.tokens["instances" if method == "query_instances" else "entities"] = (
                 result.continuation_token

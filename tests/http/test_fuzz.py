@@ -233,6 +233,7 @@ routed = st.one_of(
     ),
     _route("DELETE", "/api/instances/{}", 1),
     _route("POST", "/api/instances/{}/raiseEvent/{}", 2),
+    _route("POST", "/api/instances/raiseEvents", 0),
     _route("POST", "/api/instances/{}/terminate", 1, ["reason", "recursive"]),
     _route("POST", "/api/instances/{}/suspend", 1, ["reason"]),
     _route("POST", "/api/instances/{}/resume", 1, ["reason"]),
@@ -287,11 +288,21 @@ def _deep(depth: int, kind: str) -> bytes:
     return b"[" * depth  # unterminated
 
 
+#: Bodies shaped like raiseEvents' list of events, with odd values in every field.
+event_lists = st.lists(
+    st.fixed_dictionaries(
+        {"instanceId": st.one_of(st.text(max_size=30), json_values), "name": st.text(max_size=30)},
+        optional={"data": json_values},
+    ),
+    max_size=4,
+)
+
 bodies = st.one_of(
     st.none(),
     st.just(b""),
     st.just(b"   "),
     json_values.map(lambda v: json.dumps(v).encode()),
+    event_lists.map(lambda v: json.dumps(v).encode()),
     st.builds(_deep, st.integers(1, 200_000), st.sampled_from(["list", "dict", "open"])),
     st.integers(1, 6000).map(lambda n: b"9" * n),
     st.integers(1, 400).map(lambda n: ("1" + "0" * n).encode()),

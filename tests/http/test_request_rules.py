@@ -82,6 +82,7 @@ def test_a_foreign_page_cannot_terminate_an_instance_on_a_loopback_hub(client, l
         ("POST", "/api/orchestrations/echo"),
         ("POST", "/api/instances/victim/terminate"),
         ("POST", "/api/instances/victim/raiseEvent/go"),
+        ("POST", "/api/instances/raiseEvents"),
         ("DELETE", "/api/instances/victim"),
         ("DELETE", "/api/instances?createdTimeFrom=2000-01-01"),
         ("POST", "/api/instances/terminate?all=true"),
@@ -262,6 +263,7 @@ def test_split_host_refuses_what_is_not_a_host(text):
 BODY_ROUTES = [
     ("/api/orchestrations/echo", b"1"),
     ("/api/instances/ct/raiseEvent/go", b"1"),
+    ("/api/instances/raiseEvents", b'[{"instanceId": "ct", "name": "go"}]'),
     ("/api/instances/ct/terminate", b'"why"'),
     ("/api/instances/ct/suspend", b'"why"'),
     ("/api/instances/ct/resume", b'"why"'),

@@ -24,6 +24,7 @@ ASYNC_METHODS = (
     "wait_for_orchestration_start",
     "wait_for_orchestration_completion",
     "raise_orchestration_event",
+    "raise_orchestration_events",
     "terminate_orchestration",
     "suspend_orchestration",
     "resume_orchestration",

@@ -21,8 +21,8 @@ def signal_ops(
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """``(entity_id, operation, input)`` signals as the batch operations that send them.
 
-    Each routed by its entity id, in the order given: ``Router.batch`` keeps that order
-    within a partition, so signals to one entity are applied as listed.
+    Each routed by its entity id, in the order given: ``Router.batch`` applies one
+    key's operations in that order, so signals to one entity are applied as listed.
     """
     ops = []
     for entity, operation, value in signals:

@@ -8,8 +8,9 @@ answers; it never touches storage.
 ``Client`` holds the public operations and checks their arguments (those over a whole
 hub, queries, counts and bulk actions, in ``operations``); the plumbing beneath
 lives beside it: ``transport`` (routing, fan-out, batching), ``queries`` (merged pages and
-continuation tokens), ``entity_ops`` (bulk signals, the entity clean-up), ``mapping``
-(``map``) and ``results`` (the snapshots returned, built from stored records).
+continuation tokens), ``entity_ops`` (bulk signals, the entity clean-up), ``events`` (bulk
+external events), ``mapping`` (``map``) and ``results`` (the snapshots returned, built
+from stored records).
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from duraray import _limits
-from duraray._errors import InstanceNotFoundError, InstanceStateError, SerializationError
+from duraray._errors import (
+    DurableError,
+    InstanceNotFoundError,
+    InstanceStateError,
+    SerializationError,
+)
 from duraray._registry import Registry
 from duraray.orchestrations import history as h
 from duraray.orchestrations.ids import validate_instance_id
 from duraray.runtime.client import entity_ops, queries
+from duraray.runtime.client import events as events_ops
 from duraray.runtime.client.mapping import map_orchestrations
 from duraray.runtime.client.operations import HubOperations
 from duraray.runtime.client.results import (
@@ -298,6 +305,21 @@ class Client(HubOperations):
         self._router.call(
             instance_id, "raise_event", {"name": event_name, "data": encoded}, mutating=True
         )
+
+    def raise_orchestration_events(
+        self, events: Iterable[tuple[str, str] | tuple[str, str, Any]]
+    ) -> list[DurableError | None]:
+        """Deliver many external events ``(instance_id, event_name[, data])`` at once.
+
+        Batched per partition; events to one instance arrive in the order given. Returns
+        once all are durable: per event, in order, None if delivered, else the error
+        ``raise_orchestration_event`` would raise (``InstanceNotFoundError``, or
+        ``InstanceStateError`` if finished), as ``gather(..., return_exceptions=True)``
+        does. Each event is checked first as ``raise_orchestration_event`` checks it: a
+        bad one raises ValueError or TypeError naming its index, and nothing is sent.
+        """
+        ops = events_ops.event_ops(events, self._encode)
+        return events_ops.outcomes(self._router.batch_each(ops))
 
     def terminate_orchestration(
         self, instance_id: str, *, output: Any = None, recursive: bool = True

@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any, Protocol
 
+from duraray._errors import DurableError
 from duraray.entities.ids import EntityId
 from duraray.orchestrations.ids import validate_instance_id
 from duraray.runtime.engine.records import InstanceRecord, Reply
 from duraray.runtime.engine.routing import partition_for
 
 #: At most this many operations go in one batch request, so that one request (and the
-#: partition's reply to it) stays a bounded size however many operations a call makes.
+#: partition's reply to it) stays a bounded size however many operations a call makes
+#: (but see ``Router._chunks``: one key's operations are never split).
 BATCH_CHUNK = 2000
+#: ... and at most about this many payload bytes (inputs, event data): 2,000 events of
+#: 1 MiB each would otherwise be one 2 GiB request and one commit. An operation larger
+#: than this still goes, alone.
+BATCH_BYTES = 16 * 1024 * 1024
 
 
 class Transport(Protocol):
@@ -86,30 +93,78 @@ class Router:
     def batch(self, ops: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:
         """Run (routing key, op, args) triples as batch requests; results in order.
 
-        Every operation runs, even when some fail; the first failure is raised afterwards.
+        One key's operations are applied in the order given. Every operation runs, even
+        when some fail; the first failure is raised afterwards.
         """
-        by_partition: dict[int, list[int]] = {}
-        for index, (key, _, _) in enumerate(ops):
-            by_partition.setdefault(self.partition(key), []).append(index)
-        pending = []
-        for partition, indexes in by_partition.items():
-            for start in range(0, len(indexes), BATCH_CHUNK):
-                chunk = indexes[start : start + BATCH_CHUNK]
-                future = self.transport.submit(
-                    partition,
-                    "batch",
-                    {"ops": [(ops[i][1], ops[i][2]) for i in chunk]},
-                    uuid.uuid4().hex,
-                )
-                pending.append((chunk, future))
-        results: list[Any] = [None] * len(ops)
-        for chunk, future in pending:
-            for index, result in zip(chunk, future.result(), strict=True):
-                results[index] = result
+        results = self.batch_each(ops)
         first_error = next((r.error for r in results if isinstance(r, Reply)), None)
         if first_error is not None:
             raise first_error
         return results
+
+    def batch_each(self, ops: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:
+        """``batch``, but each operation's own outcome, in order: its result, or a
+        ``Reply`` holding its error.
+
+        A batch request the partition refused as a whole (``StorageFullError``,
+        ``PartitionFailureError``: nothing of it was stored) gives its error to each of its
+        operations. Any other error (the transport's: whether the request was applied is
+        unknown) is raised, once every request has been answered.
+        """
+        pending = [
+            (chunk, self.transport.submit(partition, "batch", {"ops": body}, uuid.uuid4().hex))
+            for partition, chunk, body in self._chunks(ops)
+        ]
+        results: list[Any] = [None] * len(ops)
+        failure: BaseException | None = None
+        for chunk, future in pending:
+            try:
+                answers = future.result()
+            except DurableError as exc:
+                answers = [Reply(exc)] * len(chunk)
+            except Exception as exc:
+                failure = failure or exc
+                continue
+            for index, result in zip(chunk, answers, strict=True):
+                results[index] = result
+        if failure is not None:
+            raise failure
+        return results
+
+    def _chunks(
+        self, ops: list[tuple[str, str, dict[str, Any]]]
+    ) -> Iterator[tuple[int, list[int], list[tuple[str, dict[str, Any]]]]]:
+        """(partition, indexes of ``ops``, their (op, args)) of each batch request.
+
+        All the operations of one routing key go in one request, in the order given: a
+        partition applies a request's operations in order, but two requests in flight to
+        one partition actor may run in either order (Ray runs an async actor's calls out
+        of order). A key's later operations join its request even when that one is full,
+        so a key with very many operations makes its request that much larger.
+        """
+        by_partition: dict[int, list[int]] = {}
+        for index, (key, _, _) in enumerate(ops):
+            by_partition.setdefault(self.partition(key), []).append(index)
+        for partition, indexes in by_partition.items():
+            chunks: list[list[int]] = []
+            sizes: list[int] = []
+            chunk_of: dict[str, int] = {}
+            for index in indexes:
+                key, _, args = ops[index]
+                weight = _payload_bytes(args)
+                at = chunk_of.get(key)
+                if at is None:
+                    if not chunks or (
+                        chunks[-1]
+                        and (len(chunks[-1]) >= BATCH_CHUNK or sizes[-1] + weight > BATCH_BYTES)
+                    ):
+                        chunks.append([])
+                        sizes.append(0)
+                    at = chunk_of[key] = len(chunks) - 1
+                chunks[at].append(index)
+                sizes[at] += weight
+            for chunk in chunks:
+                yield partition, chunk, [(ops[i][1], ops[i][2]) for i in chunk]
 
     def wait_all(self, instance_ids: list[str], timeout: float) -> list[InstanceRecord]:
         """The records of ``instance_ids`` (in order) once all completed: one wait per
@@ -137,3 +192,8 @@ class Router:
                 f"complete within {timeout} s"
             ) from None
         return [records[iid] for iid in instance_ids]
+
+
+def _payload_bytes(args: dict[str, Any]) -> int:
+    """The encoded payloads an operation carries (what makes a request large)."""
+    return sum(len(value) for value in args.values() if isinstance(value, bytes))

@@ -25,6 +25,9 @@ addressed by URL and are refused at start):
                                                          (500 for Failed/Terminated with
                                                          ``returnInternalServerErrorOnFailure=true``)
 ``POST /api/instances/{id}/raiseEvent/{event}``          body = event data -> 202
+``POST /api/instances/raiseEvents``                      body = ``[{instanceId, name,
+                                                         data?}, ...]`` (at most 10,000)
+                                                         -> 200 one outcome per event
 ``POST /api/instances/{id}/terminate[?reason=]``         body (JSON) or reason = the output;
                                                          ``recursive=false`` -> 202
 ``POST /api/instances/{id}/suspend|resume|rewind``       ``?reason=`` (or a JSON string
@@ -89,13 +92,13 @@ bearer token, 403 a cross-site request (foreign ``Origin``, or on a loopback bin
 with a running id (or a purge that raced the instance finishing: retry), 410 the
 instance's state forbids the operation (raiseEvent, terminate, suspend or resume of a
 finished instance, rewind of one that did not fail, restart or purge of a running one),
-413 body over the size limit, 415 a body not declared JSON (``Content-Type:
-application/json`` or ``application/*+json``; a POST without a body needs none), 500 an
-unexpected error (the server keeps serving), also a request that failed inside its
-partition (``PartitionFailureError``: a defect met applying it; nothing of it was stored,
-the partition goes on, and ``/api/parked`` lists it), 507 a partition had no space to
-store the change (``StorageFullError``: disk or ``max_map_size`` full; nothing was
-applied).
+413 body over the size limit (or over 10,000 events to ``raiseEvents``), 415 a body not
+declared JSON (``Content-Type: application/json`` or ``application/*+json``; a POST
+without a body needs none), 500 an unexpected error (the server keeps serving), also a
+request that failed inside its partition (``PartitionFailureError``: a defect met
+applying it; nothing of it was stored, the partition goes on, and ``/api/parked`` lists
+it), 507 a partition had no space to store the change (``StorageFullError``: disk or
+``max_map_size`` full; nothing was applied).
 Every error body is ``{"error": "<message>"}``. 202 responses of start, restart and
 status carry ``Location`` (the status URL) and ``Retry-After: 1``.
 
@@ -125,6 +128,10 @@ base64, see ``payloads.to_json``):
   shown is named all the same) or has a part JSON cannot carry (nested over 200 levels, an
   int over 14,000 bits: that part reads ``"<unrenderable: ...>"``). Only records stored
   before the codec's limits can hold such payloads; one never fails a listing or a status;
+- event outcome (``raiseEvents``, one per event, in order): ``{instanceId, status
+  ("delivered", "notFound", "finished" or "failed": the partition could not store it),
+  error (null when delivered)}``; a malformed event (a bad id, name or data) answers 400
+  naming its index (``events[3]: ...``) and none is delivered;
 - ``/api/partitions``: a list, one object per partition: ``{partition, counters: {batches,
   items, episodes, commit_seconds, replays, activities_dispatched, messages_sent,
   blocking_episodes, entity_operations?, poison_items?, rebuilds?, link_frames_sent?,
@@ -295,6 +302,7 @@ class HttpApi:
             # paths (for GET and DELETE only today; a POST added there must not win).
             Route("/api/instances/terminate", filtered.terminate_matching, methods=["POST"]),
             Route("/api/instances/purge", filtered.purge_matching, methods=["POST"]),
+            Route("/api/instances/raiseEvents", self.raise_events, methods=["POST"]),
             Route(instance, self.status, methods=["GET"]),
             Route(instance, self.purge, methods=["DELETE"]),
             Route(f"{instance}/raiseEvent/{{event}}", self.raise_event, methods=["POST"]),
@@ -381,6 +389,13 @@ class HttpApi:
             data=data,
         )
         return Response(status_code=202)
+
+    async def raise_events(self, request: Request) -> Response:
+        """Deliver many external events; 200 with each one's outcome, in order."""
+        events = q.bulk_events(await self._json(request, "events"))
+        outcomes = await call(self.client.raise_orchestration_events, events)
+        body = [p.event_outcome_json(e[0], o) for e, o in zip(events, outcomes, strict=True)]
+        return JSONResponse(body)
 
     async def terminate(self, request: Request) -> Response:
         """Terminate a running instance; 410 when it already finished."""

@@ -152,6 +152,36 @@ async def read_json(request: Request, limit: int, what: str) -> Any:
         raise ApiError(400, f"{what} is nested too deeply") from None
 
 
+#: At most this many events in one ``raiseEvents`` request (413 beyond).
+MAX_BULK_EVENTS = 10_000
+_EVENT_KEYS = ("instanceId", "name", "data")
+_EVENT_SHAPE = '{"instanceId": "...", "name": "...", "data": ...}'
+
+
+def bulk_events(body: Any) -> list[tuple[str, str, Any]]:
+    """The ``(instance_id, name, data)`` events of a ``raiseEvents`` body, a JSON list of
+    objects ``{"instanceId", "name", "data"?}``; 400 naming the first malformed item."""
+    if body is NO_BODY or not isinstance(body, list):
+        raise ApiError(400, f"the body must be a JSON list of events {_EVENT_SHAPE}")
+    if len(body) > MAX_BULK_EVENTS:
+        raise ApiError(413, f"{len(body)} events in one request; the limit is {MAX_BULK_EVENTS}")
+    events = []
+    for index, item in enumerate(body):
+        if not isinstance(item, dict):
+            raise ApiError(400, f"events[{index}] must be an object {_EVENT_SHAPE}")
+        unknown = sorted(set(item) - set(_EVENT_KEYS))
+        if unknown:
+            shown = ", ".join(repr(key[:100]) for key in unknown[:5])
+            raise ApiError(
+                400, f"events[{index}] has unknown keys {shown}; expected {_EVENT_SHAPE}"
+            )
+        for key in _EVENT_KEYS[:2]:
+            if not isinstance(item.get(key), str):
+                raise ApiError(400, f"events[{index}].{key} must be a string")
+        events.append((item["instanceId"], item["name"], item.get("data")))
+    return events
+
+
 async def read_reason(request: Request, limit: int) -> str | None:
     """``?reason=``, else an optional JSON string body; any other body is a 400."""
     body = await read_json(request, limit, "request body")

@@ -1,5 +1,5 @@
 """The JSON shapes of the HTTP API: instance status, history events, entities, parked
-items, blocking reports, management URLs.
+items, blocking reports, the outcomes of bulk events, management URLs.
 
 Pure functions from the client's records to JSON-ready dicts; no Starlette, no I/O, so the
 shapes can be tested (and reused by the CLI) without a server. ``api.py`` documents them.
@@ -30,6 +30,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
+from duraray._errors import InstanceNotFoundError, InstanceStateError
 from duraray.orchestrations.history import HistoryEvent, OrchestrationStatus
 from duraray.runtime.client.sync import (
     BlockingReport,
@@ -278,6 +279,25 @@ def blocking_json(report: BlockingReport | None) -> dict[str, Any] | None:
         "seconds": report.seconds,
         "finishedAfter": report.finished_after,
         "stack": report.stack,
+    }
+
+
+def event_outcome_json(instance_id: str, outcome: BaseException | None) -> dict[str, Any]:
+    """One event's outcome in a ``raiseEvents`` answer: ``{instanceId, status, error}``,
+    status ``delivered``, ``notFound``, ``finished`` or ``failed`` (the partition could
+    not take it: disk full, a failure inside it; error says which)."""
+    if outcome is None:
+        status = "delivered"
+    elif isinstance(outcome, InstanceNotFoundError):
+        status = "notFound"
+    elif isinstance(outcome, InstanceStateError):
+        status = "finished"  # the one state that refuses an event
+    else:
+        status = "failed"
+    return {
+        "instanceId": instance_id,
+        "status": status,
+        "error": None if outcome is None else str(outcome),
     }
 
 
