@@ -35,6 +35,22 @@ CONTEXT = {
 }
 
 
+#: Async user code: every AsyncClient method is visible to the type checker.
+ASYNC_USER = """
+import duraray as dr
+
+
+async def run(client: dr.AsyncClient) -> list[str]:
+    iid = await client.schedule_new_orchestration("hello", input="x")
+    state = await client.wait_for_orchestration_completion(iid, timeout=30)
+    page = await client.query_instances(newest_first=True, page_size=10)
+    counts = await client.count_instances()
+    outcomes = await client.raise_orchestration_events([(iid, "go", 1)])
+    assert state.runtime_status is dr.OrchestrationStatus.COMPLETED
+    return [s.instance_id for s in page.items] + [str(counts), str(outcomes)]
+"""
+
+
 def _snippets() -> list[str]:
     return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 
@@ -97,7 +113,10 @@ def test_the_examples_and_the_readme_snippets_pass_mypy_strict(tmp_path: Path) -
         target = tmp_path / f"readme_snippet_{index}.py"
         target.write_text(_with_context(snippet))
         files.append(target)
-    assert len(files) >= len(EXAMPLES) + 5
+    user = tmp_path / "user_async.py"
+    user.write_text(ASYNC_USER)
+    files.append(user)
+    assert len(files) >= len(EXAMPLES) + 6
     result = _mypy(files, tmp_path)
     assert 0 == result.returncode, result.stdout + result.stderr
 
