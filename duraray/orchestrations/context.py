@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextvars
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, overload
+from typing import Any, Protocol, TypeVar, overload
 
 from duraray import _limits
 from duraray._errors import LockingRuleError
@@ -22,6 +23,7 @@ from duraray.orchestrations.hints import return_type_hint
 from duraray.orchestrations.ids import validate_instance_id
 from duraray.orchestrations.matching import ActionEvent
 from duraray.orchestrations.options import ExecutorOptions, PayloadConverter
+from duraray.orchestrations.replay_logger import ReplaySafeLogger
 from duraray.orchestrations.task import (
     CancellableTask,
     CompletableTask,
@@ -32,6 +34,8 @@ from duraray.orchestrations.task import (
     TimedWaitTask,
     TimerTask,
 )
+
+T = TypeVar("T")
 
 #: True while orchestration code runs during replay; log processors read it to drop
 #: records that were already emitted the first time the code ran.
@@ -187,6 +191,34 @@ class OrchestrationContext:
 
     # -- actions -------------------------------------------------------------------------
 
+    @overload
+    def call_activity(
+        self,
+        activity: str | type[Any],
+        *,
+        input: Any = None,
+        retry_policy: RetryPolicy | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> CompletableTask[Any]: ...
+    @overload
+    def call_activity(
+        self,
+        activity: Callable[..., Coroutine[Any, Any, T]],
+        *,
+        input: Any = None,
+        retry_policy: RetryPolicy | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> CompletableTask[T]: ...
+    @overload
+    def call_activity(
+        self,
+        activity: Callable[..., T],
+        *,
+        input: Any = None,
+        retry_policy: RetryPolicy | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> CompletableTask[T]: ...
+
     def call_activity(
         self,
         activity: Any,
@@ -195,7 +227,8 @@ class OrchestrationContext:
         retry_policy: RetryPolicy | None = None,
         tags: dict[str, str] | None = None,
     ) -> CompletableTask[Any]:
-        """Schedule an activity (function or registered name); the task yields its result."""
+        """Schedule an activity (function, activity class or registered name); the task
+        yields its result (typed as the function returns it)."""
         ex = self._ex
         name = _limits.check_name(ex.name_of("activity", activity), "activity name")
         _limits.check_tags(tags)
@@ -539,46 +572,6 @@ def _result_hint(target: Any) -> Any:
     if callable(target) and not isinstance(target, str):
         return return_type_hint(target)
     return None
-
-
-class ReplaySafeLogger:
-    """A logger proxy that drops every call while the orchestration is replaying."""
-
-    _METHODS = frozenset(
-        {
-            "debug",
-            "info",
-            "warning",
-            "warn",
-            "error",
-            "exception",
-            "critical",
-            "log",
-            "msg",
-            "fatal",
-        }
-    )
-
-    def __init__(self, logger: Any, context: OrchestrationContext) -> None:
-        self._logger = logger
-        self._context = context
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._logger, name)
-        if name in self._METHODS:
-
-            def call(*args: Any, **kwargs: Any) -> Any:
-                if self._context.is_replaying:
-                    return None
-                return attr(*args, **kwargs)
-
-            return call
-        return attr
-
-    @property
-    def is_enabled(self) -> bool:
-        """False while replaying."""
-        return not self._context.is_replaying
 
 
 __all__ = ["OrchestrationContext", "ReplaySafeLogger", "Task", "replaying_var"]

@@ -208,9 +208,15 @@ class Kit:
         *,
         t: float = 0,
         tags: dict[str, str] | None = None,
+        attempt: int | None = None,
     ) -> h.TaskScheduled:
         return h.TaskScheduled(
-            timestamp=self.at(t), event_id=seq, name=name, input=codec.encode(input), tags=tags
+            timestamp=self.at(t),
+            event_id=seq,
+            name=name,
+            input=codec.encode(input),
+            tags=tags,
+            attempt=attempt,
         )
 
     def timer(

@@ -397,5 +397,5 @@ def test_changed_retry_delay_is_not_a_mismatch(kit):
     expected_timer = kit.timer(1, 2, t=1, retry=True)
     assert expected_timer in history
     _, new = kit.replay(calling(30), history, kit.episode(2, kit.fired(1, 2)))
-    expected = [kit.scheduled(2, "flaky", t=2)]
+    expected = [kit.scheduled(2, "flaky", t=2, attempt=2)]
     assert expected == new

@@ -72,7 +72,7 @@ def test_retry_schedules_a_timer_then_a_new_task(kit):
     expected_steps = [
         [kit.scheduled(0, "flaky", "x")],
         [kit.timer(1, 4, t=1, retry=True)],
-        [kit.scheduled(2, "flaky", "x", t=4)],
+        [kit.scheduled(2, "flaky", "x", t=4, attempt=2)],
     ]
     assert expected_steps == run.steps
 
