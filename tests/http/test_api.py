@@ -54,6 +54,8 @@ STATUS_KEYS = {
     "output",
     "createdTime",
     "lastUpdatedTime",
+    "completedTime",
+    "scheduledStartTime",
     "failureDetails",
     "version",
     "tags",

@@ -38,8 +38,15 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
-def _hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Accept --hub, --app, --address, --connect-timeout and --json after the command too."""
+#: Environment variables of the HTTP API's address and bearer token (the token also
+#: from ``$DURARAY_HTTP_TOKEN``, the one `duraray serve` reads).
+URL_ENV = "DURARAY_URL"
+TOKEN_ENVS = ("DURARAY_TOKEN", "DURARAY_HTTP_TOKEN")
+
+
+def _connection_options(*, token: bool = True) -> Callable[[Callable[..., Any]], Any]:
+    """The options that say which hub to reach, and --json, accepted after the command
+    too (``token=False``: without --token, for a command that has its own)."""
     options = [
         click.option(
             "--hub",
@@ -56,6 +63,25 @@ def _hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Import this duraray.App and attach to its hub (launching it if needed).",
         ),
         click.option(
+            "--url",
+            metavar="URL",
+            expose_value=False,
+            callback=_remember,
+            help=f"The hub's HTTP API (`duraray serve`), without Ray (${URL_ENV}).",
+        ),
+    ]
+    if token:
+        options.append(
+            click.option(
+                "--token",
+                metavar="TOKEN",
+                expose_value=False,
+                callback=_remember,
+                help=f"With --url: the API's bearer token (${TOKEN_ENVS[0]}).",
+            )
+        )
+    options += [
+        click.option(
             "--address",
             metavar="ADDRESS",
             expose_value=False,
@@ -68,7 +94,8 @@ def _hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             metavar="SECONDS",
             expose_value=False,
             callback=_remember,
-            help=f"Give up reaching Ray after this long (exit 5; default {_CONNECT_TIMEOUT:g}).",
+            help="Give up reaching Ray (or the HTTP API) after this long "
+            f"(exit 5; default {_CONNECT_TIMEOUT:g}).",
         ),
         click.option(
             "--json",
@@ -78,9 +105,17 @@ def _hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Print machine-readable JSON.",
         ),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+#: --hub, --app, --url, --token, --address, --connect-timeout and --json.
+_hub_options = _connection_options()
 
 
 def _say(message: str) -> None:

@@ -1,6 +1,7 @@
-"""Reaching a hub: the client of --hub or --app, and the bounded, interruptible connect
-to the Ray cluster under it (exit 5 with the fix when it cannot be reached). Also the
-command's log setup, which keeps log lines off stdout."""
+"""Reaching a hub: its HTTP API (--url, ``_http.HttpHubClient``) or the client of --hub
+or --app, and the bounded, interruptible connect to the Ray cluster under it (exit 5 with
+the fix when it cannot be reached). Also the command's log setup, which keeps log lines
+off stdout."""
 
 from __future__ import annotations
 
@@ -20,16 +21,48 @@ import click
 
 from duraray._errors import HubConfigurationError
 from duraray.app import App
-from duraray.runtime.cli._common import _CONNECT_TIMEOUT, CliError
+from duraray.runtime.cli._common import _CONNECT_TIMEOUT, TOKEN_ENVS, URL_ENV, CliError
 from duraray.runtime.cli._format import EXIT_UNREACHABLE, _json_mode
+from duraray.runtime.cli._http import HttpHubClient
 from duraray.runtime.client.sync import Client
 
+#: What the commands act on: a Client of a hub on Ray, or the hub's HTTP API (--url).
+HubClient = Client | HttpHubClient
 
-def _client(ctx: click.Context, *, data_dir: str | None = None) -> Client:
-    """The client of the hub given by --hub or --app (or of the injected client factory).
 
-    ``data_dir`` is for a hub that --app launches.
+def _client(ctx: click.Context) -> HubClient:
+    """The hub given by --url (its HTTP API), --hub or --app (or the injected client).
+
+    --url (else ``$DURARAY_URL``, unless --hub or --app is given) goes over HTTP, without
+    Ray; --url together with --hub or --app is a usage error.
     """
+    url = _http_url(ctx)
+    if url is None:
+        return _ray_client(ctx)
+    obj = ctx.ensure_object(dict)
+    token = obj.get("token") or next(
+        (os.environ[name] for name in TOKEN_ENVS if os.environ.get(name)), None
+    )
+    return HttpHubClient(url, token=token, timeout=_connect_timeout(ctx))
+
+
+def _http_url(ctx: click.Context) -> str | None:
+    """The HTTP API to use: --url, or ``$DURARAY_URL`` when no hub is named otherwise."""
+    obj = ctx.ensure_object(dict)
+    if obj.get("client_factory") is not None:
+        return None
+    named = obj.get("hub") or obj.get("app")
+    url: str | None = obj.get("url")
+    if url and named:
+        raise click.UsageError("give --url or --hub/--app, not both", ctx)
+    if url is None and not named:
+        url = os.environ.get(URL_ENV) or None
+    return url
+
+
+def _ray_client(ctx: click.Context, *, data_dir: str | None = None) -> Client:
+    """The client of the hub given by --hub or --app (or of the injected client factory),
+    for a command that needs Ray; ``data_dir`` is for a hub that --app launches."""
     obj = ctx.ensure_object(dict)
     factory = obj.get("client_factory")
     if factory is not None:
@@ -55,9 +88,15 @@ def _client(ctx: click.Context, *, data_dir: str | None = None) -> Client:
                 "start it with `duraray start --app MODULE:APP`",
                 EXIT_UNREACHABLE,
             ) from exc
+    if _http_url(ctx) is not None:
+        raise click.UsageError(
+            f"{ctx.info_name} needs --hub NAME or --app MODULE:APP: it works on Ray, "
+            "not over a hub's HTTP API (--url, $DURARAY_URL)",
+            ctx,
+        )
     raise click.UsageError(
-        "no hub given: pass --hub NAME (a hub running on the Ray cluster) or "
-        "--app MODULE:APP (the hub's code)",
+        "no hub given: pass --url URL (a hub's HTTP API), --hub NAME (a hub running on "
+        "the Ray cluster) or --app MODULE:APP (the hub's code)",
         ctx,
     )
 

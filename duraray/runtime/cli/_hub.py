@@ -10,13 +10,20 @@ from typing import Any
 import click
 
 from duraray.app import App
-from duraray.runtime.cli._common import _CONNECT_TIMEOUT, CliError, _Command, _hub_options
+from duraray.runtime.cli._common import (
+    _CONNECT_TIMEOUT,
+    CliError,
+    _Command,
+    _connection_options,
+    _hub_options,
+)
 from duraray.runtime.cli._connect import (
     _client,
     _connect_ray,
     _connect_timeout,
     _held_stderr,
     _load_app,
+    _ray_client,
     _setup_logging,
 )
 from duraray.runtime.cli._format import (
@@ -88,7 +95,7 @@ def start(ctx: click.Context, data_dir: str | None, partitions: int | None) -> N
     """
     obj = ctx.ensure_object(dict)
     if not obj.get("app"):
-        raise click.UsageError("start needs --app MODULE:APP (the hub's code)", ctx)
+        raise click.UsageError(f"start needs --app MODULE:APP (the hub's code){_NOT_HTTP}", ctx)
     app = _load_app(obj["app"])
     if obj.get("hub") and obj["hub"] != app.name:
         raise click.UsageError(f"--hub {obj['hub']!r} is not the hub of --app ({app.name!r})", ctx)
@@ -115,6 +122,10 @@ def start(ctx: click.Context, data_dir: str | None, partitions: int | None) -> N
     click.echo(f"stop it with: duraray stop --hub {app.name}")
 
 
+#: Why --url cannot stand in for --hub or --app (a hub's HTTP API cannot launch or stop it).
+_NOT_HTTP = ": it works on Ray, not over a hub's HTTP API (--url)"
+
+
 @click.command(cls=_Command)
 @_hub_options
 @click.pass_context
@@ -131,7 +142,7 @@ def stop(ctx: click.Context) -> None:
             raise click.UsageError(f"--hub {hub!r} is not the hub of --app ({name!r})", ctx)
         hub = name
     if not hub:
-        raise click.UsageError("stop needs --hub NAME or --app MODULE:APP", ctx)
+        raise click.UsageError(f"stop needs --hub NAME or --app MODULE:APP{_NOT_HTTP}", ctx)
     address = obj.get("address") or "auto"
     if not _stop_hub(hub, address=address, connect_timeout=_connect_timeout(ctx)):
         raise CliError(f"hub {hub!r} is not running", EXIT_UNREACHABLE)
@@ -145,7 +156,8 @@ def stop(ctx: click.Context) -> None:
     "--token",
     envvar="DURARAY_HTTP_TOKEN",
     default=None,
-    help="Bearer token clients must send ($DURARAY_HTTP_TOKEN); required off loopback.",
+    help="Bearer token clients must send ($DURARAY_HTTP_TOKEN; also taken before the "
+    "command name); required off loopback.",
 )
 @click.option(
     "--allowed-host",
@@ -160,7 +172,7 @@ def stop(ctx: click.Context) -> None:
     default=None,
     help="With --app: where a hub it launches keeps its data (default ./.duraray).",
 )
-@_hub_options
+@_connection_options(token=False)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -180,13 +192,15 @@ def serve(
     # Checked before connecting to Ray, with the HTTP server's own rule.
     from duraray.runtime.http.auth import is_loopback
 
+    obj = ctx.ensure_object(dict)
+    token = token or obj.get("token")  # `duraray --token T serve`: the same API token
+
     if not token and not is_loopback(host):
         raise click.UsageError(
             f"refusing to listen on {host!r} without a token: pass --token (or set "
             "DURARAY_HTTP_TOKEN), or listen on 127.0.0.1",
             ctx,
         )
-    obj = ctx.ensure_object(dict)
     if data_dir is not None and not obj.get("app"):
         raise click.UsageError("--data-dir needs --app MODULE:APP (the hub's code)", ctx)
     http_serve = _http_server()
@@ -210,7 +224,7 @@ def serve(
             click.echo(f"serving hub {embedded.hub!r} {banner}", err=True)
             http_serve(embedded, **options)
         return
-    client = _client(ctx, data_dir=data_dir)
+    client = _ray_client(ctx, data_dir=data_dir)
     click.echo(f"serving hub {client.hub!r} {banner}", err=True)
     http_serve(client, **options)
 

@@ -13,7 +13,7 @@ import click
 
 from duraray.orchestrations.history import OrchestrationStatus
 from duraray.runtime.cli._common import CliError, _Command, _hub_options
-from duraray.runtime.cli._connect import _client
+from duraray.runtime.cli._connect import HubClient, _client
 from duraray.runtime.cli._format import (
     _SPIN_REFRESH,
     EXIT_CONFLICT,
@@ -34,7 +34,7 @@ from duraray.runtime.cli._format import (
     _state_json,
     _table,
 )
-from duraray.runtime.client.sync import Client, OrchestrationState
+from duraray.runtime.client.results import OrchestrationState
 
 _DEFAULT_TOP = 100
 
@@ -51,7 +51,7 @@ TERMINAL_STATUS = click.Choice(
 
 
 def _require_state(
-    client: Client, instance_id: str, *, payloads: bool = True
+    client: HubClient, instance_id: str, *, payloads: bool = True
 ) -> OrchestrationState:
     state = client.get_orchestration_state(instance_id, fetch_payloads=payloads)
     if state is None:
@@ -60,7 +60,7 @@ def _require_state(
 
 
 def _wait_until_done(
-    ctx: click.Context, client: Client, state: OrchestrationState, timeout: float | None
+    ctx: click.Context, client: HubClient, state: OrchestrationState, timeout: float | None
 ) -> OrchestrationState:
     """Wait for COMPLETED, FAILED or TERMINATED; exit 124 after ``timeout`` seconds.
 

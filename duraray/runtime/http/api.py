@@ -11,8 +11,7 @@ storage. The dashboard (``dashboard.py``, if present) adds ``GET /`` and ``/stat
 and calls the routes below from the browser, so the shapes documented here are a
 contract: keys are only ever added.
 
-Routes (``{id}`` is an instance id, percent-encoded; ids containing ``/`` cannot be
-addressed by URL and are refused at start):
+Routes (``{id}`` is an instance id, percent-encoded: ``/`` travels as ``%2F``):
 
 =======================================================  ==================================
 ``POST /api/orchestrations/{name}[?instance_id=]``       start; body = JSON input (empty:
@@ -111,10 +110,11 @@ base64, see ``payloads.to_json``):
 - status payload: ``{name, instanceId, runtimeStatus ("Pending", "Running", "Completed",
   "ContinuedAsNew", "Failed", "Terminated", "Suspended"), input (null unless shown),
   customStatus, output (a Failed instance's error message when it has no output),
-  createdTime, lastUpdatedTime, failureDetails (null, or {errorType, errorMessage,
-  stackTrace, isNonRetriable, innerFailure?}), version, tags, parentInstanceId,
-  payloadErrors?, historyEvents?}``, and on ``GET /api/instances/{id}`` ``blockingReport``:
-  null, or the latest episode of the instance that ran longer than
+  createdTime, lastUpdatedTime, completedTime (null until it finished),
+  scheduledStartTime (null unless its start was delayed), failureDetails (null, or
+  {errorType, errorMessage, stackTrace, isNonRetriable, innerFailure?}), version, tags,
+  parentInstanceId, payloadErrors?, historyEvents?}``, and on ``GET /api/instances/{id}``
+  ``blockingReport``: null, or the latest episode of the instance that ran longer than
   ``blocking_episode_warning_s`` (``{partition, reportedAt, seconds (when reported),
   finishedAfter (null while it runs), stack}``, kept in the partition's memory);
 - history event: ``{"EventType": "<class name>", <field>: <value>, ...}`` with the event's

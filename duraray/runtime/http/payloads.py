@@ -208,6 +208,8 @@ def status_json(
         "output": _render_into(errors, "output", output),
         "createdTime": iso(state.created_at),
         "lastUpdatedTime": iso(state.last_updated_at),
+        "completedTime": iso(state.completed_at),
+        "scheduledStartTime": iso(state.scheduled_start_at),
         "failureDetails": failure_json(state),
         "version": state.version,
         "tags": state.tags,
