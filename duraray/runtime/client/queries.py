@@ -16,6 +16,7 @@ import time
 import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -95,7 +96,8 @@ def query_instances(
     first_ask = min(_limits.MAX_PAGE_SIZE, -(-page_size // len(parts)) * 5 // 4 + 4)
     page: list[InstanceRecord] = []
     while len(page) < page_size:
-        _refill(router, args, parts, first_ask, page_size)
+        if any(not part.rows and not part.done for part in parts):
+            _refill(router, args, parts, first_ask, page_size)
         heads = [part for part in parts if part.rows]
         if not heads:
             break
@@ -104,6 +106,8 @@ def query_instances(
     more = any(part.rows or not part.done for part in parts)
     token = _encode_token(_record_key(page[-1]), kind) if page and more else None
     if token is not None and cursors is not None:
+        # The next page is likely asked for: partitions running low read on meanwhile.
+        _read_ahead(router, args, parts, page_size)
         cursors.put(query_key, token, parts)
     return Page([orchestration_state(rec) for rec in page], token)
 
@@ -168,28 +172,57 @@ def count_instances(
 def _refill(
     router: Router, args: dict[str, Any], parts: list[_Cursor], first: int, page_size: int
 ) -> None:
-    """Ask every partition whose buffer ran dry (and that may hold more) for its next
-    rows, all at once."""
-    asks = []
+    """Wait for the next rows of every partition whose buffer ran dry (and that may hold
+    more), asking those with nothing on the way, all at once."""
     for index, part in enumerate(parts):
-        if part.rows or part.done:
+        if not part.rows and not part.done and part.pending is None:
+            size = first if not part.asked else _next_size(part, page_size, args)
+            _ask(router, args, index, part, size)
+    for part in parts:
+        if not part.rows and part.pending is not None:
+            _land(part)
+
+
+def _read_ahead(router: Router, args: dict[str, Any], parts: list[_Cursor], page_size: int) -> None:
+    """Ask a partition for its next rows while it still has some (less than a page, or
+    half of its last chunk): its answer comes while the caller works on this page."""
+    for index, part in enumerate(parts):
+        if part.pending is not None and part.pending.done():
+            _land(part)
+        if part.done or part.pending is not None or not part.asked:
             continue
-        size = first if not part.asked else min(READ_AHEAD_MAX, max(2 * part.asked, page_size))
-        part.asked = size
-        future = router.transport.submit(
-            index, "query", {**args, "after": part.after, "limit": size}
-        )
-        asks.append((part, size, future))
-    for part, size, future in asks:
-        rows = future.result()
-        part.rows.extend((_record_key(row), row) for row in rows)
-        if rows:
-            part.after = part.rows[-1][0]
-        part.done = len(rows) < size
+        if len(part.rows) < max(page_size, part.asked // 2):
+            _ask(router, args, index, part, _next_size(part, page_size, args))
 
 
-#: Most rows one partition is asked for at once while a caller pages on.
-READ_AHEAD_MAX = 2000
+def _next_size(part: _Cursor, page_size: int, args: dict[str, Any]) -> int:
+    # Rows with their inputs and outputs may be large: read less of them ahead.
+    most = READ_AHEAD_MAX if not args["fetch_payloads"] else READ_AHEAD_WITH_PAYLOADS
+    return min(max(most, page_size), max(2 * part.asked, page_size))
+
+
+def _ask(router: Router, args: dict[str, Any], index: int, part: _Cursor, size: int) -> None:
+    part.asked = size
+    part.pending = router.transport.submit(
+        index, "query", {**args, "after": part.after, "limit": size}
+    )
+
+
+def _land(part: _Cursor) -> None:
+    """Take in the answer on its way (waiting for it)."""
+    assert part.pending is not None
+    future, part.pending = part.pending, None
+    rows = future.result()
+    part.rows.extend((_record_key(row), row) for row in rows)
+    if rows:
+        part.after = part.rows[-1][0]
+    part.done = len(rows) < part.asked
+
+
+#: Most rows one partition is asked for at once while a caller pages on (without, and
+#: with their payloads; never fewer than a page).
+READ_AHEAD_MAX = 5000
+READ_AHEAD_WITH_PAYLOADS = 500
 #: How long the rows read ahead for the next page are kept for it.
 CURSOR_TTL_S = 30.0
 
@@ -202,7 +235,10 @@ class _Cursor:
     #: (key, record) of the rows read and not yet shown
     rows: deque[tuple[bytes, InstanceRecord]] = field(default_factory=deque)
     done: bool = False
+    #: rows asked for last (the answer is complete when fewer come back)
     asked: int = 0
+    #: the answer to the last ask, while it is on its way
+    pending: Future[Any] | None = None
 
 
 class OpenCursors:

@@ -465,7 +465,7 @@ class ClientOps:
     ) -> int:
         wanted = {Status(s) for s in statuses} if statuses else None
         count = 0
-        load = self._table.get_record
+        load = self._load(b)
         for record in list(self._scan_records(load, created_from, created_to, None, None, False)):
             if not record.status.is_terminal:
                 continue
@@ -545,22 +545,24 @@ class ClientOps:
     ) -> list[tuple[bytes, ParkedItem]]:
         return self._parked_items.list(after, limit)
 
-    def _load(self, b: Batch | None) -> Callable[[str], InstanceRecord | None]:
-        """How a read gets a record: in a batch, as the core holds it (live ones in
-        memory); off the batch (``read``), as last committed."""
+    def _load(self, b: Batch | None) -> Callable[[list[str]], Iterator[InstanceRecord | None]]:
+        """How a read gets records: in a batch, as the core holds them (live ones in
+        memory); off the batch (``read``), as last committed, many in one store read."""
         if b is not None:
-            return self._table.get_record
+            get_record = self._table.get_record
+            return lambda ids: (get_record(i) for i in ids)
         store = self._store
 
-        def committed(instance_id: str) -> InstanceRecord | None:
-            data = store.get("instances", r.instance_key(instance_id))
-            return None if data is None else codec.decode_record(InstanceRecord, data)
+        def committed(ids: list[str]) -> Iterator[InstanceRecord | None]:
+            values = store.get_many("instances", [r.instance_key(i) for i in ids])
+            for data in values:  # decoded one by one: the caller may stop after a page
+                yield None if data is None else codec.decode_record(InstanceRecord, data)
 
         return committed
 
     def _scan_records(
         self,
-        load: Callable[[str], InstanceRecord | None],
+        load: Callable[[list[str]], Iterator[InstanceRecord | None]],
         created_from: datetime | None,
         created_to: datetime | None,
         after: bytes | None,
@@ -583,11 +585,10 @@ class ClientOps:
             rows = self._store.scan(
                 "by_created", start=start, stop=stop, reverse=newest_first, limit=chunk
             )
-            for key, _ in rows:
-                instance_id = key[8:].decode()
-                if prefix and not instance_id.startswith(prefix):
-                    continue
-                record = load(instance_id)
+            ids = [key[8:].decode() for key, _ in rows]
+            if prefix:
+                ids = [i for i in ids if i.startswith(prefix)]
+            for record in load(ids):
                 if record is not None:
                     yield record
             if len(rows) < chunk:

@@ -145,6 +145,16 @@ class PartitionStore(abc.ABC):
             self._check_open()
             return self._get(db, key)
 
+    def get_many(self, db: str, keys: list[bytes]) -> list[bytes | None]:
+        """The values under ``keys`` in ``db`` (None where absent), read as of one
+        moment: a listing reads its page's records in one go."""
+        _check_db(db)
+        for key in keys:
+            _check_key(key)
+        with self._lock:
+            self._check_open()
+            return self._get_many(db, keys)
+
     def scan(
         self,
         db: str,
@@ -218,6 +228,9 @@ class PartitionStore(abc.ABC):
 
     @abc.abstractmethod
     def _get(self, db: str, key: bytes) -> bytes | None: ...
+
+    def _get_many(self, db: str, keys: list[bytes]) -> list[bytes | None]:
+        return [self._get(db, key) for key in keys]
 
     @abc.abstractmethod
     def _scan(

@@ -149,6 +149,11 @@ class LmdbStore(PartitionStore):
         with self._env.begin(db=self._dbs[db]) as txn:
             return txn.get(key)
 
+    def _get_many(self, db: str, keys: list[bytes]) -> list[bytes | None]:
+        with self._env.begin(db=self._dbs[db]) as txn:
+            get = txn.get
+            return [get(key) for key in keys]
+
     def _scan(
         self, db: str, lo: bytes, hi: bytes | None, reverse: bool, limit: int | None
     ) -> list[tuple[bytes, bytes]]:
