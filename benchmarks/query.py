@@ -1,7 +1,7 @@
 """query: page through every instance of a hub, and count them by status.
 
 The hub is filled with ``--n`` instances of ``instant`` (an orchestration that completes
-at once; 1,000,000 on Ray, 20,000 in process; ``--quick``: 20,000 and 5,000), started
+at once; 1,000,000 on Ray, 20,000 in process; ``--quick``: 5,000 and 2,000), started
 with ``schedule_new_orchestrations``. Then ``get_all_instances`` pages through all of them
 (``page_size`` 100, the default; oldest first, then newest first): ``rate_per_s`` =
 instances / paging time. Meanwhile hello5 orchestrations run one at a time, and their
@@ -26,8 +26,8 @@ if __package__ in (None, ""):
 import duraray as dr
 from benchmarks import common
 
-DEFAULT_N, QUICK_N = 1_000_000, 20_000
-DEFAULT_LOCAL_N, QUICK_LOCAL_N = 20_000, 5_000
+DEFAULT_N, QUICK_N = 1_000_000, 5_000
+DEFAULT_LOCAL_N, QUICK_LOCAL_N = 20_000, 2_000
 PAGE = 100
 FILL_CHUNK = 10_000
 

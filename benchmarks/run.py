@@ -38,6 +38,7 @@ from benchmarks import (
     gpu_fan_out,
     hello5,
     hello5_latency,
+    query,
     raw_ray,
     recovery,
     scale_out,
@@ -59,6 +60,7 @@ WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "scale_out": scale_out.run,
     "backlog": backlog.run,
     "events": events.run,
+    "query": query.run,
 }
 
 
@@ -232,6 +234,7 @@ def _notes(line: dict[str, Any]) -> str:
         "raw_ray": ("step_p50_ms", "wall_rate_per_s"),
         "backlog": ("idle_p99_ms", "p99_ratio", "peak_waiting", "bytes_per_pending"),
         "events": ("durable_s", "completed_s", "complete_rate_per_s", "waiting_s"),
+        "query": ("newest_first_rate_per_s", "count_ms", "writes_p99_ratio", "fill_s"),
     }.get(line["workload"], ())
     parts = [f"{k}={_fmt(line[k], 2)}" for k in keys if line.get(k) is not None]
     if line.get("ratio_to"):

@@ -51,6 +51,7 @@ def _verdicts(lines: list[dict]) -> list[tuple[str, bool]]:
         "scale_out",
         "backlog",
         "events",
+        "query",
     ],
 )
 def test_quick_workload_results_are_correct(ray_session, tmp_path, workload):
