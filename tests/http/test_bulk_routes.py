@@ -206,7 +206,7 @@ def test_instances_named_terminate_or_purge_stay_addressable(http, client):
 def test_the_bulk_routes_come_before_the_instance_routes(client):
     """Starlette takes the first full match: the bulk routes precede /api/instances/{id}."""
     paths = [r.path for r in create_app(client).routes if isinstance(r, Route)]
-    first_instance_route = paths.index("/api/instances/{instance_id:path}")
+    first_instance_route = paths.index("/api/instances/{rest:path}")
     assert paths.index("/api/instances/terminate") < first_instance_route
     assert paths.index("/api/instances/purge") < first_instance_route
 

@@ -140,3 +140,21 @@ def test_a_small_instance_is_served_while_a_flood_is_held_and_a_crash_loses_noth
         cluster.held.clear()
     assert sum(range(1, 601)) == cluster.output("f")
     assert 0 == cluster.cores[0].stats()["results_held"]
+
+
+def test_many_held_instances_never_shut_the_intake_out() -> None:
+    """With more flooding instances than a batch has shares for, held results take at
+    most half a batch, in turns; a request behind them is applied in the next batch."""
+    lane = ResultLane()
+    request = Request(ClientRequest("get_state", {"instance_id": "x"}))
+    _drain(lane, deque([Request(ClientRequest("get_state", {}))]), mono=0.0)
+    floods: deque[IntakeItem] = deque(_results(f"big{i}", 300) for i in range(400))
+    _drain(lane, floods, mono=0.001, limit=5000)
+    assert len(lane) > 5000
+    served = _drain(lane, deque([request]), mono=0.002, limit=5000)
+    assert request in served
+    assert len(served) <= 5000 // 2 + 1
+    # Every instance gets its turn: the next batch starts where this one stopped.
+    turns = {iid for iid, _ in (x for x in served if isinstance(x, tuple))}
+    later = _drain(lane, deque(), mono=0.003, limit=5000)
+    assert later[0][0] not in turns

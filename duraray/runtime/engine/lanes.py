@@ -65,7 +65,9 @@ class ResultLane:
         applied = 0
         other = False  # work of someone other than a flooding instance
         if self._held:
-            held = self._release(counts, min(share, limit))
+            # At most half the batch: the intake behind (requests, messages, other
+            # instances' results) always gets the other half, however many instances wait.
+            held = self._release(counts, min(share, limit), max(1, limit // 2))
             if held:
                 item: IntakeItem = Results(held)
                 taken.append(item)
@@ -105,15 +107,20 @@ class ResultLane:
                 self._count += 1
         return now
 
-    def _release(self, counts: Counter[str], share: int) -> list[ActivityResult]:
-        """Up to ``share`` held results of each instance, oldest first."""
+    def _release(self, counts: Counter[str], share: int, budget: int) -> list[ActivityResult]:
+        """Up to ``share`` held results of each instance, oldest first, ``budget`` in all;
+        instances served go to the back of the line, so every one gets its turn."""
         out: list[ActivityResult] = []
         for iid in list(self._held):
+            if len(out) >= budget:
+                break
             queue = self._held[iid]
-            n = min(share, len(queue))
+            n = min(share, len(queue), budget - len(out))
             out.extend(queue.popleft() for _ in range(n))
             counts[iid] += n
-            if not queue:
+            if queue:
+                self._held.move_to_end(iid)
+            else:
                 del self._held[iid]
         self._count -= len(out)
         return out

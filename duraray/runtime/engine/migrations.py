@@ -9,6 +9,8 @@ halfway runs again from the start.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from duraray._errors import HubConfigurationError
 from duraray.runtime.engine import codec
 from duraray.runtime.engine import records as r
@@ -59,10 +61,25 @@ def open_store(
         if version < 3:
             _index_request_replies(store, wb, clock)
         if version < 4:
-            counts = count_records(store.scan("instances"))
-            wb.put("meta", STATUS_COUNTS_KEY, codec.encode(counts))
+            wb.put("meta", STATUS_COUNTS_KEY, codec.encode(_count_statuses(store)))
         wb.put("meta", b"format_version", codec.encode(r.FORMAT_VERSION))
         store.commit(wb)
+
+
+def _count_statuses(store: PartitionStore) -> dict[str, int]:
+    """Format 3 -> 4: count the stored instances by status, a chunk at a time (a
+    partition may hold millions of them)."""
+    counts: Counter[str] = Counter()
+    start = None
+    while True:
+        rows = store.scan("instances", start=start, limit=_COUNT_CHUNK)
+        counts.update(count_records(rows))
+        if len(rows) < _COUNT_CHUNK:
+            return dict(counts)
+        start = rows[-1][0] + b"\x00"
+
+
+_COUNT_CHUNK = 10_000
 
 
 def _build_live_index(store: PartitionStore, wb: WriteBatch) -> None:

@@ -288,29 +288,25 @@ class HttpApi:
 
     def routes(self) -> list[BaseRoute]:
         """The API's routes, in matching order."""
-        # ``path``: an instance id may hold "/" (sent percent-encoded as %2F, which the
-        # server decodes before routing); the action routes are matched by their suffix.
-        instance = "/api/instances/{instance_id:path}"
         filtered = self.filtered
         return [
             Route("/api/orchestrations/{name}", self.start, methods=["POST"]),
             Route("/api/instances", filtered.list_instances, methods=["GET"]),
             Route("/api/instances", filtered.purge_by, methods=["DELETE"]),
             Route("/api/instance-counts", filtered.count_instances, methods=["GET"]),
-            # Before the {instance_id} routes: Starlette takes the first route whose path
-            # and method both match, and "/api/instances/{instance_id}" matches these
-            # paths (for GET and DELETE only today; a POST added there must not win).
+            # Before the instance routes: Starlette takes the first route whose path and
+            # method both match.
             Route("/api/instances/terminate", filtered.terminate_matching, methods=["POST"]),
             Route("/api/instances/purge", filtered.purge_matching, methods=["POST"]),
             Route("/api/instances/raiseEvents", self.raise_events, methods=["POST"]),
-            Route(instance, self.status, methods=["GET"]),
-            Route(instance, self.purge, methods=["DELETE"]),
-            Route(f"{instance}/raiseEvent/{{event}}", self.raise_event, methods=["POST"]),
-            Route(f"{instance}/terminate", self.terminate, methods=["POST"]),
-            Route(f"{instance}/suspend", self.suspend, methods=["POST"]),
-            Route(f"{instance}/resume", self.resume, methods=["POST"]),
-            Route(f"{instance}/rewind", self.rewind, methods=["POST"]),
-            Route(f"{instance}/restart", self.restart, methods=["POST"]),
+            # One route for /api/instances/{id}[/action]: the id is one path segment of the
+            # raw (still percent-encoded) path, so an id holding "/" (sent as %2F) can never
+            # be read as an action, nor an action as part of an id.
+            Route(
+                "/api/instances/{rest:path}",
+                self.instance_route,
+                methods=["GET", "POST", "DELETE"],
+            ),
             Route("/api/entities", self.list_entities, methods=["GET"]),
             Route("/api/entities/{name}/{key}", self.signal_entity, methods=["POST"]),
             Route("/api/entities/{name}/{key}", self.get_entity, methods=["GET"]),
@@ -319,6 +315,21 @@ class HttpApi:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
         ]
+
+    async def instance_route(self, request: Request) -> Response:
+        """Dispatch ``/api/instances/{id}[/action]`` by the raw path's segments."""
+        action, request.scope["path_params"] = q.instance_action(request)
+        handlers = {
+            "status": self.status,
+            "purge": self.purge,
+            "raiseEvent": self.raise_event,
+            "terminate": self.terminate,
+            "suspend": self.suspend,
+            "resume": self.resume,
+            "rewind": self.rewind,
+            "restart": self.restart,
+        }
+        return await handlers[action](request)
 
     async def _json(self, request: Request, what: str) -> Any:
         return await q.read_json(request, self.max_body_bytes, what)

@@ -16,7 +16,8 @@ Series (all prefixed ``duraray_``):
 - ``episodes_total``, ``replays_total``, ``activities_dispatched_total``,
   ``messages_sent_total``, ``entity_operations_total``;
 - ``queue_depth`` (work waiting for the next batch), ``timers``, ``activities_in_flight``,
-  ``activities_waiting`` (beyond ``max_activities_in_flight``), ``outbox_messages``
+  ``activities_waiting`` (beyond ``max_activities_in_flight``), ``results_held`` (a
+  flood of activity results beyond its fair share of a batch), ``outbox_messages``
   (partition messages not yet acknowledged), ``cached_executors``;
 - ``parked_items`` (work set aside as poison, kept in the store: a gauge that only grows,
   so alert on ``> 0`` or on ``increase()``), ``poison_items_total`` (items found poison)
@@ -114,6 +115,10 @@ GAUGES: dict[str, tuple[str, str]] = {
     "activities_waiting": (
         "duraray_activities_waiting",
         "Activities beyond max_activities_in_flight, waiting in the partition for a slot.",
+    ),
+    "results_held": (
+        "duraray_results_held",
+        "Activity results held for later batches: one instance's flood beyond its fair share.",
     ),
     "outbox": ("duraray_outbox_messages", "Partition messages sent and not yet acknowledged."),
     "cached_executors": (

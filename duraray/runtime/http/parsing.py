@@ -12,6 +12,7 @@ import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -256,6 +257,41 @@ def query_statuses(request: Request) -> list[OrchestrationStatus] | None:
         return [p.parse_status(name) for name in names]
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
+
+
+_INSTANCES = "/api/instances/"
+#: (method, path after the id) -> the instance route's action.
+_ACTIONS = {
+    ("GET", ()): "status",
+    ("DELETE", ()): "purge",
+    ("POST", ("terminate",)): "terminate",
+    ("POST", ("suspend",)): "suspend",
+    ("POST", ("resume",)): "resume",
+    ("POST", ("rewind",)): "rewind",
+    ("POST", ("restart",)): "restart",
+}
+
+
+def instance_action(request: Request) -> tuple[str, dict[str, str]]:
+    """The action of ``/api/instances/{id}[/action]`` and its path parameters, read from
+    the raw (still percent-encoded) path: the id is exactly one segment (a "/" in it is
+    sent as %2F), so no id can be read as an action nor an action as part of an id.
+    404 for an unknown path, 405 for a known path with another method."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    segments = raw.decode("latin-1").removeprefix(_INSTANCES).split("/")
+    params = {"instance_id": unquote(segments[0])}
+    rest = tuple(segments[1:])
+    if len(rest) == 2 and rest[0] == "raiseEvent":
+        if request.method != "POST":
+            raise ApiError(405, f"{request.method} is not allowed on {request.url.path}")
+        params["event"] = unquote(rest[1])
+        return "raiseEvent", params
+    action = _ACTIONS.get((request.method, rest))
+    if action is not None:
+        return action, params
+    if any(path == rest for _, path in _ACTIONS):
+        raise ApiError(405, f"{request.method} is not allowed on {request.url.path}")
+    raise ApiError(404, f"no route {request.method} {request.url.path}")
 
 
 def instance_filters(request: Request) -> dict[str, Any]:
