@@ -52,6 +52,9 @@ class Registry:
         self.orchestrations: dict[str, Callable[..., Any]] = {}
         self.activities: dict[str, ActivitySpec] = {}
         self.entities: dict[str, Any] = {}
+        #: the hub's ``otel_setup`` (``HubConfig``): it travels with the code to every
+        #: process that runs it, where the first activity calls it (once per process)
+        self.otel_setup: str | None = None
         # Function -> registered name, so code can pass the function itself.
         self._names: dict[tuple[str, int], str] = {}
 

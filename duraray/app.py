@@ -226,6 +226,7 @@ class App:
 
         if config.data_dir == ":memory:":
             raise ValueError("data_dir=':memory:' needs in_process=True")
+        self.registry.otel_setup = config.otel_setup  # travels to the workers with the code
         handle = PartitionManager(self.name, config, self.registry).launch(detached=detached)
         return Client(
             RayTransport(handle),

@@ -6,6 +6,7 @@ Every knob of a hub lives here; per-call options stay on the calls themselves.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -20,6 +21,8 @@ CONFIG_ENV = "DURARAY_CONFIG"
 ENV_PREFIX = "DURARAY_"
 #: The smallest ``max_map_size`` accepted (1 MiB): LMDB needs a few pages to open a store.
 MIN_MAP_SIZE = 1 << 20
+#: What ``otel_setup`` names: a module (dotted), a colon, a function (dotted attributes).
+_SETUP_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,12 @@ class HubConfig:
       metrics and the instance's page of the dashboard. Orchestrator code runs on its
       partition's batch thread, so one that blocks (``time.sleep``, a network call)
       stalls every instance of the partition. None or 0: no watch.
+    - ``otel_setup``: ``"module:function"``, a function of no arguments that sets up
+      OpenTelemetry (a tracer provider and its exporters) in a process of the hub: called
+      once in every process that hosts a partition or runs activities (Ray actors and
+      tasks, and the in-process runtime), before anything is traced. A function that
+      raises is logged and the process runs untraced. Needs the ``otel`` extra; see the
+      README's "Tracing". None (default): only a provider the process sets itself counts.
     """
 
     partitions: int = 4
@@ -129,6 +138,7 @@ class HubConfig:
     version_failure: str = "fail"
     http_token: str | None = field(default=None, repr=False)
     blocking_episode_warning_s: float | None = 2.0
+    otel_setup: str | None = None
 
     def __post_init__(self) -> None:
         interval = self.maximum_timer_interval
@@ -194,6 +204,10 @@ class HubConfig:
             isinstance(warn, bool) or not isinstance(warn, int | float) or not 0 <= warn < 1e9
         ):
             raise ValueError("blocking_episode_warning_s must be None or a number of seconds >= 0")
+        if self.otel_setup is not None and not (
+            isinstance(self.otel_setup, str) and _SETUP_SPEC.fullmatch(self.otel_setup)
+        ):
+            raise ValueError("otel_setup must be None or 'module:function'")
 
     @classmethod
     def load(

@@ -64,6 +64,7 @@ def test_defaults():
         "placement": "local",
         "log_format": "auto",
         "blocking_episode_warning_s": 2.0,
+        "otel_setup": None,
     }
     actual = dataclasses.asdict(HubConfig())
     assert expected == actual
@@ -138,6 +139,10 @@ def test_config_is_frozen():
         ({"blocking_episode_warning_s": -1}, "blocking_episode_warning_s must be None or"),
         ({"blocking_episode_warning_s": math.nan}, "blocking_episode_warning_s must be None"),
         ({"blocking_episode_warning_s": "2"}, "blocking_episode_warning_s must be None or"),
+        ({"otel_setup": "telemetry"}, "otel_setup must be None or 'module:function'"),
+        ({"otel_setup": "telemetry:"}, "otel_setup must be None or 'module:function'"),
+        ({"otel_setup": "a b:setup"}, "otel_setup must be None or 'module:function'"),
+        ({"otel_setup": print}, "otel_setup must be None or 'module:function'"),
     ],
 )
 def test_invalid_value_raises(options, message):
@@ -179,6 +184,8 @@ def test_with_options_validates(options, message):
         {"blocking_episode_warning_s": 0},
         {"blocking_episode_warning_s": None},
         {"blocking_episode_warning_s": 0.001},
+        {"otel_setup": "telemetry:setup"},
+        {"otel_setup": "my_app.telemetry:Setup.install"},
     ],
 )
 def test_boundary_values_are_accepted(options):

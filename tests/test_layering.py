@@ -83,9 +83,25 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "uvicorn",
         "click",
     ),
+    # The engine, the client and the shells all call it: it sits below every one of them.
+    "runtime/tracing.py": (
+        "ray",
+        "lmdb",
+        "duraray.runtime.ray",
+        "duraray.runtime.engine",
+        "duraray.runtime.client",
+        "duraray.runtime.http",
+        "duraray.runtime.cli",
+        "duraray.runtime.inprocess",
+        "duraray.app",
+        "duraray.testing",
+    ),
     # Everything outside http/ and cli/ (the top-level modules included) stays below them.
     "": ("duraray.runtime.http", "duraray.runtime.cli"),
 }
+
+#: The one module that may import OpenTelemetry (an optional extra: guarded there).
+OTEL_MODULE = "runtime/tracing.py"
 
 EXEMPT_FROM_TOP_RULE = ("runtime/http/", "runtime/cli/")
 
@@ -156,6 +172,18 @@ def _violations() -> list[str]:
                             f"engine's {sorted(ENGINE_MODULES_FOR_CLIENTS)} only)"
                         )
     return out
+
+
+def test_only_the_tracing_module_imports_opentelemetry() -> None:
+    """OpenTelemetry is optional: one module imports it (guarded), the rest call that one."""
+    found = [
+        f"duraray/{path.relative_to(PACKAGE).as_posix()}:{line} imports {name}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.relative_to(PACKAGE).as_posix() != OTEL_MODULE
+        for line, name in _imports(path)
+        if _matches(name, "opentelemetry")
+    ]
+    assert [] == found
 
 
 def test_layers_import_only_what_they_may() -> None:

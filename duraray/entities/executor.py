@@ -9,6 +9,7 @@ reports its failure, and the batch goes on with the next operation.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +48,8 @@ class Outcome:
     failure: FailureDetails | None = None
     signals: list[SignalAction] = field(default_factory=list)
     starts: list[StartAction] = field(default_factory=list)
+    #: seconds it ran (for its span when traced; never steers anything)
+    duration: float = field(default=0.0, compare=False)
 
 
 @dataclass(slots=True)
@@ -73,6 +76,7 @@ def execute_batch(
     outcomes: list[Outcome] = []
     changed = False
     for op in operations:
+        started = time.perf_counter()
         ctx = EntityContext(
             entity_id,
             op.name,
@@ -93,12 +97,21 @@ def execute_batch(
             op_changed, new_state = ctx._final_state()
         except BaseException as exc:  # SystemExit & co. from user code fail the operation
             # Roll back this operation only: its state writes and its actions are dropped.
-            outcomes.append(Outcome(op, failure=FailureDetails.from_exception(exc)))
+            failure = FailureDetails.from_exception(exc)
+            outcomes.append(Outcome(op, failure=failure, duration=time.perf_counter() - started))
             continue
         if op_changed:
             state = new_state
             changed = True
-        outcomes.append(Outcome(op, result=result, signals=ctx.signals, starts=ctx.starts))
+        outcomes.append(
+            Outcome(
+                op,
+                result=result,
+                signals=ctx.signals,
+                starts=ctx.starts,
+                duration=time.perf_counter() - started,
+            )
+        )
     return BatchResult(state, outcomes, changed)
 
 

@@ -21,13 +21,16 @@ from datetime import datetime
 from typing import Any
 
 from duraray.entities.ids import EntityId
+from duraray.orchestrations.history import SPARSE
 
 
 @dataclass(frozen=True, slots=True)
 class OperationMessage:
     """An operation for an entity: a signal, or a call when ``caller_instance`` is set.
 
-    ``lock_owner`` is the critical section the sender is inside, if any.
+    ``lock_owner`` is the critical section the sender is inside, if any;
+    ``trace_context`` the carrier of the sender's span when it is traced (the
+    operation's span is its child), written only when set.
     """
 
     operation: str
@@ -36,6 +39,7 @@ class OperationMessage:
     caller_execution: str | None = None
     caller_task: int | None = None
     lock_owner: str | None = None
+    trace_context: dict[str, str] | None = field(default=None, metadata=SPARSE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,10 @@ class ExecutionStarted(HistoryEvent):
     parent_execution_id: str | None = None
     parent_task_id: int | None = None
     scheduled_start_at: datetime | None = None
+    #: the trace this execution is part of, when traced: a W3C ``traceparent`` naming the
+    #: execution's own span (plus ``tracestate``, the parent span's id and the start); see
+    #: duraray/runtime/tracing.py
+    trace_context: dict[str, str] | None = field(default=None, metadata=SPARSE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

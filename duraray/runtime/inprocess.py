@@ -20,6 +20,7 @@ import structlog
 from duraray._errors import StorageFullError
 from duraray._registry import Registry
 from duraray.config import HubConfig
+from duraray.runtime import tracing
 from duraray.runtime.engine.activity import execute_activity
 from duraray.runtime.engine.client_ops import OFF_BATCH_READS
 from duraray.runtime.engine.partition import PartitionCore, utc_now
@@ -89,6 +90,7 @@ class InProcessHub:
             # Tests are where the warnings help most, and the profile hook's cost (see
             # HubConfig) matters least there: the in-process default is everything on.
             config = config.with_options(determinism_warnings=True)
+        tracing.setup(config.otel_setup)  # once per process, before anything is traced
         self.name = name
         self.registry = registry
         self.config = config

@@ -28,8 +28,10 @@ from duraray._errors import (
     SerializationError,
 )
 from duraray._registry import Registry
+from duraray.entities.ids import EntityId
 from duraray.orchestrations import history as h
 from duraray.orchestrations.ids import validate_instance_id
+from duraray.runtime import tracing
 from duraray.runtime.client import entity_ops, queries
 from duraray.runtime.client import events as events_ops
 from duraray.runtime.client.mapping import map_orchestrations
@@ -156,15 +158,18 @@ class Client(HubOperations):
         _limits.check_text(version, "version")
         if reuse_id_policy is not None and reuse_id_policy not in ReuseIdPolicy.ALL:
             raise ValueError(f"unknown reuse_id_policy {reuse_id_policy!r}")
-        return self._start(
-            instance_id,
-            name,
-            encoded,
-            version=version,
-            tags=tags,
-            start_at=start_at,
-            reuse_policy=reuse_id_policy,
-        )
+        attributes = {"duraray.orchestration": name, "duraray.instance_id": instance_id}
+        with tracing.client_span(f"create_orchestration:{name}", attributes) as trace:
+            return self._start(
+                instance_id,
+                name,
+                encoded,
+                version=version,
+                tags=tags,
+                start_at=start_at,
+                reuse_policy=reuse_id_policy,
+                **({"trace": trace} if trace else {}),
+            )
 
     def _start(self, instance_id: str, name: str, encoded: bytes | None, **args: Any) -> str:
         result: str = self._router.call(
@@ -201,11 +206,15 @@ class Client(HubOperations):
         if reuse_id_policy is not None and reuse_id_policy not in ReuseIdPolicy.ALL:
             raise ValueError(f"unknown reuse_id_policy {reuse_id_policy!r}")
         rest = {"version": version, "tags": tags, "start_at": None, "reuse_policy": reuse_id_policy}
-        ops = [
-            (iid, "start", {"instance_id": iid, "name": name, "input": payload, **rest})
-            for iid, payload in zip(ids, payloads, strict=True)
-        ]
-        self._router.batch(ops)
+        attributes = {"duraray.orchestration": name, "duraray.instances": len(ids)}
+        with tracing.client_span(f"create_orchestrations:{name}", attributes) as trace:
+            if trace:  # every instance is a child of this one span
+                rest["trace"] = trace
+            ops = [
+                (iid, "start", {"instance_id": iid, "name": name, "input": payload, **rest})
+                for iid, payload in zip(ids, payloads, strict=True)
+            ]
+            self._router.batch(ops)
         return ids
 
     def wait_for_orchestrations(
@@ -302,9 +311,11 @@ class Client(HubOperations):
         """
         _limits.check_name(event_name, "event name")
         encoded = self._encode(data, "event data")
-        self._router.call(
-            instance_id, "raise_event", {"name": event_name, "data": encoded}, mutating=True
-        )
+        attributes = {"duraray.instance_id": instance_id, "duraray.event": event_name}
+        with tracing.client_span(f"raise_event:{event_name}", attributes):
+            self._router.call(
+                instance_id, "raise_event", {"name": event_name, "data": encoded}, mutating=True
+            )
 
     def raise_orchestration_events(
         self, events: Iterable[tuple[str, str] | tuple[str, str, Any]]
@@ -329,9 +340,10 @@ class Client(HubOperations):
         Terminating an instance that already finished is a no-op.
         """
         encoded = self._encode(output, "termination output")
-        self._router.call(
-            instance_id, "terminate", {"output": encoded, "recursive": recursive}, mutating=True
-        )
+        with tracing.client_span("terminate_orchestration", {"duraray.instance_id": instance_id}):
+            self._router.call(
+                instance_id, "terminate", {"output": encoded, "recursive": recursive}, mutating=True
+            )
 
     def suspend_orchestration(self, instance_id: str, *, reason: str | None = None) -> None:
         """Suspend: events are kept, not applied, until ``resume_orchestration``.
@@ -405,12 +417,13 @@ class Client(HubOperations):
         _limits.check_name(operation, "entity operation")
         encoded = self._encode(input, "entity operation input")
         when = _when(signal_time, "signal_time")
-        self._router.call_entity(
-            entity_id,
-            "signal_entity",
-            {"operation": operation, "input": encoded, "signal_time": when},
-            mutating=True,
-        )
+        args: dict[str, Any] = {"operation": operation, "input": encoded, "signal_time": when}
+        entity = EntityId.of(entity_id)
+        attributes = {"duraray.entity": str(entity), "duraray.operation": operation}
+        with tracing.client_span(f"signal_entity:{entity.name}:{operation}", attributes) as trace:
+            if trace:  # the operation's span on the entity's partition is its child
+                args["trace"] = trace
+            self._router.call_entity(entity, "signal_entity", args, mutating=True)
 
     def signal_entities(self, signals: Iterable[tuple[Any, str, Any]]) -> None:
         """Send many one-way operations ``(entity_id, operation, input)`` at once.

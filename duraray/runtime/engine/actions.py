@@ -11,7 +11,7 @@ rewind re-applies the actions its kept history still waits for the same way.
 from __future__ import annotations
 
 from duraray.orchestrations import history as h
-from duraray.runtime.engine import codec
+from duraray.runtime.engine import codec, spans
 from duraray.runtime.engine import records as r
 from duraray.runtime.engine.batch import Batch
 from duraray.runtime.engine.entity_host import EntityHost
@@ -49,21 +49,27 @@ class Actions:
                 partition=self._index,
                 tags=event.tags,
                 attempt=event.attempt,
+                trace_context=spans.carrier(record),
             )
             b.wb.put("activities", r.seq_key(iid, event.event_id), codec.encode_record(task))
             live.activities.add(event.event_id)
             b.fx.activities.append(task)
         elif isinstance(event, h.TimerCreated):
-            row = TimerRow("timer", iid, record.execution_id, event.event_id, event.fire_at)
+            # Its creation time is kept for its span only when the instance is traced.
+            created = event.timestamp if record.trace_context is not None else None
+            row = TimerRow(
+                "timer", iid, record.execution_id, event.event_id, event.fire_at, None, created
+            )
             self.add_timer(b, live, row)
         elif isinstance(event, h.SubOrchestrationInstanceCreated):
             parent = ParentRef(iid, record.execution_id, event.event_id)
+            trace = spans.carrier(record)
             start = StartOrchestration(
-                event.instance_id, event.name, event.input, event.version, parent
+                event.instance_id, event.name, event.input, event.version, parent, trace
             )
             self._outbox.send(b, start)
         elif isinstance(event, h.EventSent):
             raised = h.EventRaised(timestamp=b.now, name=event.name, input=event.input)
             self._outbox.send(b, DeliverEvent(event.instance_id, raised))
         else:
-            self._entities.action(b, iid, record.execution_id, event)
+            self._entities.action(b, iid, record.execution_id, event, spans.carrier(record))

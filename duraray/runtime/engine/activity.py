@@ -17,6 +17,7 @@ from typing import Any
 from duraray._errors import ActivityNotRegisteredError, FailureDetails
 from duraray._registry import ActivitySpec, Registry
 from duraray.orchestrations.executor import accepts_input, input_type_hint
+from duraray.runtime import tracing
 from duraray.runtime.engine import codec
 from duraray.runtime.engine.records import ActivityResult, ActivityTask
 
@@ -39,7 +40,38 @@ class ActivityContext:
 
 
 def execute_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
-    """Run ``task`` and return its result or failure (and how long it ran); never raises."""
+    """Run ``task`` and return its result or failure (and how long it ran); never raises.
+
+    A traced task (its instance is traced) runs inside its span (``activity:<name>``, a
+    child of the orchestration's), emitted here when it finishes; the hub's
+    ``otel_setup`` runs first, once per process.
+    """
+    if registry.otel_setup is not None:
+        tracing.setup(registry.otel_setup)
+    if task.trace_context is None:
+        return _execute(registry, task)
+    attributes = {
+        "duraray.instance_id": task.instance_id,
+        "duraray.execution_id": task.execution_id,
+        "duraray.activity": task.name,
+        "duraray.task_id": task.task_id,
+        "duraray.attempt": task.attempt or 1,
+    }
+    return tracing.traced(
+        task.trace_context,
+        f"activity:{task.name}",
+        attributes,
+        lambda: _execute(registry, task),
+        _failure_of,
+    )
+
+
+def _failure_of(result: ActivityResult) -> tuple[str, str, str | None] | None:
+    failure = result.failure
+    return None if failure is None else (failure.error_type, failure.message, failure.stack_trace)
+
+
+def _execute(registry: Registry, task: ActivityTask) -> ActivityResult:
     spec = registry.activities.get(task.name)
     cold = task.name not in _warm
     _warm.add(task.name)

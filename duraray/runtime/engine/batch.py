@@ -48,6 +48,8 @@ class Batch:
     )
     #: the status counters after this batch, if it changed them
     counts: dict[str, int] | None = None
+    #: spans of the work this batch applied, emitted once it commits (spans.py)
+    spans: list[Any] = field(default_factory=list)
 
     @property
     def now_micros(self) -> int:

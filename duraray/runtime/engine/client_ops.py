@@ -279,6 +279,7 @@ class ClientOps:
         tags: dict[str, str] | None = None,
         start_at: datetime | timedelta | None = None,
         reuse_policy: str | None = None,
+        trace: dict[str, str] | None = None,
     ) -> str:
         when = None
         if start_at is not None:  # a delay is from now, on this partition's clock
@@ -302,7 +303,7 @@ class ClientOps:
             if running and live is not None:  # TERMINATE_IF_RUNNING
                 self._lifecycle.terminate(b, live, None, recursive=True)
         self._episodes.create(
-            b, instance_id, name, input, version=version, tags=tags, start_at=when
+            b, instance_id, name, input, version=version, tags=tags, start_at=when, trace=trace
         )
         return instance_id
 
@@ -610,9 +611,15 @@ class ClientOps:
         operation: str,
         input: bytes | None = None,
         signal_time: datetime | timedelta | None = None,
+        trace: dict[str, str] | None = None,
     ) -> None:
         self._entities.signal(
-            b, entity_id=entity_id, operation=operation, input=input, signal_time=signal_time
+            b,
+            entity_id=entity_id,
+            operation=operation,
+            input=input,
+            signal_time=signal_time,
+            trace=trace,
         )
 
     def _get_entity(

@@ -29,7 +29,7 @@ from duraray.entities.scheduler import (
     release,
 )
 from duraray.orchestrations import history as h
-from duraray.runtime.engine import codec
+from duraray.runtime.engine import codec, spans
 from duraray.runtime.engine.batch import Batch
 from duraray.runtime.engine.clock import Clock
 from duraray.runtime.engine.messages import (
@@ -199,6 +199,9 @@ class EntityHost:
     ) -> bool:
         entity_id = EntityId.from_stored(record.entity_id)
         impl = self._registry.entities.get(entity_id.name)
+        traced = any(m.trace_context is not None for m in ready)
+        # Where in the batch they start, for their spans (the batch's clock is read once).
+        offset = self._clock.monotonic() - b.mono if traced else 0.0
         result = execute_batch(
             impl,
             entity_id,
@@ -213,6 +216,8 @@ class EntityHost:
         self._counters["entity_operations"] = self._counters.get("entity_operations", 0) + len(
             ready
         )
+        if traced:
+            spans.entity_operations(b, entity_id, result.outcomes, offset)
         for outcome in result.outcomes:
             message: OperationMessage = outcome.operation.reply_to
             if message.caller_instance is not None:
@@ -232,15 +237,19 @@ class EntityHost:
                 self._outbox.send(
                     b, DeliverEvent(message.caller_instance, event, message.caller_execution)
                 )
+            # What an operation sends joins the trace of whoever sent the operation.
+            trace = message.trace_context
             for signal in outcome.signals:
                 self.send(
                     b,
                     signal.entity_id,
-                    OperationMessage(signal.operation, signal.input),
+                    OperationMessage(signal.operation, signal.input, trace_context=trace),
                     signal.signal_time,
                 )
             for start in outcome.starts:
-                self._outbox.send(b, StartOrchestration(start.instance_id, start.name, start.input))
+                self._outbox.send(
+                    b, StartOrchestration(start.instance_id, start.name, start.input, trace=trace)
+                )
         return result.state_changed or any(o.failure is None for o in result.outcomes)
 
     def _lock_step(self, b: Batch, request: LockRequest) -> None:
@@ -260,8 +269,16 @@ class EntityHost:
         for entity_id in lock_set:
             self.send(b, entity_id, UnlockMessage(section_id))
 
-    def action(self, b: Batch, instance_id: str, execution_id: str, event: h.HistoryEvent) -> bool:
-        """Carry out an orchestration's entity action; False if it is not one."""
+    def action(
+        self,
+        b: Batch,
+        instance_id: str,
+        execution_id: str,
+        event: h.HistoryEvent,
+        trace: dict[str, str] | None = None,
+    ) -> bool:
+        """Carry out an orchestration's entity action; False if it is not one. ``trace``:
+        the carrier of the orchestration's span, handed to the operations it sends."""
         if isinstance(event, h.EntityOperationCalled):
             self.send(
                 b,
@@ -273,13 +290,14 @@ class EntityHost:
                     caller_execution=execution_id,
                     caller_task=event.event_id,
                     lock_owner=event.lock_owner,
+                    trace_context=trace,
                 ),
             )
         elif isinstance(event, h.EntityOperationSignaled):
             self.send(
                 b,
                 event.entity_id,
-                OperationMessage(event.operation, event.input),
+                OperationMessage(event.operation, event.input, trace_context=trace),
                 event.signal_time,
             )
         elif isinstance(event, h.EntityLockRequested):
@@ -318,9 +336,11 @@ class EntityHost:
         operation: str,
         input: bytes | None = None,
         signal_time: datetime | timedelta | None = None,
+        trace: dict[str, str] | None = None,
     ) -> None:
-        """Client ``signal_entity``: queue an operation, now or at ``signal_time``."""
-        message = OperationMessage(operation, input)
+        """Client ``signal_entity``: queue an operation, now or at ``signal_time``
+        (``trace``: the carrier of the client's span, if traced)."""
+        message = OperationMessage(operation, input, trace_context=trace)
         if signal_time is not None:  # a delay is from now, on this partition's clock
             signal_time = _limits.resolve_time(signal_time, b.now, "signal_time")
         if signal_time is not None and signal_time > b.now:

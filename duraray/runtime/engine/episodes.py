@@ -16,7 +16,7 @@ from datetime import datetime
 from duraray._errors import FailureDetails, SerializationError, error_type_name
 from duraray.config import HubConfig
 from duraray.orchestrations import history as h
-from duraray.runtime.engine import codec
+from duraray.runtime.engine import codec, spans
 from duraray.runtime.engine import records as r
 from duraray.runtime.engine.actions import Actions
 from duraray.runtime.engine.batch import Batch
@@ -98,9 +98,10 @@ class Episodes:
         tags: dict[str, str] | None = None,
         start_at: datetime | None = None,
         parent: ParentRef | None = None,
+        trace: dict[str, str] | None = None,
     ) -> LiveInstance:
         """A new instance (replacing a stored terminal one), started in this batch or
-        at ``start_at``."""
+        at ``start_at``; ``trace``: the carrier of the span that started it, if traced."""
         table = self._table
         old = table.get_record(instance_id)
         if old is not None:
@@ -118,6 +119,7 @@ class Episodes:
             tags=dict(tags) if tags else None,
             version=version,
             scheduled_start_at=start_at,
+            trace_context=spans.execution_context(trace, now),
         )
         if parent is not None:
             record.parent_instance_id = parent.instance_id
@@ -139,6 +141,7 @@ class Episodes:
             parent_execution_id=record.parent_execution_id,
             parent_task_id=record.parent_task_id,
             scheduled_start_at=start_at,
+            trace_context=record.trace_context,
         )
         if start_at is not None and start_at > now:
             live.buffering = True
@@ -157,7 +160,7 @@ class Episodes:
         if parent is None:
             # Started by an entity operation: a running instance with that id is kept.
             if existing is None:
-                self.create(b, start.instance_id, start.name, start.input)
+                self.create(b, start.instance_id, start.name, start.input, trace=start.trace)
             return
         if existing is not None:
             failure = FailureDetails(
@@ -172,7 +175,13 @@ class Episodes:
             self._outbox.send(b, DeliverEvent(parent.instance_id, event, parent.execution_id))
             return
         self.create(
-            b, start.instance_id, start.name, start.input, version=start.version, parent=parent
+            b,
+            start.instance_id,
+            start.name,
+            start.input,
+            version=start.version,
+            parent=parent,
+            trace=start.trace,
         )
 
     # -- delivery ---------------------------------------------------------------------------
@@ -221,6 +230,7 @@ class Episodes:
         else:
             fired = h.TimerFired(timestamp=b.now, timer_id=row.timer_id, fire_at=row.fire_at)
             self.deliver(b, row.instance_id, fired, row.execution_id)
+            spans.timer_fired(b, live.record, row)
 
     def on_activity_result(self, b: Batch, result: ActivityResult) -> None:
         """An activity finished: its completion or failure goes to its instance, once."""
@@ -297,6 +307,8 @@ class Episodes:
             watch.end()
         actions = executor.take_new_events()
         table.append_history(b, live, episode + actions)
+        if record.trace_context is not None:
+            spans.events_received(b, record, events)
         self._counters["episodes"] += 1
         for action in actions:
             self._actions.apply(b, live, action)

@@ -16,7 +16,7 @@ from duraray._errors import (
     error_type_name,
 )
 from duraray.orchestrations import history as h
-from duraray.runtime.engine import codec
+from duraray.runtime.engine import codec, spans
 from duraray.runtime.engine import records as r
 from duraray.runtime.engine.actions import Actions
 from duraray.runtime.engine.batch import Batch
@@ -150,6 +150,7 @@ class Lifecycle:
         record.status = Status.FAILED
         record.failure = failure
         record.completed_at = b.now
+        spans.execution_ended(b, record, Status.FAILED)
         self._drop_pending_work(b, live)
         table.drop_executor(live)
         b.wb.delete_prefix("inbox", r.instance_prefix(record.instance_id))
@@ -183,6 +184,7 @@ class Lifecycle:
         record = live.record
         iid = record.instance_id
         record.completed_at = b.now
+        spans.execution_ended(b, record, record.status)
         self._drop_pending_work(b, live)
         table.clear_inbox(b, live)
         table.drop_executor(live)
@@ -209,6 +211,8 @@ class Lifecycle:
         iid = record.instance_id
         executor = live.executor
         carried = executor.buffered_events() if executor and executor.save_events else []
+        spans.execution_ended(b, record, Status.CONTINUED_AS_NEW)
+        record.trace_context = spans.next_context(record, b.now)
         self._drop_pending_work(b, live)
         table.drop_executor(live)
         # The history is reset each generation; events buffered in the inbox stay there
@@ -231,6 +235,7 @@ class Lifecycle:
             parent_instance_id=record.parent_instance_id,
             parent_execution_id=record.parent_execution_id,
             parent_task_id=record.parent_task_id,
+            trace_context=record.trace_context,
         )
         earlier = table.inbox_events(live)
         b.wb.delete_prefix("inbox", r.instance_prefix(iid))
@@ -300,6 +305,8 @@ class Lifecycle:
             completed_at=None,
             history_length=0,
             inbox_length=0,
+            # a new span for the run after the rewind (the failed one was emitted)
+            trace_context=spans.next_context(record, b.now),
         )
         # Buffer until the next batch: the rewritten history is not committed yet, and an
         # executor rebuilt in this batch would replay the old one from the store.

@@ -56,13 +56,15 @@ class ParentRef:
 @dataclass(frozen=True, slots=True)
 class StartOrchestration:
     """Create an orchestration: a sub-orchestration (``parent`` set) or one an entity
-    operation starts (no parent: a running instance with that id is kept)."""
+    operation starts (no parent: a running instance with that id is kept). ``trace``:
+    the carrier of the starting span when traced (the child joins its trace)."""
 
     instance_id: str
     name: str
     input: bytes | None = None
     version: str | None = None
     parent: ParentRef | None = None
+    trace: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +138,7 @@ def to_wire(payload: PartitionMessage, seq: int, source: int) -> Message:
     """The stored and sent form of ``payload`` (the layout stores already hold)."""
     body: dict[str, Any] | None
     match payload:
-        case StartOrchestration(iid, name, input, version, parent):
+        case StartOrchestration(iid, name, input, version, parent, trace):
             body = {"name": name, "input": input}
             if parent is not None:
                 body.update(
@@ -145,6 +147,8 @@ def to_wire(payload: PartitionMessage, seq: int, source: int) -> Message:
                     parent_execution_id=parent.execution_id,
                     parent_task_id=parent.task_id,
                 )
+            if trace is not None:  # left out untraced: stored messages keep their shape
+                body["trace"] = trace
             return Message(seq, source, "start", iid, body=body)
         case DeliverEvent(iid, event, execution_id):
             encoded = codec.encode_event(event)
@@ -178,8 +182,14 @@ def from_wire(msg: Message) -> PartitionMessage:
                 if parent_id is None
                 else ParentRef(parent_id, body["parent_execution_id"], body["parent_task_id"])
             )
+            trace = body.get("trace")
             return StartOrchestration(
-                iid, body["name"], body.get("input"), body.get("version"), parent
+                iid,
+                body["name"],
+                body.get("input"),
+                body.get("version"),
+                parent,
+                trace if isinstance(trace, dict) else None,
             )
         case "event":
             if msg.event is None:

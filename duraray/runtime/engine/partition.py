@@ -49,6 +49,7 @@ import structlog
 from duraray._errors import StorageFullError
 from duraray._registry import Registry
 from duraray.config import HubConfig
+from duraray.runtime import tracing
 from duraray.runtime.engine.batch import Batch
 from duraray.runtime.engine.client_ops import MUTATING_OPS
 from duraray.runtime.engine.clock import Clock, ClockLike, as_clock, utc_now
@@ -365,6 +366,7 @@ class PartitionCore:
             lambda: self.waits.notify(b, self.instances.get_record),
             self.instances.evict_executors,
             self.entities.trim_cache,
+            lambda: tracing.emit(b.spans),  # after the commit: once (engine/spans.py)
         ):
             try:
                 step()

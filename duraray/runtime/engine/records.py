@@ -148,6 +148,9 @@ class InstanceRecord:
     inbox_length: int = 0
     #: critical sections of a rewound instance waiting to be granted again
     relock: list[str] | None = None
+    #: the trace context of the current execution (its span's ids, parent and start),
+    #: when traced (duraray/runtime/tracing.py); written only when set
+    trace_context: dict[str, str] | None = field(default=None, metadata=SPARSE)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Pickled as the constructor and its fields (listings carry thousands between
@@ -173,6 +176,8 @@ class TimerRow:
     timer_id: int
     fire_at: datetime
     body: bytes | None = None
+    #: when the timer was created, kept for its span when the instance is traced
+    created_at: datetime | None = field(default=None, metadata=SPARSE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +193,8 @@ class ActivityTask:
     tags: dict[str, str] | None = None
     #: which attempt of a retried call (None: the first); written only when set
     attempt: int | None = field(default=None, metadata=SPARSE)
+    #: the carrier of the execution's span (the activity's span is its child), when traced
+    trace_context: dict[str, str] | None = field(default=None, metadata=SPARSE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ _ARG_TYPES: dict[str, tuple[type, ...]] = {
     "limit": (int,),
     "instance_ids": (list, tuple),
     "ops": (list, tuple),
+    "trace": (dict,),
 }
 
 #: The value checks of ``duraray._limits`` per argument: a value of the right type can
@@ -91,7 +92,19 @@ _ARG_CHECKS: dict[str, Any] = {
     "limit": lambda v: _limits.check_page_size(v, "limit"),
     "after": lambda v: _check_after(v),
     "instance_ids": lambda v: [validate_instance_id(i) for i in v],
+    "trace": lambda v: _check_trace(v),
 }
+
+#: The most bytes of a trace carrier (W3C allows a 512-character ``tracestate``).
+MAX_TRACE_BYTES = 2048
+
+
+def _check_trace(value: dict[str, Any]) -> None:
+    # A carrier the client library made; anything else is refused before it is stored.
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise TypeError("argument 'trace' must map strings to strings")
+    if sum(len(k) + len(v) for k, v in value.items()) > MAX_TRACE_BYTES:
+        raise ValueError(f"argument 'trace' is longer than {MAX_TRACE_BYTES} characters")
 
 
 def _check_when(value: Any, what: str) -> Any:

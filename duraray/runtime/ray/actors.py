@@ -29,6 +29,7 @@ import structlog
 from duraray._errors import FailureDetails, HubConfigurationError, StorageFullError
 from duraray._registry import Registry
 from duraray.config import HubConfig
+from duraray.runtime import tracing
 from duraray.runtime.engine.activity import execute_activity
 from duraray.runtime.engine.client_ops import OFF_BATCH_READS
 from duraray.runtime.engine.dispatch import INLINE, SHAPED, TASK, Dispatch
@@ -137,6 +138,7 @@ class PartitionActorImpl:
         from duraray.runtime.logging import configure_logging
 
         configure_logging(config.log_format)
+        tracing.setup(config.otel_setup)  # before the core exists: nothing traced yet
         self.hub = hub
         self.index = index
         self.config = config
