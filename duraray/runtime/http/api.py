@@ -298,7 +298,7 @@ class HttpApi:
             # method both match.
             Route("/api/instances/terminate", filtered.terminate_matching, methods=["POST"]),
             Route("/api/instances/purge", filtered.purge_matching, methods=["POST"]),
-            Route("/api/instances/raiseEvents", self.raise_events, methods=["POST"]),
+            Route("/api/instances/raiseEvents", filtered.raise_events, methods=["POST"]),
             # One route for /api/instances/{id}[/action]: the id is one path segment of the
             # raw (still percent-encoded) path, so an id holding "/" (sent as %2F) can never
             # be read as an action, nor an action as part of an id.
@@ -400,13 +400,6 @@ class HttpApi:
             data=data,
         )
         return Response(status_code=202)
-
-    async def raise_events(self, request: Request) -> Response:
-        """Deliver many external events; 200 with each one's outcome, in order."""
-        events = q.bulk_events(await self._json(request, "events"))
-        outcomes = await call(self.client.raise_orchestration_events, events)
-        body = [p.event_outcome_json(e[0], o) for e, o in zip(events, outcomes, strict=True)]
-        return JSONResponse(body)
 
     async def terminate(self, request: Request) -> Response:
         """Terminate a running instance; 410 when it already finished."""

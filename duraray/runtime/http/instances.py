@@ -2,7 +2,8 @@
 
 ``FilterRoutes`` serves ``GET /api/instances``, ``GET /api/instance-counts``, the Durable
 Functions bulk purge ``DELETE /api/instances?createdTimeFrom=...`` and the bulk
-operations ``POST /api/instances/terminate`` and ``POST /api/instances/purge``, all with
+operations ``POST /api/instances/terminate``, ``POST /api/instances/purge`` and
+``POST /api/instances/raiseEvents`` (one event each to many instances), the first ones with
 the filters ``parsing.instance_filters`` reads (status, creation time range, id prefix,
 orchestration name, tags), applied by the partitions. ``api.py`` documents the routes and
 registers them; this module only turns requests into ``Client`` calls and answers.
@@ -21,6 +22,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from duraray.runtime.client.aio import AsyncClient
 from duraray.runtime.http import parsing as q
 from duraray.runtime.http import payloads as p
 from duraray.runtime.http.parsing import NO_BODY, ApiError, call
@@ -44,10 +46,17 @@ FILTER_PARAMS = (
 class FilterRoutes:
     """Handlers of the filtered instance routes over one ``AsyncClient``."""
 
-    def __init__(self, client: Any, max_body_bytes: int) -> None:
-        # Any: AsyncClient's coroutines are attached at import time, so mypy cannot see them.
+    def __init__(self, client: AsyncClient, max_body_bytes: int) -> None:
         self.client = client
         self.max_body_bytes = max_body_bytes
+
+    async def raise_events(self, request: Request) -> Response:
+        """Deliver many external events; 200 with each one's outcome, in order."""
+        body = await q.read_json(request, self.max_body_bytes, "events")
+        events = q.bulk_events(body)
+        outcomes = await call(self.client.raise_orchestration_events, events)
+        out = [p.event_outcome_json(e[0], o) for e, o in zip(events, outcomes, strict=True)]
+        return JSONResponse(out)
 
     async def list_instances(self, request: Request) -> Response:
         """One page of instances matching the filters, oldest (or newest) first."""
