@@ -339,3 +339,47 @@ def test_listings_and_counts_are_answered_while_the_batch_is_stuck(client):
     finally:
         _held.set()
     assert "let go" == client.wait_for_orchestration_completion(stuck, timeout=TIMEOUT).output
+
+
+def test_bulk_terminate_skips_instances_that_changed_after_the_listing(manual_client, monkeypatch):
+    """An instance listed but finished (or purged) before its page is terminated is left
+    as it is: the others are terminated, and the count says how many were."""
+    from duraray.runtime.client import bulk
+
+    client = manual_client
+    ids = client.schedule_new_orchestrations(wait_go, [None] * 6)
+    for iid in ids:
+        client.wait_for_orchestration_start(iid, timeout=TIMEOUT)
+    listed = bulk.queries.query_instances
+
+    def listing_then_changes(*args, **kwargs):
+        page = listed(*args, **kwargs)
+        if page.items:  # meanwhile: one finishes and is purged, one finishes
+            client.raise_orchestration_event(ids[0], "go", data=0)
+            client.wait_for_orchestration_completion(ids[0], timeout=TIMEOUT)
+            client.purge_orchestration(ids[0])
+            client.raise_orchestration_event(ids[1], "go", data=1)
+            client.wait_for_orchestration_completion(ids[1], timeout=TIMEOUT)
+        return page
+
+    monkeypatch.setattr(bulk.queries, "query_instances", listing_then_changes)
+    assert 4 == client.terminate_instances()
+    assert Status.COMPLETED == client.get_orchestration_state(ids[1]).runtime_status
+    assert {Status.TERMINATED} == {
+        client.get_orchestration_state(i).runtime_status for i in ids[2:]
+    }
+
+
+@app.orchestration
+def parent_of_one(ctx: dr.OrchestrationContext):
+    return (yield ctx.call_sub_orchestrator(echo, input=1))
+
+
+def test_bulk_purge_deletes_sub_orchestrations_too(manual_client):
+    """purge_instances deletes what purge_orchestration would: each match and its
+    sub-orchestrations."""
+    parent = manual_client.schedule_new_orchestration(parent_of_one, instance_id="p-1")
+    manual_client.wait_for_orchestration_completion(parent, timeout=TIMEOUT)
+    assert 2 == len(manual_client.get_all_instances())
+    assert 2 == manual_client.purge_instances(name="parent_of_one").deleted_instance_count
+    assert [] == manual_client.get_all_instances()

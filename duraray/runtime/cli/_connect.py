@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any, NoReturn
@@ -40,10 +41,16 @@ def _client(ctx: click.Context) -> HubClient:
     if url is None:
         return _ray_client(ctx)
     obj = ctx.ensure_object(dict)
-    token = obj.get("token") or next(
-        (os.environ[name] for name in TOKEN_ENVS if os.environ.get(name)), None
-    )
+    # $DURARAY_HTTP_TOKEN is the local server's own (what `duraray serve` reads): sent
+    # only to a hub on this machine, never to another host.
+    envs = TOKEN_ENVS if _loopback(url) else TOKEN_ENVS[:1]
+    token = obj.get("token") or next((os.environ[n] for n in envs if os.environ.get(n)), None)
     return HttpHubClient(url, token=token, timeout=_connect_timeout(ctx))
+
+
+def _loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _http_url(ctx: click.Context) -> str | None:

@@ -82,7 +82,8 @@ class HttpHubClient:
         self.url = base.rstrip("/")
         self._token = token or None
         self._timeout = timeout
-        self._opener = urllib.request.build_opener()
+        # No redirects: urllib would send the Authorization header on to another host.
+        self._opener = urllib.request.build_opener(_NoRedirects())
 
     # -- orchestrations --------------------------------------------------------------------
 
@@ -490,3 +491,11 @@ def _parse(build: Any, body: Any) -> Any:
 
 def _field(body: Any, name: str) -> Any:
     return _parse(lambda b: b[name], body)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Answer a redirect as the error it is here: the API never redirects, and following
+    one would carry the bearer token to wherever it points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None

@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from duraray._errors import InstanceNotFoundError, InstanceStateError
 from duraray.runtime.client import queries
 from duraray.runtime.client.results import OrchestrationStatus, PurgeResult
 from duraray.runtime.client.transport import Router
+from duraray.runtime.engine.records import Reply
 
 #: Instances terminated or purged per page (one batch request per partition each).
 BULK_PAGE = 1000
@@ -51,9 +53,14 @@ def terminate_matching(
     recursive: bool,
     on_progress: Progress | None,
 ) -> int:
-    """Terminate the non-terminal instances matching ``filters``; how many."""
-    ops = lambda iid: ("terminate", {"output": output, "recursive": recursive})  # noqa: E731
-    return _each_page(router, cursors, filters, _RUNNING, ops, on_progress)
+    """Terminate the non-terminal instances matching ``filters``; how many were."""
+
+    def terminate(ids: list[str]) -> int:
+        args = {"output": output, "recursive": recursive}
+        results = _apply(router, [(i, "terminate", args) for i in ids])
+        return sum(1 for result in results if result)
+
+    return _each_page(router, cursors, filters, _RUNNING, terminate, on_progress)
 
 
 def purge_matching(
@@ -62,9 +69,38 @@ def purge_matching(
     filters: dict[str, Any],
     on_progress: Progress | None,
 ) -> PurgeResult:
-    """Purge the finished instances matching ``filters``."""
-    done = _each_page(router, cursors, filters, _FINISHED, lambda iid: ("purge", {}), on_progress)
-    return PurgeResult(done)
+    """Purge the finished instances matching ``filters``, and their sub-orchestrations
+    (as ``purge_orchestration`` does); how many instances were deleted."""
+
+    def purge(ids: list[str]) -> int:
+        deleted = 0
+        while ids:
+            results = _apply(router, [(i, "purge", {}) for i in ids])
+            answered = [result for result in results if result]
+            deleted += sum(count for count, _ in answered)
+            ids = [child for count, children in answered if count for child in children]
+        return deleted
+
+    return PurgeResult(_each_page(router, cursors, filters, _FINISHED, purge, on_progress))
+
+
+def _apply(router: Router, ops: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:
+    """Each operation's result (None where its instance is gone or already finished:
+    it changed meanwhile, and is left as it is); raises the first other error, once
+    every operation was sent."""
+    results = router.batch_each([(iid, op, {"instance_id": iid, **args}) for iid, op, args in ops])
+    out: list[Any] = []
+    error: BaseException | None = None
+    for result in results:
+        if isinstance(result, Reply):
+            if not isinstance(result.error, InstanceNotFoundError | InstanceStateError):
+                error = error or result.error
+            out.append(None)
+        else:
+            out.append(result)
+    if error is not None:
+        raise error
+    return out
 
 
 def _each_page(
@@ -72,7 +108,7 @@ def _each_page(
     cursors: queries.OpenCursors,
     filters: dict[str, Any],
     allowed: list[OrchestrationStatus],
-    op: Callable[[str], tuple[str, dict[str, Any]]],
+    act: Callable[[list[str]], int],
     on_progress: Progress | None,
 ) -> int:
     asked = queries.statuses(filters.pop("runtime_status", None))
@@ -80,8 +116,9 @@ def _each_page(
     if not wanted:
         return 0
     filters = {**filters, "runtime_status": wanted}
-    total = sum(queries.count_instances(router, **filters).values())
-    done = 0
+    # The total is for the progress report only (a scan, when filtered by more than status).
+    total = sum(queries.count_instances(router, **filters).values()) if on_progress else 0
+    done = seen = 0
     token = None
     while True:
         page = queries.query_instances(
@@ -93,14 +130,10 @@ def _each_page(
             cursors=cursors,
         )
         if page.items:
-            batch = []
-            for state in page.items:
-                name, args = op(state.instance_id)
-                batch.append((state.instance_id, name, {"instance_id": state.instance_id, **args}))
-            router.batch(batch)
-            done += len(page.items)
+            done += act([state.instance_id for state in page.items])
+            seen += len(page.items)
             if on_progress is not None:
-                on_progress(done, max(total, done))
+                on_progress(seen, max(total, seen))
         token = page.continuation_token
         if token is None:
             return done

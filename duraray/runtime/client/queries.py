@@ -106,8 +106,10 @@ def query_instances(
     more = any(part.rows or not part.done for part in parts)
     token = _encode_token(_record_key(page[-1]), kind) if page and more else None
     if token is not None and cursors is not None:
-        # The next page is likely asked for: partitions running low read on meanwhile.
-        _read_ahead(router, args, parts, page_size)
+        if continuation_token is not None:
+            # A caller paging on likely asks for the next page too: partitions running
+            # low read on meanwhile (not for a first page, which a refresh asks again).
+            _read_ahead(router, args, parts, page_size)
         cursors.put(query_key, token, parts)
     return Page([orchestration_state(rec) for rec in page], token)
 
@@ -188,7 +190,10 @@ def _read_ahead(router: Router, args: dict[str, Any], parts: list[_Cursor], page
     half of its last chunk): its answer comes while the caller works on this page."""
     for index, part in enumerate(parts):
         if part.pending is not None and part.pending.done():
-            _land(part)
+            if part.pending.exception() is not None:
+                part.pending = None  # asked again when its rows are needed
+            else:
+                _land(part)
         if part.done or part.pending is not None or not part.asked:
             continue
         if len(part.rows) < max(page_size, part.asked // 2):
@@ -223,8 +228,9 @@ def _land(part: _Cursor) -> None:
 #: with their payloads; never fewer than a page).
 READ_AHEAD_MAX = 5000
 READ_AHEAD_WITH_PAYLOADS = 500
-#: How long the rows read ahead for the next page are kept for it.
-CURSOR_TTL_S = 30.0
+#: How long the rows read ahead for the next page are kept for it (they are as old as
+#: that at most: a page of a paged query is not one snapshot either).
+CURSOR_TTL_S = 10.0
 
 
 @dataclass
@@ -262,9 +268,12 @@ class OpenCursors:
 
     def put(self, query_key: str, token: str, parts: list[_Cursor]) -> None:
         """Keep ``parts`` for the page after ``token``."""
+        now = time.monotonic()
         with self._lock:
-            self._open[(query_key, token)] = (time.monotonic() + CURSOR_TTL_S, parts)
-            while len(self._open) > self._capacity:
+            self._open[(query_key, token)] = (now + CURSOR_TTL_S, parts)
+            while self._open and (
+                len(self._open) > self._capacity or next(iter(self._open.values()))[0] < now
+            ):
                 self._open.popitem(last=False)
 
 
