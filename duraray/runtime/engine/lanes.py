@@ -79,7 +79,8 @@ class ResultLane:
                 now = self._split(item.results, counts, share, limit - applied)
                 if not now:
                     continue
-                item = Results(now)
+                if now is not item.results:
+                    item = Results(now)
                 applied += len(now)
             else:
                 applied += 1
@@ -96,6 +97,18 @@ class ResultLane:
     ) -> list[ActivityResult]:
         """The results to apply now (within each instance's share and ``room``); holds
         the rest."""
+        if len(results) <= room and not self._held:
+            # The common case, nothing held: all of them, unless one instance goes over.
+            if len(results) == 1:
+                iid = results[0].instance_id
+                if counts[iid] < share:
+                    counts[iid] += 1
+                    return results
+            else:
+                added = Counter(result.instance_id for result in results)
+                if all(counts[iid] + n <= share for iid, n in added.items()):
+                    counts.update(added)
+                    return results
         now: list[ActivityResult] = []
         for result in results:
             iid = result.instance_id
