@@ -6,7 +6,8 @@ with ``schedule_new_orchestrations``. Then ``get_all_instances`` pages through a
 (``page_size`` 100, the default; oldest first, then newest first): ``rate_per_s`` =
 instances / paging time. Meanwhile hello5 orchestrations run one at a time, and their
 latency is compared with the idle one (``writes_p99_ratio``: do writes stall while the
-hub is paged?). ``count_ms``: one ``count_instances()`` over the whole hub.
+hub is paged? the probe runs in a process of its own, so the paging client's own work is
+not what it measures). ``count_ms``: one ``count_instances()`` over the whole hub.
 
     python benchmarks/query.py [--n 1000000] [--in-process-n 20000] [--quick]
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,29 +54,50 @@ def _hello5_ms(client: dr.Client, tag: str) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def _measure(client: dr.Client, n: int, *, probe: bool) -> dict[str, Any]:
-    """Page through everything both ways (with a hello5 probe running), and count."""
-    idle = [_hello5_ms(client, f"idle{i}") for i in range(30)] if probe else []
+def _probe_main(address: str, hub: str, conn: Any) -> None:
+    """In a process of its own (the paging client's work must not be what it measures):
+    hello5 one at a time, idle first, then until told to stop; the latencies back."""
+    import ray
+
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    client = dr.Client.attach(hub, address=address)
+    idle = [_hello5_ms(client, f"idle{i}") for i in range(30)]
+    conn.send(idle)
     busy: list[float] = []
-    stop = threading.Event()
+    k = 0
+    while not conn.poll():
+        busy.append(_hello5_ms(client, f"busy{k}"))
+        k += 1
+    conn.send(busy)
 
-    def run_probe() -> None:
-        k = 0
-        while not stop.is_set():
-            busy.append(_hello5_ms(client, f"busy{k}"))
-            k += 1
 
-    prober = threading.Thread(target=run_probe, daemon=True)
-    if probe:
+def _measure(client: dr.Client, n: int, *, hub: str | None) -> dict[str, Any]:
+    """Page through everything both ways (with a hello5 probe running in another
+    process when ``hub`` is given), and count."""
+    idle: list[float] = []
+    busy: list[float] = []
+    prober = None
+    if hub is not None:
+        import multiprocessing
+
+        import ray
+
+        ours, theirs = multiprocessing.Pipe()
+        address = ray.get_runtime_context().gcs_address
+        prober = multiprocessing.get_context("spawn").Process(
+            target=_probe_main, args=(address, hub, theirs), daemon=True
+        )
         prober.start()
+        idle = ours.recv()
     t0 = time.perf_counter()
     oldest = client.get_all_instances(page_size=PAGE, fetch_payloads=False)
     t1 = time.perf_counter()
     newest = client.get_all_instances(page_size=PAGE, fetch_payloads=False, newest_first=True)
     t2 = time.perf_counter()
-    stop.set()
-    if probe:
-        prober.join()
+    if prober is not None:
+        ours.send("stop")
+        busy = ours.recv()
+        prober.join(timeout=60)
     c0 = time.perf_counter()
     counts = client.count_instances()
     count_ms = (time.perf_counter() - c0) * 1000
@@ -97,7 +118,7 @@ def _measure(client: dr.Client, n: int, *, probe: bool) -> dict[str, Any]:
         "count_ms": count_ms,
         "correct": correct,
     }
-    if probe:
+    if hub is not None:
         line["idle_p99_ms"] = common.percentile(idle, 99)
         line["writes_p50_ms"] = common.percentile(busy, 50)
         line["writes_p99_ms"] = common.percentile(busy, 99)
@@ -131,7 +152,7 @@ def run(
                 hub.client.schedule_new_orchestration("hello5", input=f"warm{i}"), timeout=60
             )
         fill_s = _fill(hub.client, n)
-        measured = _measure(hub.client, n, probe=True)
+        measured = _measure(hub.client, n, hub=hub.app.name)
         lines.append(
             common.emit(
                 common.result(
@@ -147,7 +168,7 @@ def run(
         run_in_process(app, data_dir=local_dir) as client,
     ):
         fill_s = _fill(client, local_n)
-        measured = _measure(client, local_n, probe=False)
+        measured = _measure(client, local_n, hub=None)
         config = {"partitions": partitions, "fsync": fsync, "runtime": "in process"}
         lines.append(
             common.emit(

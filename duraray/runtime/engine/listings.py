@@ -143,7 +143,7 @@ class Listings:
 
 
 #: Index rows a query reads at first, and at most, per read of the store.
-_FIRST_CHUNK, _MAX_CHUNK = 256, 4096
+_FIRST_CHUNK, _MAX_CHUNK = 256, 1024
 
 
 def _matcher(
