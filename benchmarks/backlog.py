@@ -46,18 +46,12 @@ def _hello5(client: dr.Client, iid: str) -> tuple[float, list[float], bool]:
     client.schedule_new_orchestration("hello5", input=iid, instance_id=iid)
     state = client.wait_for_orchestration_completion(iid, timeout=600)
     took = (time.perf_counter() - t0) * 1000
-    steps = _steps_ms(client.get_orchestration_history(iid))
+    steps = common.steps_ms(client.get_orchestration_history(iid))
     ok = (
         state.runtime_status is dr.OrchestrationStatus.COMPLETED
         and state.output == common.expected_hello5(iid)
     )
     return took, steps, ok
-
-
-def _steps_ms(history: list[Any]) -> list[float]:
-    marks = [e.timestamp for e in history if isinstance(e, dr.ExecutionStarted)][:1]
-    marks += [e.timestamp for e in history if isinstance(e, dr.TaskCompleted)]
-    return [common.ms(b - a) for a, b in itertools.pairwise(marks)]
 
 
 def run(

@@ -555,6 +555,14 @@ def ms(delta: timedelta) -> float:
     return delta.total_seconds() * 1000.0
 
 
+def steps_ms(history: list[Any]) -> list[float]:
+    """A hello5's sequential steps from its history, in ms: between consecutive
+    TaskCompleted events, the first from ExecutionStarted."""
+    marks = [e.timestamp for e in history if isinstance(e, dr.ExecutionStarted)][:1]
+    marks += [e.timestamp for e in history if isinstance(e, dr.TaskCompleted)]
+    return [ms(b - a) for a, b in itertools.pairwise(marks)]
+
+
 def span_rate(n: int, states: Iterable[Any]) -> tuple[float, float]:
     """(rate, span seconds): n / (last completion - first start) of instance states."""
     states = list(states)

@@ -11,7 +11,6 @@ same chain runs 50 times one at a time as plain Ray tasks, for the ratio.
 
 from __future__ import annotations
 
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -24,12 +23,6 @@ import duraray as dr
 from benchmarks import common, raw_ray
 
 DEFAULT_N, QUICK_N = 50, 10
-
-
-def _steps_ms(history: list[Any]) -> list[float]:
-    marks = [e.timestamp for e in history if isinstance(e, dr.ExecutionStarted)][:1]
-    marks += [e.timestamp for e in history if isinstance(e, dr.TaskCompleted)]
-    return [common.ms(b - a) for a, b in itertools.pairwise(marks)]
 
 
 def run(
@@ -65,7 +58,7 @@ def run(
                 state = client.wait_for_orchestration_completion(iid, timeout=60)
                 latencies.append((time.perf_counter() - t0) * 1000)
                 history = client.get_orchestration_history(iid)
-                step = _steps_ms(history)
+                step = common.steps_ms(history)
                 steps.extend(step)
                 correct = (
                     correct

@@ -95,7 +95,7 @@ _SECRETS = ("token_bytes", "token_hex", "token_urlsafe", "choice", "randbelow", 
 _CLOCKS = ("time", "time_ns", "monotonic", "monotonic_ns")
 
 #: Every call reported, by qualified name, with its deterministic alternative: what the
-#: warnings watch and what ``duraray check`` (``static_check.py``) looks for.
+#: warnings watch and what ``duraray check`` (``runtime/static_check.py``) looks for.
 NON_DETERMINISTIC: dict[str, str] = {
     **{f"time.{name}": _TIME for name in _CLOCKS},
     "datetime.datetime.now": _TIME,

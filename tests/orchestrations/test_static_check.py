@@ -26,7 +26,7 @@ from time import monotonic
 from time import time as wall
 
 from duraray.orchestrations import determinism
-from duraray.orchestrations.static_check import (
+from duraray.runtime.static_check import (
     BLOCKING,
     Finding,
     check_function,

@@ -1,6 +1,6 @@
 """``duraray check MODULE:APP``: the static check of an App's orchestration functions.
 
-The analysis is ``duraray.orchestrations.static_check``; this module imports the App,
+The analysis is ``duraray.runtime.static_check``; this module imports the App,
 prints the findings and sets the exit code. No hub and no Ray are involved.
 """
 
@@ -12,11 +12,11 @@ import os
 
 import click
 
-from duraray.orchestrations.static_check import Finding, check_orchestrations
 from duraray.runtime.cli._app import main
 from duraray.runtime.cli._common import _remember
 from duraray.runtime.cli._connect import _load_app
 from duraray.runtime.cli._format import _json_mode
+from duraray.runtime.static_check import Finding, check_orchestrations
 
 
 @main.command()

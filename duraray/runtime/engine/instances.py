@@ -179,13 +179,21 @@ class InstanceTable:
         """Write ``record`` in this batch."""
         iid = record.instance_id
         b.wb.put("instances", r.instance_key(iid), codec.encode_record(record))
-        self.status_counts.note(b, iid, record.status, lambda: self._stored_status(iid))
+        # For the status counters: (status in the store before the batch, status written).
+        entry = b.statuses.get(iid)
+        before = self._stored_status(iid) if entry is None else entry[0]
+        b.statuses[iid] = (before, record.status)
 
     def note_deleted(self, b: Batch, record: InstanceRecord) -> None:
         """The batch deletes ``record`` (as the store or the live set has it)."""
-        live = self._live.get(record.instance_id)
-        stored = live.stored_status if live is not None else record.status
-        self.status_counts.note(b, record.instance_id, None, lambda: stored)
+        iid = record.instance_id
+        entry = b.statuses.get(iid)
+        if entry is not None:
+            before = entry[0]
+        else:
+            live = self._live.get(iid)
+            before = live.stored_status if live is not None else record.status
+        b.statuses[iid] = (before, None)
 
     def _stored_status(self, instance_id: str) -> h.OrchestrationStatus | None:
         live = self._live.get(instance_id)

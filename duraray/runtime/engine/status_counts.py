@@ -1,9 +1,10 @@
 """How many instances a partition holds in each status, kept as counters.
 
 ``Client.count_instances()`` must not read a million records. Every batch that writes or
-deletes an instance's record notes the status the store held before the batch and the
-status it writes; the net change rides in ``meta`` (``STATUS_COUNTS_KEY``) in the same
-transaction, so the counters are exactly as durable as the records. A store written
+deletes an instance's record notes in ``Batch.statuses`` the status the store held before
+the batch and the status it writes (InstanceTable.put_record / note_deleted); the net
+change rides in ``meta`` (``STATUS_COUNTS_KEY``) in the same transaction, so the counters
+are exactly as durable as the records. A store written
 before the counters existed is counted once when it is upgraded (migrations.py).
 """
 
@@ -40,19 +41,6 @@ class StatusCounts:
 
     def __init__(self, stored: bytes | None) -> None:
         self.counts: dict[str, int] = {} if stored is None else dict(codec.decode(stored))
-
-    def note(
-        self,
-        b: Batch,
-        instance_id: str,
-        status: Status | None,
-        before: Callable[[], Status | None],
-    ) -> None:
-        """The batch writes ``status`` for the instance (None: deletes it); ``before``
-        tells the status the store holds, asked only on the instance's first write in
-        the batch."""
-        entry = b.statuses.get(instance_id)
-        b.statuses[instance_id] = (before() if entry is None else entry[0], status)
 
     def stage(self, b: Batch, put_meta: Callable[[bytes, bytes], None]) -> None:
         """Before the commit: the counters after this batch, written with it if they
