@@ -11,6 +11,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -137,15 +138,26 @@ def test_partition_actor_killed_mid_run(ray_session, tmp_path: Path) -> None:
     assert sum(executions.values()) >= len(recorded)
 
 
+def _started_worker(name: str) -> Any:
+    """The shared worker ``name`` once the fan-out's first cheap batch has started it."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            return ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            assert time.monotonic() < deadline, f"{name} not started within {TIMEOUT} s"
+            time.sleep(0.01)
+
+
 def test_activity_worker_killed_mid_fan_out(ray_session, tmp_path: Path) -> None:
     """Killing an activity worker mid fan-out: the sum is right, each result recorded once."""
     n = 500
     log_path = tmp_path / "executions.log"
     with app.run(data_dir=str(tmp_path / "data")) as client:
-        worker = ray.get_actor(worker_actor_name(app.name, 0), namespace=NAMESPACE)
         instance_id = client.schedule_new_orchestration(
             sum_of_squares, input=[str(log_path), n], instance_id="crash-w"
         )
+        worker = _started_worker(worker_actor_name(app.name, 0))
         _kill_after(worker, log_path, n // 5)
 
         state = client.wait_for_orchestration_completion(instance_id, timeout=TIMEOUT)

@@ -122,6 +122,14 @@ def _actor_exists(name: str) -> bool:
     return True
 
 
+def _wait_for_actors(names: list[str]) -> None:
+    """Poll until every one of ``names`` is a live actor (started on first use)."""
+    deadline = time.monotonic() + TIMEOUT
+    while missing := [n for n in names if not _actor_exists(n)]:
+        assert time.monotonic() < deadline, f"not started within {TIMEOUT} s: {missing}"
+        time.sleep(0.05)
+
+
 def _hub_actor_names(hub: str, partitions: int, workers: int) -> list[str]:
     return [partition_actor_name(hub, i) for i in range(partitions)] + [
         worker_actor_name(hub, j) for j in range(workers)
@@ -245,10 +253,14 @@ def test_run_stops_actors_keeps_data_and_resumes(ray_session, tmp_path) -> None:
     """After ``App.run`` exits its actors are gone and its data stays; a re-run resumes."""
     hub = resume_app.name
     names = _hub_actor_names(hub, partitions=2, workers=2)
+    partitions, workers = names[:2], names[2:]
     with resume_app.run(data_dir=str(tmp_path)) as client:
-        assert names == [n for n in names if _actor_exists(n)]
+        assert partitions == [n for n in partitions if _actor_exists(n)]
+        # The shared workers start when the first cheap activity needs them, not before.
+        assert [] == [n for n in workers if _actor_exists(n)]
         done = client.schedule_new_orchestration(chain, input=1)
         client.wait_for_orchestration_completion(done, timeout=TIMEOUT)
+        _wait_for_actors(workers)
         waiting = client.schedule_new_orchestration(
             greet_later, input="world", instance_id="rt-resume-waiting"
         )
@@ -290,6 +302,7 @@ def test_start_detached_is_idempotent_and_stops(hubs_to_stop, tmp_path) -> None:
     state = first.wait_for_orchestration_completion(instance_id, timeout=TIMEOUT)
     expected = (dr.OrchestrationStatus.COMPLETED, 8)
     assert expected == (state.runtime_status, state.output)
+    _wait_for_actors(names)  # the chain's cheap steps started the shared workers
 
     # A client without the app's code stops the hub; the data stays for the next start.
     dr.Client.attach(hub, address=None).shutdown_hub()

@@ -29,6 +29,7 @@ SCRIPT = textwrap.dedent(
     """
     import json
     import sys
+    import time
 
     import ray
     from ray.cluster_utils import Cluster
@@ -48,6 +49,17 @@ SCRIPT = textwrap.dedent(
         return (yield dr.when_all([ctx.call_activity(node_of, input=i) for i in range(n)]))
 
 
+    def started(name):
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return ray.get_actor(name, namespace="duraray")
+            except ValueError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
     def main(data_dir, fan_out):
         cluster = Cluster(
             initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
@@ -61,13 +73,14 @@ SCRIPT = textwrap.dedent(
             # Inline execution would keep these trivial activities on the partitions' node:
             # this test is about where the worker pool runs them.
             with app.run(data_dir=data_dir, activity_workers=6, inline_activities=False) as client:
+                # A first fan-out starts the shared workers (they start on first use) ...
+                warm_up = client.schedule_new_orchestration(where_did_they_run, input=fan_out)
+                client.wait_for_orchestration_completion(warm_up, timeout=120)
+                workers = [started(f"duraray/{app.name}/w{j}") for j in range(6)]
+                worker_nodes = ray.get([w.node_id.remote() for w in workers])
+                # ... the second one runs on them, on every node.
                 instance_id = client.schedule_new_orchestration(where_did_they_run, input=fan_out)
                 state = client.wait_for_orchestration_completion(instance_id, timeout=120)
-                workers = [
-                    ray.get_actor(f"duraray/{app.name}/w{j}", namespace="duraray")
-                    for j in range(6)
-                ]
-                worker_nodes = ray.get([w.node_id.remote() for w in workers])
             print(%(marker)r + json.dumps({
                 "status": state.runtime_status.value,
                 "cluster_nodes": nodes,

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import math
 import os
-import random
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -44,13 +41,13 @@ from duraray.runtime.engine.records import (
 from duraray.runtime.engine.store import LmdbStore
 from duraray.runtime.ray.demand import Demand
 from duraray.runtime.ray.peerlink import PeerLinks
-from duraray.runtime.ray.pools import pools_actor_name
+from duraray.runtime.ray.pools import ActivityPools, pools_actor_name
+from duraray.runtime.ray.shared_pool import NAMESPACE as NAMESPACE
+from duraray.runtime.ray.shared_pool import SharedPool
+from duraray.runtime.ray.shared_pool import worker_actor_name as worker_actor_name
 
 log = structlog.get_logger("duraray.actors")
 
-NAMESPACE = "duraray"
-#: Results of a streamed pool batch that finish this close together come back together.
-STREAM_CHUNK_S = 0.005
 #: Errors that mean the process running an activity died (not the activity failing).
 LOST = (
     ray.exceptions.WorkerCrashedError,
@@ -68,52 +65,9 @@ def partition_actor_name(hub: str, index: int) -> str:
     return f"duraray/{hub}/p{index}"
 
 
-def worker_actor_name(hub: str, index: int) -> str:
-    """The Ray actor name of a hub's activity worker."""
-    return f"duraray/{hub}/w{index}"
-
-
 def partition_dir(data_dir: str, hub: str, index: int) -> str:
     """Where a partition's LMDB environment lives."""
     return os.path.join(data_dir, hub, f"p{index}")
-
-
-class ActivityWorkerImpl:
-    """Executes batches of activities; one process of the shared pool."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    def run(self, tasks: list[ActivityTask]) -> list[ActivityResult]:
-        """Execute ``tasks`` one after the other and return their results."""
-        return [execute_activity(self.registry, task) for task in tasks]
-
-    def run_stream(self, tasks: list[ActivityTask]) -> Iterator[list[ActivityResult]]:
-        """Execute ``tasks`` one after the other, yielding finished results as they come
-        (called with ``num_returns="streaming"``).
-
-        Results that finish within ``STREAM_CHUNK_S`` of the last yield travel together (a
-        yield costs a Ray message, more than a sub-millisecond activity); so a finished
-        result waits for a slow batch-mate only if it finished within that window.
-        """
-        finished: list[ActivityResult] = []
-        last = time.monotonic()
-        for task in tasks:
-            finished.append(execute_activity(self.registry, task))
-            now = time.monotonic()
-            if now - last >= STREAM_CHUNK_S:
-                yield finished
-                finished, last = [], now
-        if finished:
-            yield finished
-
-    def node_id(self) -> str:
-        """The Ray node this worker runs on."""
-        return ray.get_runtime_context().get_node_id()
-
-    def ping(self) -> bool:
-        """Liveness probe."""
-        return True
 
 
 def _run_activity(registry: Registry, task: ActivityTask) -> ActivityResult:
@@ -130,10 +84,10 @@ class PartitionActorImpl:
         index: int,
         config: HubConfig,
         registry: Registry,
-        worker_count: int,
         link_secret: bytes | None = None,
         *,
         expect_data: bool = False,
+        detached: bool = False,
     ) -> None:
         from duraray.runtime.logging import configure_logging
 
@@ -143,13 +97,17 @@ class PartitionActorImpl:
         self.index = index
         self.config = config
         self.registry = registry
-        # Workers and peers are found by name, not passed as handles: constructor arguments
-        # stay small and inline, so Ray can always restart this actor from them.
-        # Typed Any: Ray's stubs do not model remote methods.
-        self.workers: list[Any] = [
-            ray.get_actor(worker_actor_name(hub, i), namespace=NAMESPACE)
-            for i in range(worker_count)
-        ]
+        # Workers, pools and peers are found by name, not passed as handles: constructor
+        # arguments stay small and inline, so Ray can always restart this actor from them.
+        # The shared workers start when the first batch needs them (shared_pool.py).
+        self._detached = detached
+        self.shared = SharedPool(
+            hub,
+            registry,
+            size=config.activity_workers,
+            concurrency=config.worker_concurrency,
+            detached=detached,
+        )
         self._peers: dict[int, Any] = {}
         path = partition_dir(config.data_dir, hub, index)
         if expect_data and not os.path.exists(os.path.join(path, "data.mdb")):
@@ -185,7 +143,6 @@ class PartitionActorImpl:
         # Cheap activities run here, beside the batch loop (see engine/dispatch.py).
         self._inline_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inline")
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="read")
-        self._round_robin = itertools.count(random.randrange(max(1, worker_count)))
         self._in_flight: set[asyncio.Task[None]] = set()
         self._started = time.time()
         self._log = log.bind(hub=hub, partition=index)
@@ -343,6 +300,7 @@ class PartitionActorImpl:
             return
         self._capacity_checked = now
         self.core.dispatch.capacity = max(1, cpus)
+        self.shared.resize(cpus)
         self._demand.report(self.core, now)
 
     async def _execute_inline(self, chunk: list[ActivityTask]) -> None:
@@ -398,9 +356,9 @@ class PartitionActorImpl:
             "max_activities_per_worker": options.get("max_activities_per_worker"),
         }
         for attempt in range(MAX_REDISPATCH + 1):
-            pools = self._find_pools()
+            pools = self._find_pools(create=True)
             if pools is None:
-                # A hub launched before pools existed: the activity runs as a task of its shape.
+                # Not created (Ray refused it): the activity runs as a task of its shape.
                 await self._execute_task(Dispatch(TASK, [task], unit.ray_options, unit.timeout))
                 return
             try:
@@ -418,12 +376,36 @@ class PartitionActorImpl:
             self._deliver([result])
             return
 
-    def _find_pools(self) -> Any:
+    def _find_pools(self, create: bool = False) -> Any:
+        """The hub's pools actor; ``create``: start it if it is not running (the first
+        activity asking for resources does; until then the hub runs no such process)."""
         if self._pools is None:
             try:
                 self._pools = ray.get_actor(pools_actor_name(self.hub), namespace=NAMESPACE)
             except ValueError:
-                return None
+                if not create:
+                    return None
+                try:
+                    self._pools = ActivityPools.options(
+                        name=pools_actor_name(self.hub),
+                        namespace=NAMESPACE,
+                        # Detached with a detached hub; else it stops with this partition
+                        # (another partition then starts it again when it needs it).
+                        lifetime="detached" if self._detached else None,
+                        max_restarts=-1,
+                        max_task_retries=0,
+                        num_cpus=0,
+                        max_concurrency=10_000,
+                        get_if_exists=True,
+                    ).remote(
+                        self.hub,
+                        self.registry,
+                        self.config.activity_pool_idle_s,
+                        self.config.log_format,
+                    )
+                except Exception:
+                    self._log.warning("activity pools not started", exc_info=True)
+                    return None
         return self._pools
 
     async def _execute_pool(self, unit: Dispatch) -> None:
@@ -433,15 +415,16 @@ class PartitionActorImpl:
         finished; a shorter one returns its results together, in one message."""
         pending = {(t.instance_id, t.task_id): t for t in unit.tasks}
         for attempt in range(MAX_REDISPATCH + 1):
-            if not self.workers:  # no pool (activity_workers=0 is refused; a safety net)
-                alone = [
-                    Dispatch(TASK, [t], {"num_cpus": 0}, unit.timeout) for t in pending.values()
-                ]
-                await asyncio.gather(*(self._execute_task(d) for d in alone))
-                return
-            worker = self.workers[next(self._round_robin) % len(self.workers)]
+            worker = self.shared.pick()
             try:
                 async with asyncio.timeout(unit.timeout):
+                    if worker is None:
+                        # No shared worker has started yet: the batch runs as one task.
+                        ran: list[ActivityResult] = await self.shared.as_task.remote(
+                            self._registry_ref, list(pending.values())
+                        )
+                        self._deliver(ran)
+                        return
                     if not unit.stream:
                         # A short batch: its results come back together (one message).
                         results: list[ActivityResult] = await worker.run.remote(
@@ -462,6 +445,8 @@ class PartitionActorImpl:
                 self._deliver([_timed_out(t, unit.timeout) for t in pending.values()])
                 return
             except LOST as exc:
+                if worker is not None:
+                    self.shared.lost(worker)
                 if attempt < MAX_REDISPATCH:
                     self._log.warning(
                         "activity worker lost; re-dispatching what had not finished",
@@ -592,5 +577,4 @@ def _timed_out(task: ActivityTask, timeout: float | None) -> ActivityResult:
 
 
 PartitionActor = ray.remote(PartitionActorImpl)
-ActivityWorker = ray.remote(ActivityWorkerImpl)
 _ = Reply

@@ -141,9 +141,6 @@ class HubHandle:
     hub: str
     partitions: list[Any]
     info: dict[str, Any]
-    # Held so that non-detached workers live as long as the hub: an actor without a
-    # detached lifetime dies when its owner's last handle goes away.
-    workers: list[Any] | None = None
 
     @property
     def partition_count(self) -> int:
@@ -379,11 +376,9 @@ class PartitionManager:
 
         from duraray.runtime.ray.actors import (
             NAMESPACE,
-            ActivityWorker,
             PartitionActor,
             partition_actor_name,
             partition_dir,
-            worker_actor_name,
         )
 
         existing = self.find(self.hub)
@@ -407,39 +402,10 @@ class PartitionManager:
         ship_app_code(self.registry)
 
         lifetime = "detached" if detached else None
-        worker_count = config.activity_workers or max(2, int(ray.cluster_resources().get("CPU", 2)))
-        # The actor handles are typed Any: Ray's stubs do not model remote methods.
-        workers: list[Any] = [
-            ActivityWorker.options(
-                name=worker_actor_name(self.hub, i),
-                namespace=NAMESPACE,
-                lifetime=lifetime,
-                max_restarts=-1,
-                max_task_retries=0,
-                num_cpus=0,
-                # One byte of memory: Ray does not honour SPREAD for an actor that asks for
-                # no resources at all (a 3-node test cluster often got no worker on a node);
-                # any non-empty request makes SPREAD place the workers round-robin.
-                memory=1,
-                max_concurrency=config.worker_concurrency,
-                scheduling_strategy="SPREAD",
-                get_if_exists=True,
-            ).remote(self.registry)
-            for i in range(worker_count)
-        ]
-        from duraray.runtime.ray.pools import ActivityPools, pools_actor_name
-
-        # One hub-wide owner of the warm, resource-shaped worker pools (pools.py).
-        pools: Any = ActivityPools.options(
-            name=pools_actor_name(self.hub),
-            namespace=NAMESPACE,
-            lifetime=lifetime,
-            max_restarts=-1,
-            max_task_retries=0,
-            num_cpus=0,
-            max_concurrency=10_000,
-            get_if_exists=True,
-        ).remote(self.hub, self.registry, config.activity_pool_idle_s, config.log_format)
+        # Only the partitions start now: the shared activity workers and the pools of
+        # resource-shaped ones start when a partition first needs them (shared_pool.py,
+        # pools.py), so a hub's first orchestration does not wait for processes it may
+        # never use (each costs about half a second of CPU to start).
         names = [partition_actor_name(self.hub, i) for i in range(config.partitions)]
         # Authenticates the partitions' direct links to each other (see peerlink.py);
         # it lives only in the actors' constructor arguments, so restarts keep it.
@@ -461,17 +427,16 @@ class PartitionManager:
                 i,
                 config,
                 self.registry,
-                worker_count,
                 link_secret,
                 expect_data=hub_exists,
+                detached=detached,
             )
             for i in range(config.partitions)
         ]
         try:
-            ray.get([w.ping.remote() for w in [*workers, pools]], timeout=120)
             ray.get([p.ping.remote() for p in partitions], timeout=120)
         except Exception as exc:
-            for actor in [*partitions, *workers, pools]:
+            for actor in partitions:
                 ray.kill(actor, no_restart=True)
             # A partition that refused its data dir (partition count, owner) raised a
             # HubConfigurationError in its constructor; Ray only hands us its formatted
@@ -488,11 +453,10 @@ class PartitionManager:
             nodes=len(set(placement)),
             hub=self.hub,
             partitions=config.partitions,
-            workers=worker_count,
             data_dir=config.data_dir,
             detached=detached,
         )
-        return HubHandle(self.hub, partitions, started_info, [*workers, pools])
+        return HubHandle(self.hub, partitions, started_info)
 
     @staticmethod
     def _running_link_secret(names: list[str]) -> bytes | None:
@@ -544,7 +508,8 @@ class PartitionManager:
         """Kill a hub's partition and worker actors; its data stays on disk."""
         import ray
 
-        from duraray.runtime.ray.actors import NAMESPACE, partition_actor_name, worker_actor_name
+        from duraray.runtime.ray.actors import NAMESPACE, partition_actor_name
+        from duraray.runtime.ray.shared_pool import worker_actor_name
 
         handle = PartitionManager.find(hub)
         if handle is None:
@@ -552,14 +517,18 @@ class PartitionManager:
         for actor in handle.partitions:
             ray.kill(actor, no_restart=True)
         names = [partition_actor_name(hub, i) for i in range(handle.partition_count)]
-        i = 0
-        while True:
+        # Workers are numbered from 0; one whose creation failed leaves a gap, so look a
+        # few numbers past the last one found.
+        i, misses = 0, 0
+        while misses < 8:
             try:
                 worker = ray.get_actor(worker_actor_name(hub, i), namespace=NAMESPACE)
             except ValueError:
-                break
-            ray.kill(worker, no_restart=True)
-            names.append(worker_actor_name(hub, i))
+                misses += 1
+            else:
+                misses = 0
+                ray.kill(worker, no_restart=True)
+                names.append(worker_actor_name(hub, i))
             i += 1
         from duraray.runtime.ray.pools import pools_actor_name
 
