@@ -80,6 +80,7 @@ def run(
         client.wait_for_orchestration_completion(
             client.schedule_new_orchestration("fan_out", input=2000), timeout=120
         )
+        hub.settle()
         idle = [_hello5(client, next(ids)) for _ in range(n)]
         peak_waiting = 0
         stop = threading.Event()

@@ -277,6 +277,25 @@ class Hub:
             line["options"] = {k: _jsonable(v) for k, v in changed.items()}
         return line
 
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait until the shared activity workers that the warm-up started all answer.
+
+        They start on a hub's first cheap activity (``runtime/ray/shared_pool.py``): their
+        start-up belongs to the warm-up, not to the figures measured after it. Returns
+        soon on a hub whose warm-up started none (or in process).
+        """
+        if not ray.is_initialized():
+            return
+        count = self.app.config.activity_workers or max(2, cluster_cpus())
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            started = [p.get("shared_workers", 0) for p in self.client.partition_stats()]
+            if any(started) and all(n in (0, count) for n in started):
+                return
+            if not any(started) and time.monotonic() - began > 2.0:
+                return  # the warm-up sent nothing to the shared pool
+            time.sleep(0.05)
+
     def stats(self) -> dict[str, Any]:
         """Counters summed over partitions: batches, items, commit seconds, episodes."""
         totals: dict[str, float] = {}

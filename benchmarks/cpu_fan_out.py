@@ -84,6 +84,7 @@ def _durable(hub: common.Hub, activity: str, n: int, ms: float, cpus: int) -> di
     client.wait_for_orchestration_completion(
         client.schedule_new_orchestration("spread", input=warm), timeout=600
     ).raise_if_failed()
+    hub.settle()
     wall0 = time.perf_counter()
     iid = client.schedule_new_orchestration("spread", input=job)
     state = client.wait_for_orchestration_completion(iid, timeout=600)

@@ -85,6 +85,7 @@ def run(
         hub.client.wait_for_orchestrations(
             hub.client.schedule_new_orchestrations("fan_out", [100]), timeout=120
         )
+        hub.settle()
         single = _measure(hub, 1, n, profile=profile, label="fan_out-1")
         several = _measure(hub, count, per, profile=profile, label="fan_out-many")
     raw_ray.warm_up()

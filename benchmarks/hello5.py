@@ -41,6 +41,7 @@ def run_durable(
         # Warm-up (not timed): the first activities import code in the worker processes.
         warm = client.schedule_new_orchestrations("hello5", [f"warm{i}" for i in range(20)])
         client.wait_for_orchestrations(warm, timeout=120)
+        hub.settle()
         base_stats = hub.stats()
         tags = [str(i) for i in range(n)]
         with (

@@ -48,6 +48,7 @@ def run(
             client.wait_for_orchestration_completion(
                 client.schedule_new_orchestration("hello5", input=f"warm{i}"), timeout=60
             )
+        hub.settle()
         base = hub.stats()
         with common.RssSampler(hub.partition_pids) as rss:
             wall0 = time.perf_counter()

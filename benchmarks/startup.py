@@ -80,8 +80,16 @@ def _plain_ray(num_cpus: int) -> dict[str, float]:
 def _trial(kind: str, partitions: int, num_cpus: int) -> dict[str, float]:
     """One trial in a fresh process (a process holds one Ray, and start-up is the point)."""
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", kind, "--partitions", str(partitions)]
-        + ["--num-cpus", str(num_cpus)],
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--partitions",
+            str(partitions),
+            "--num-cpus",
+            str(num_cpus),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

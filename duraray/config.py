@@ -56,7 +56,7 @@ class HubConfig:
       still told to an autoscaler (the CPU-bound part of it).
     - ``activity_threads``: threads executing activities in the in-process runtime.
     - ``activity_workers``: actors of the shared activity worker pool on Ray, started when
-      a partition first needs them (None: one per cluster CPU, >= 2, growing as nodes join).
+      a partition first needs them (None: one per cluster CPU then, >= 2).
     - ``inline_activities``: let partitions run activities that proved cheap (see
       ``inline_activity_max_ms``) in their own process instead of a worker, saving a Ray
       round trip per step; ``@app.activity(inline=True/False)`` decides per activity.

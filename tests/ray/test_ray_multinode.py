@@ -49,17 +49,6 @@ SCRIPT = textwrap.dedent(
         return (yield dr.when_all([ctx.call_activity(node_of, input=i) for i in range(n)]))
 
 
-    def started(name):
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                return ray.get_actor(name, namespace="duraray")
-            except ValueError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-
     def main(data_dir, fan_out):
         cluster = Cluster(
             initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
@@ -73,10 +62,24 @@ SCRIPT = textwrap.dedent(
             # Inline execution would keep these trivial activities on the partitions' node:
             # this test is about where the worker pool runs them.
             with app.run(data_dir=data_dir, activity_workers=6, inline_activities=False) as client:
-                # A first fan-out starts the shared workers (they start on first use) ...
-                warm_up = client.schedule_new_orchestration(where_did_they_run, input=fan_out)
-                client.wait_for_orchestration_completion(warm_up, timeout=120)
-                workers = [started(f"duraray/{app.name}/w{j}") for j in range(6)]
+                # A first fan-out on each partition starts the shared workers (they start on
+                # first use) and has each partition find them ...
+                from duraray.runtime.engine.routing import partition_for
+
+                for p in range(2):
+                    warm_id = next(f"warm{i}" for i in range(99) if partition_for(f"warm{i}", 2) == p)
+                    warm_up = client.schedule_new_orchestration(
+                        where_did_they_run, input=fan_out, instance_id=warm_id
+                    )
+                    client.wait_for_orchestration_completion(warm_up, timeout=120)
+                deadline = time.monotonic() + 60
+                while min(p.get("shared_workers", 0) for p in client.partition_stats()) < 6:
+                    assert time.monotonic() < deadline, client.partition_stats()
+                    time.sleep(0.05)
+                workers = [
+                    ray.get_actor(f"duraray/{app.name}/w{j}", namespace="duraray")
+                    for j in range(6)
+                ]
                 worker_nodes = ray.get([w.node_id.remote() for w in workers])
                 # ... the second one runs on them, on every node.
                 instance_id = client.schedule_new_orchestration(where_did_they_run, input=fan_out)

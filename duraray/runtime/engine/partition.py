@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -150,6 +151,8 @@ class PartitionCore:
         self._intake: deque[IntakeItem] = intake if intake is not None else deque()
         #: Results held back for a fair share of each batch (lanes.py).
         self.lane = lane if lane is not None else ResultLane()
+        #: The host's own figures for ``stats`` (the Ray shell: shared workers started).
+        self.host_stats: Callable[[], dict[str, Any]] | None = None
         self._pending_effects = Effects()
         self._bad_rows: list[tuple[str, bytes, BaseException]] = []  # parked next batch
         # Set while a batch runs and cleared by its commit: a batch that raised left memory
@@ -431,6 +434,7 @@ class PartitionCore:
             "results_held": len(self.lane),
             # Items set aside because applying them failed (poison.py).
             "parked": self.parked.count,
+            **(self.host_stats() if self.host_stats is not None else {}),
         }
 
     # == recovery =========================================================================
@@ -491,6 +495,7 @@ class PartitionCore:
         core.costs.saved_at = self.costs.saved_at
         core.client_ops.next_prune = self.client_ops.next_prune
         core.watch.adopt(self.watch)
+        core.host_stats = self.host_stats
         return core
 
     def _move_waits(self, core: PartitionCore, requests: list[ClientRequest]) -> None:

@@ -136,11 +136,11 @@ base64, see ``payloads.to_json``):
   items, episodes, commit_seconds, replays, activities_dispatched, messages_sent,
   blocking_episodes, entity_operations?, poison_items?, rebuilds?, link_frames_sent?,
   link_frames_received?, link_declined?, link_rejected?}, live_instances: {STATUS: n},
-  cached_executors, timers, activities_in_flight, outbox, queue_depth, parked}``
-  (``parked``: rows set aside in the partition, see below; ``poison_items``: items found
-  poison, ``rebuilds``: rebuilds of the partition's core after a failed batch,
-  ``blocking_episodes``: orchestrator episodes that ran longer than
-  ``blocking_episode_warning_s``, all since the partition started);
+  cached_executors, timers, activities_in_flight, outbox, queue_depth, parked,
+  shared_workers?}`` (``shared_workers``, Ray only: shared pool workers it found started;
+  ``parked``: rows set aside in the partition, see below; ``poison_items``: items found
+  poison, ``rebuilds``: rebuilds of its core after a failed batch, ``blocking_episodes``:
+  episodes longer than ``blocking_episode_warning_s``, all since the partition started);
 - parked-item payload: ``{partition, kind ("message", "signal", "instance", "row" or
   "request"), target (the instance or entity it was for), parkedAt, error (one line),
   detail (the traceback, shortened)}``, plus ``payload`` with ``showPayload=true`` (the

@@ -1,12 +1,13 @@
-"""Thin Ray actor shells: a partition actor around ``PartitionCore``, and activity workers.
+"""Thin Ray actor shell: a partition actor around ``PartitionCore``, and activity tasks.
 
 The shells hold no engine logic. A partition actor is an async actor whose event loop
 accepts calls (client requests, messages, acks, activity results) by appending them to
 the core's intake, and runs one background loop: run a batch (in a thread, so calls keep
 arriving while LMDB commits), then release its effects: replies resolve the waiting
 calls, messages and acks go to each peer together, on its direct link (``peerlink``) or
-else as one Ray call, activities go to workers in batches. Ray restarts a dead partition
-actor; ``PartitionCore.__init__`` recovers it.
+else as one Ray call, activities go out by route (inline threads, the shared workers of
+``shared_pool.py``, tasks, the shaped pools of ``pools.py``). Ray restarts a dead
+partition actor; ``PartitionCore.__init__`` recovers it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from duraray.runtime.engine.records import (
 from duraray.runtime.engine.store import LmdbStore
 from duraray.runtime.ray.demand import Demand
 from duraray.runtime.ray.peerlink import PeerLinks
-from duraray.runtime.ray.pools import ActivityPools, pools_actor_name
+from duraray.runtime.ray.pools import pools_actor_name
 from duraray.runtime.ray.shared_pool import NAMESPACE as NAMESPACE
 from duraray.runtime.ray.shared_pool import SharedPool
 from duraray.runtime.ray.shared_pool import worker_actor_name as worker_actor_name
@@ -87,7 +88,6 @@ class PartitionActorImpl:
         link_secret: bytes | None = None,
         *,
         expect_data: bool = False,
-        detached: bool = False,
     ) -> None:
         from duraray.runtime.logging import configure_logging
 
@@ -100,13 +100,10 @@ class PartitionActorImpl:
         # Workers, pools and peers are found by name, not passed as handles: constructor
         # arguments stay small and inline, so Ray can always restart this actor from them.
         # The shared workers start when the first batch needs them (shared_pool.py).
-        self._detached = detached
         self.shared = SharedPool(
-            hub,
-            registry,
             size=config.activity_workers,
             concurrency=config.worker_concurrency,
-            detached=detached,
+            find_pools=self._find_pools,
         )
         self._peers: dict[int, Any] = {}
         path = partition_dir(config.data_dir, hub, index)
@@ -136,6 +133,7 @@ class PartitionActorImpl:
         # Before the first batch plans anything: without a capacity the plan would send
         # every activity of unknown cost out at once (the in-process runtime's setting).
         self.core.dispatch.capacity = os.cpu_count() or 1
+        self.core.host_stats = self._host_stats
         self._refresh_capacity()
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -356,9 +354,9 @@ class PartitionActorImpl:
             "max_activities_per_worker": options.get("max_activities_per_worker"),
         }
         for attempt in range(MAX_REDISPATCH + 1):
-            pools = self._find_pools(create=True)
+            pools = self._find_pools()
             if pools is None:
-                # Not created (Ray refused it): the activity runs as a task of its shape.
+                # A hub launched before pools existed: the activity runs as a task of its shape.
                 await self._execute_task(Dispatch(TASK, [task], unit.ray_options, unit.timeout))
                 return
             try:
@@ -376,36 +374,15 @@ class PartitionActorImpl:
             self._deliver([result])
             return
 
-    def _find_pools(self, create: bool = False) -> Any:
-        """The hub's pools actor; ``create``: start it if it is not running (the first
-        activity asking for resources does; until then the hub runs no such process)."""
+    def _host_stats(self) -> dict[str, Any]:
+        return {"shared_workers": self.shared.started}
+
+    def _find_pools(self) -> Any:
         if self._pools is None:
             try:
                 self._pools = ray.get_actor(pools_actor_name(self.hub), namespace=NAMESPACE)
             except ValueError:
-                if not create:
-                    return None
-                try:
-                    self._pools = ActivityPools.options(
-                        name=pools_actor_name(self.hub),
-                        namespace=NAMESPACE,
-                        # Detached with a detached hub; else it stops with this partition
-                        # (another partition then starts it again when it needs it).
-                        lifetime="detached" if self._detached else None,
-                        max_restarts=-1,
-                        max_task_retries=0,
-                        num_cpus=0,
-                        max_concurrency=10_000,
-                        get_if_exists=True,
-                    ).remote(
-                        self.hub,
-                        self.registry,
-                        self.config.activity_pool_idle_s,
-                        self.config.log_format,
-                    )
-                except Exception:
-                    self._log.warning("activity pools not started", exc_info=True)
-                    return None
+                return None
         return self._pools
 
     async def _execute_pool(self, unit: Dispatch) -> None:

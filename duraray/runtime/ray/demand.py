@@ -35,7 +35,7 @@ DEMAND_MIN_INTERVAL_S = 1.0
 class Demand:
     """The CPU demand of one partition's activities (see the module docstring)."""
 
-    def __init__(self, index: int, cap: int, find_pools: Callable[[bool], Any]) -> None:
+    def __init__(self, index: int, cap: int, find_pools: Callable[[], Any]) -> None:
         self._index = index
         self._cap = cap
         self._find_pools = find_pools
@@ -45,6 +45,7 @@ class Demand:
         #: an earlier process of this partition may have left another figure published)
         self.reported: int | None = None
         self._reported_at = -math.inf
+        self._no_pools_until = -math.inf  # no pools actor found: look again after this
 
     def task_started(self, cpus: float) -> None:
         """An activity went out as a task holding ``cpus``."""
@@ -87,11 +88,14 @@ class Demand:
                     return
             elif since < DEMAND_MIN_INTERVAL_S:
                 return
-            # A demand starts the pools actor (it publishes the hub's total); a zero does
-            # not: without that actor nothing of this hub's is published.
-            pools = self._find_pools(demand > 0)
-            if pools is not None:
-                pools.report_demand.remote(self._index, demand)
+            if now < self._no_pools_until:
+                return
+            pools = self._find_pools()
+            if pools is None:
+                # Not started yet (the hub launches it once the partitions answer).
+                self._no_pools_until = now + DEMAND_MIN_INTERVAL_S
+                return
+            pools.report_demand.remote(self._index, demand)
             self.reported, self._reported_at = demand, now
         except Exception:
             log.warning("autoscaler demand not reported", exc_info=True)

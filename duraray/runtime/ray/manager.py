@@ -141,6 +141,9 @@ class HubHandle:
     hub: str
     partitions: list[Any]
     info: dict[str, Any]
+    # Held so that a non-detached pools actor (and the workers it owns) lives as long as
+    # the hub: an actor without a detached lifetime dies when its owner's last handle goes.
+    workers: list[Any] | None = None
 
     @property
     def partition_count(self) -> int:
@@ -402,10 +405,10 @@ class PartitionManager:
         ship_app_code(self.registry)
 
         lifetime = "detached" if detached else None
-        # Only the partitions start now: the shared activity workers and the pools of
-        # resource-shaped ones start when a partition first needs them (shared_pool.py,
-        # pools.py), so a hub's first orchestration does not wait for processes it may
-        # never use (each costs about half a second of CPU to start).
+        # Only the partitions are waited for: the pools actor starts once they answer, and
+        # the shared activity workers when a partition first needs them (shared_pool.py),
+        # so the hub's first orchestration does not wait for processes it may never use
+        # (each costs about half a second of CPU to start).
         names = [partition_actor_name(self.hub, i) for i in range(config.partitions)]
         # Authenticates the partitions' direct links to each other (see peerlink.py);
         # it lives only in the actors' constructor arguments, so restarts keep it.
@@ -429,7 +432,6 @@ class PartitionManager:
                 self.registry,
                 link_secret,
                 expect_data=hub_exists,
-                detached=detached,
             )
             for i in range(config.partitions)
         ]
@@ -445,6 +447,21 @@ class PartitionManager:
             if len(cause) == 2:
                 raise HubConfigurationError(cause[1].strip()) from exc
             raise HubConfigurationError(f"hub {self.hub!r} failed to start: {exc}") from exc
+        from duraray.runtime.ray.pools import ActivityPools, pools_actor_name
+
+        # The hub-wide owner of the warm worker pools, resource-shaped and shared
+        # (pools.py). Not waited for: until it answers, partitions run such activities as
+        # tasks (a hub launched before pools existed does the same).
+        pools: Any = ActivityPools.options(
+            name=pools_actor_name(self.hub),
+            namespace=NAMESPACE,
+            lifetime=lifetime,
+            max_restarts=-1,
+            max_task_retries=0,
+            num_cpus=0,
+            max_concurrency=10_000,
+            get_if_exists=True,
+        ).remote(self.hub, self.registry, config.activity_pool_idle_s, config.log_format)
         if config.placement == "spread" and not hub_exists:
             Placement(self.hub, config).record(placement, created=True)
         started_info: dict[str, Any] = ray.get(partitions[0].describe.remote())
@@ -456,7 +473,7 @@ class PartitionManager:
             data_dir=config.data_dir,
             detached=detached,
         )
-        return HubHandle(self.hub, partitions, started_info)
+        return HubHandle(self.hub, partitions, started_info, [pools])
 
     @staticmethod
     def _running_link_secret(names: list[str]) -> bytes | None:

@@ -28,7 +28,9 @@ activity's ``max_workers`` and ``max_activities_per_worker`` are its own. A pool
   it waits for (two pools of one shape would otherwise wait on each other's idle ones).
 
 Worker actors are children of this actor: if it dies they go with it, Ray restarts it,
-and the partitions re-dispatch the activities it had (they never saw their results).
+and the partitions re-dispatch the activities it had (they never saw their results). It
+also starts and owns the shared pool's workers (``shared_pool.py``) when a partition
+first asks for them.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from duraray._errors import FailureDetails
 from duraray._registry import Registry
 from duraray.runtime.engine.activity import execute_activity, prepare_activity
 from duraray.runtime.engine.records import ActivityResult, ActivityTask
+from duraray.runtime.ray.shared_pool import start_shared_workers
 
 log = structlog.get_logger("duraray.pools")
 
@@ -183,6 +186,14 @@ class ActivityPoolsImpl:
         # first total even if it is 0, replacing what an earlier process left.
         self._published: int | None = None
         self._publishing = asyncio.Lock()
+        # The shared pool's workers (shared_pool.py): started on a partition's first ask,
+        # held here so that, as this actor's children, they live as long as it does.
+        self._shared: list[Any] = []
+        self._sharing = asyncio.Lock()
+        # The handle that created each of them, by actor id: an actor this one owns dies
+        # when that handle goes, even while other handles to it (a later lookup by name)
+        # are held, so it is kept for the actor's life.
+        self._creators: dict[str, Any] = {}
 
     async def run(
         self, task: ActivityTask, shape: dict[str, Any], limits: dict[str, Any]
@@ -248,6 +259,19 @@ class ActivityPoolsImpl:
     async def ping(self) -> bool:
         """Liveness probe."""
         return True
+
+    async def shared_workers(self, count: int, concurrency: int) -> list[Any]:
+        """The hub's shared activity workers (``shared_pool.py``), started on the first
+        call: ``count`` named actors, children of this actor. A later call (a partition
+        found one lost) starts again any that is not running, and returns them all."""
+        async with self._sharing:  # partitions ask together at first: start them once
+            count = max(count, len(self._shared))
+            self._shared = await asyncio.to_thread(
+                start_shared_workers, self.hub, self.registry, count, concurrency
+            )
+            for handle in self._shared:
+                self._creators.setdefault(handle._actor_id.hex(), handle)
+            return self._shared
 
     async def report_demand(self, partition: int, cpus: int) -> int:
         """Partition ``partition`` has ``cpus`` CPUs' worth of activities out or waiting:

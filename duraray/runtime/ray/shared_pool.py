@@ -4,21 +4,21 @@ The shared pool runs cheap activities in batches (the ``POOL`` route of
 ``engine/dispatch.py``) on worker processes that hold no CPU. Its workers are not started
 with the hub: a hub whose activities are all heavy never needs them, and each Ray worker
 process started at launch costs about half a second of CPU that the hub's first
-orchestration waits for on a small machine. The first partition to route a batch here
-creates them; until one of them answers, batches run as Ray tasks holding a CPU, in the
-task workers the probes of those activities already warmed.
+orchestration would wait for on a small machine. The first partition to route a batch
+here asks the hub's pools actor (``pools.py``) to start them; until one of them answers,
+batches run as Ray tasks holding a CPU, in the task workers that the probes of those
+activities already warmed.
 
-- **Names**: the workers are named actors (``worker_actor_name``) created with
-  ``get_if_exists``, so partitions that start the pool at the same time get the same
-  workers, and ``PartitionManager.stop`` finds them.
-- **Size**: ``activity_workers``, else one per CPU of the cluster (at least 2), looked up
-  again as nodes come and go: a node that joins gets its share of new workers (``SPREAD``
-  places them on the least loaded nodes). The pool never shrinks: an idle worker holds no
-  CPU, and a node that left took its workers with it.
-- **Lifetime**: a detached hub's workers are detached (``stop`` kills them); otherwise a
-  worker belongs to the partition that created it and stops with it. A partition that
-  finds a worker lost (its owner stopped, its node died) forgets it, and the next batch
-  creates it again.
+- **Owner**: the pools actor, like the workers of the resource-shaped pools: they live as
+  long as the hub (a partition that crashes takes none of them along) and stop with it.
+  Ray restarts a worker that dies; the partitions re-send what it had not finished.
+- **Names**: ``worker_actor_name`` (created with ``get_if_exists``, so asking again
+  starts only those not running, and ``PartitionManager.stop`` finds them).
+- **Size**: ``activity_workers``, else one per CPU of the cluster when the pool starts (at
+  least 2), spread over the nodes (``SPREAD``). It does not grow onto nodes that join
+  later: a worker holds a byte of memory, which would keep an autoscaled node from ever
+  counting as idle, and cheap work needs few processes; what grows with the cluster is the
+  work that needs it, CPU-bound activities (tasks) and resource-shaped pools.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import itertools
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
@@ -45,8 +45,13 @@ NAMESPACE = "duraray"
 
 #: Results of a streamed pool batch that finish this close together come back together.
 STREAM_CHUNK_S = 0.005
-#: Least seconds between two attempts to create a worker whose creation failed.
+#: Seconds before asking again for workers that did not start (doubling up to the most).
 RETRY_S = 1.0
+MAX_RETRY_S = 60.0
+#: Back-off after which workers still missing are worth a warning.
+WARN_AFTER_S = 8.0
+#: Longest wait for a worker to answer its first ping (one Ray cannot place waits).
+READY_TIMEOUT_S = 60.0
 
 
 def worker_actor_name(hub: str, index: int) -> str:
@@ -100,32 +105,56 @@ def _run_batch(registry: Registry, tasks: list[ActivityTask]) -> list[ActivityRe
     return [execute_activity(registry, task) for task in tasks]
 
 
+def start_shared_workers(hub: str, registry: Registry, count: int, concurrency: int) -> list[Any]:
+    """Handles to the hub's shared workers 0..count-1, creating those not running (called
+    by the pools actor, which owns them; blocking: Ray's control store is asked per name)."""
+    handles: list[Any] = []
+    for i in range(count):
+        try:
+            handles.append(
+                ActivityWorker.options(
+                    name=worker_actor_name(hub, i),
+                    namespace=NAMESPACE,
+                    max_restarts=-1,
+                    max_task_retries=0,
+                    num_cpus=0,
+                    # One byte of memory: Ray does not honour SPREAD for an actor that
+                    # asks for no resources at all (a 3-node test cluster often got no
+                    # worker on a node); any non-empty request places them round-robin.
+                    memory=1,
+                    max_concurrency=concurrency,
+                    scheduling_strategy="SPREAD",
+                    get_if_exists=True,
+                ).remote(registry)
+            )
+        except Exception:
+            log.warning("activity worker not started", worker=i, exc_info=True)
+    return handles
+
+
 class SharedPool:
     """The shared workers as one partition sees them (see the module docstring).
 
-    Runs on the partition actor's event loop; creating actors (calls to Ray's control
-    store) happens on a thread beside it.
+    Runs on the partition actor's event loop. ``pick`` answers at once: a started worker,
+    or None while none has answered (the batch then runs as a task); the first call asks
+    the pools actor for the workers, and a worker found lost makes the partition trust
+    none of them until each answers again (they may have gone together, with a node or
+    with the pools actor), so no batch is re-sent to a dead worker.
     """
 
     def __init__(
-        self,
-        hub: str,
-        registry: Registry,
-        *,
-        size: int | None,
-        concurrency: int,
-        detached: bool,
+        self, *, size: int | None, concurrency: int, find_pools: Callable[[], Any]
     ) -> None:
-        self._hub = hub
-        self._registry = registry
         self._size = size
         self._concurrency = concurrency
-        self._lifetime = "detached" if detached else None
+        self._find_pools = find_pools
         self._cpus = 1  # the cluster's CPUs, as last told (``resize``)
-        self._wanted = False  # a batch has asked for the pool: keep it at its size
-        self._workers: dict[int, Any] = {}  # index -> handle, created or being created
+        self._count: int | None = None  # the pool's size, fixed when it starts
         self._ready: list[Any] = []  # handles that answered a ping
-        self._failed_at: dict[int, float] = {}  # index -> when its creation last failed
+        self._asking = False
+        self._retry_at = -math.inf
+        self._backoff = RETRY_S
+        self._warned = False
         self._round_robin = itertools.count(random.randrange(1 << 16))
         self._jobs: set[asyncio.Task[None]] = set()
         #: the fallback while no worker has answered: one Ray task per batch, holding a CPU
@@ -134,7 +163,10 @@ class SharedPool:
 
     @property
     def target(self) -> int:
-        """How many workers the pool should have now."""
+        """How many workers the pool has: ``activity_workers``, else one per CPU of the
+        cluster when it starts (at least 2)."""
+        if self._count is not None:
+            return self._count
         return self._size or max(2, self._cpus)
 
     @property
@@ -143,91 +175,62 @@ class SharedPool:
         return len(self._ready)
 
     def resize(self, cpus: int) -> None:
-        """The cluster has ``cpus`` CPUs now: once the pool is in use, grow it to match."""
+        """The cluster has ``cpus`` CPUs now (sizes the pool when it starts)."""
         self._cpus = max(1, cpus)
-        if self._wanted:
-            self._grow()
 
     def pick(self) -> Any | None:
-        """A started worker for the next batch, in turns; None while none has answered
-        (the first call starts the pool)."""
-        if not self._wanted:
-            self._wanted = True
-        if len(self._workers) < self.target:
-            self._grow()
+        """A started worker for the next batch, in turns; None while none has answered."""
+        if (
+            len(self._ready) < self.target
+            and not self._asking
+            and time.monotonic() >= self._retry_at
+        ):
+            self._asking = True
+            job = asyncio.get_running_loop().create_task(self._ask())
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
         if not self._ready:
             return None
         return self._ready[next(self._round_robin) % len(self._ready)]
 
     def lost(self, worker: Any) -> None:
-        """A call to ``worker`` failed because its process is gone: stop sending it
-        batches; the next ``pick`` looks it up by name again, or creates it anew."""
-        if worker in self._ready:
-            self._ready.remove(worker)
-        for index, handle in list(self._workers.items()):
-            if handle is worker:
-                del self._workers[index]
+        """A call to ``worker`` failed because its process is gone: until each worker
+        answers again, batches run as tasks (the next ``pick`` asks again)."""
+        self._ready = []
 
-    def _grow(self) -> None:
-        now = time.monotonic()
-        missing = [
-            i
-            for i in range(self.target)
-            if i not in self._workers and now >= self._failed_at.get(i, -math.inf) + RETRY_S
-        ]
-        if not missing:
-            return
-        for i in missing:
-            self._workers[i] = None  # being created: not asked for twice
-        job = asyncio.get_running_loop().create_task(self._start(missing))
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
-
-    async def _start(self, indices: list[int]) -> None:
-        loop = asyncio.get_running_loop()
-        created = await loop.run_in_executor(None, self._create, indices)
-        for index, handle in created.items():
-            if handle is None:
-                self._workers.pop(index, None)
-                self._failed_at[index] = time.monotonic()
-            else:
-                self._workers[index] = handle
-        await asyncio.gather(
-            *(self._await_ready(i, h) for i, h in created.items() if h is not None)
-        )
-
-    def _create(self, indices: list[int]) -> dict[int, Any]:
-        handles: dict[int, Any] = {}
-        for i in indices:
-            try:
-                handles[i] = ActivityWorker.options(
-                    name=worker_actor_name(self._hub, i),
-                    namespace=NAMESPACE,
-                    lifetime=self._lifetime,
-                    max_restarts=-1,
-                    max_task_retries=0,
-                    num_cpus=0,
-                    # One byte of memory: Ray does not honour SPREAD for an actor that asks
-                    # for no resources at all (a 3-node test cluster often got no worker on
-                    # a node); any non-empty request makes SPREAD place them round-robin.
-                    memory=1,
-                    max_concurrency=self._concurrency,
-                    scheduling_strategy="SPREAD",
-                    get_if_exists=True,
-                ).remote(self._registry)
-            except Exception:
-                log.warning("activity worker not created", worker=i, exc_info=True)
-                handles[i] = None
-        return handles
-
-    async def _await_ready(self, index: int, handle: Any) -> None:
+    async def _ask(self) -> None:
+        """Ask the pools actor for the workers (it starts any not running) and take each
+        into turns as it answers. Workers missing after that (not placed, failing to
+        start) are asked for again later, less and less often."""
+        self._count = self.target
         try:
-            await handle.ping.remote()
+            pools = self._find_pools()
+            if pools is None:
+                raise LookupError("the hub's pools actor is not running")
+            handles = await pools.shared_workers.remote(self._count, self._concurrency)
+            answered = await asyncio.gather(*(self._answers(handles, h) for h in handles))
+            if len(handles) >= self._count and all(answered):
+                self._backoff = RETRY_S
+                return
+            missing = f"{self._count - sum(answered)} of {self._count} did not answer"
+            raise RuntimeError(missing)
+        except Exception as exc:
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(MAX_RETRY_S, self._backoff * 2)
+            # Quiet at first: just after a launch the pools actor may still be starting.
+            if self._backoff >= WARN_AFTER_S and not self._warned:
+                self._warned = True
+                log.warning("shared activity workers not all started", error=str(exc))
+        finally:
+            self._asking = False
+
+    async def _answers(self, handles: list[Any], handle: Any) -> bool:
+        try:
+            await asyncio.wait_for(handle.ping.remote(), READY_TIMEOUT_S)
         except Exception:
-            # Died while starting (or its owner did): forget it; a later batch retries.
-            if self._workers.get(index) is handle:
-                del self._workers[index]
-                self._failed_at[index] = time.monotonic()
-            return
-        if self._workers.get(index) is handle and handle not in self._ready:
-            self._ready.append(handle)
+            return False
+        # Takes batches from now on, in the workers' order: SPREAD placed them on the
+        # nodes in turn, so batches in turn go to every node.
+        ready = {id(h) for h in self._ready} | {id(handle)}
+        self._ready = [h for h in handles if id(h) in ready]
+        return True
