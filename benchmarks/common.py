@@ -290,7 +290,7 @@ class Hub:
         began = time.monotonic()
         while time.monotonic() - began < timeout:
             started = [p.get("shared_workers", 0) for p in self.client.partition_stats()]
-            if any(started) and all(n in (0, count) for n in started):
+            if any(started) and all(n == 0 or n >= count for n in started):
                 return
             if not any(started) and time.monotonic() - began > 2.0:
                 return  # the warm-up sent nothing to the shared pool

@@ -8,7 +8,8 @@ Run from the repository root::
 on this machine (the same thing ``ray start --head`` / ``ray start --address=...`` does
 across machines). The driver connects to the cluster and launches the hub with
 ``app.start``: the partitions are pinned to the driver's node (the one holding the data
-dir), the activity workers are spread over all three nodes, and an activity that asks for
+dir), the activity workers are spread over all three nodes (they start on the first cheap
+activity: until they answer, batches run as one-CPU tasks), and an activity that asks for
 a custom resource runs only on the node that has it. Prints one JSON line.
 """
 
@@ -32,7 +33,7 @@ import duraray as dr
 # Keep stdout for the one JSON result line: the driver's log lines go to stderr.
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
-FAN_OUT = 192  # six batches of 32: enough to reach every activity worker
+FAN_OUT = 192  # six batches of 32: enough to reach every started activity worker
 
 app = dr.App("local-cluster", partitions=2, activity_workers=6)
 

@@ -36,7 +36,11 @@ def triple(ctx: dr.ActivityContext, n: int) -> int:
 
 
 def _task(n: int) -> ActivityTask:
-    return ActivityTask("i", "e1", n, "triple", codec.encode(n), 0)
+    return _task_of("triple", n)
+
+
+def _task_of(name: str, value: Any) -> ActivityTask:
+    return ActivityTask("i", "e1", 0, name, codec.encode(value), 0)
 
 
 def _exists(index: int) -> bool:
@@ -45,6 +49,16 @@ def _exists(index: int) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _dead(handle: Any) -> bool:
+    try:
+        ray.get(handle.ping.remote(), timeout=5)
+    except ray.exceptions.RayActorError:
+        return True
+    except ray.exceptions.GetTimeoutError:
+        return False
+    return False
 
 
 async def _until(done: Callable[[], bool], what: str) -> None:
@@ -58,7 +72,7 @@ async def _until(done: Callable[[], bool], what: str) -> None:
 def pools(ray_session) -> Any:
     """The hub's pools actor (it owns the shared workers); killed with them at the end."""
     actor = ActivityPools.options(
-        name=pools_actor_name(HUB), namespace=NAMESPACE, max_concurrency=100
+        name=pools_actor_name(HUB), namespace=NAMESPACE, max_concurrency=100, max_restarts=-1
     ).remote(HUB, app.registry, 60.0)
     yield actor
     ray.kill(actor, no_restart=True)
@@ -104,6 +118,62 @@ def test_started_on_first_use_and_restarted_when_lost(pools: Any) -> None:
     assert (0, None) == seen["after_loss"]
     assert seen["restarted"]
     assert [True, True, False] == seen["exist"]
+
+
+@app.activity
+def nap(ctx: dr.ActivityContext, seconds: float) -> float:
+    """Sleeps ``seconds``: keeps a worker's threads busy."""
+    time.sleep(seconds)
+    return seconds
+
+
+def test_the_first_caller_sizes_the_pool_and_a_busy_worker_still_answers(pools: Any) -> None:
+    """A partition that starts later on a bigger cluster gets the pool as it is (it does
+    not grow onto new nodes); a worker whose every batch thread is busy still answers the
+    ping that lets a partition use it."""
+
+    async def scenario() -> tuple[int, int, bool, int]:
+        first = SharedPool(size=None, concurrency=1, find_pools=lambda: pools)
+        first.resize(1)  # 1 CPU: the pool's size is 2 (at least 2)
+        first.pick()
+        await _until(lambda: first.started == 2, "the first partition's workers")
+        busy = [w.run.remote([_task_of("nap", 30.0)]) for w in first._ready]
+        later = SharedPool(size=None, concurrency=1, find_pools=lambda: pools)
+        later.resize(16)  # the cluster grew since
+        later.pick()
+        await _until(lambda: later.started == 2, "the later partition's workers")
+        still_busy = not any(ray.wait(busy, timeout=0)[0])
+        return later.target, sum(_exists(i) for i in range(4)), still_busy, first.target
+
+    later_target, existing, still_busy, first_target = asyncio.run(scenario())
+    assert (2, 2, True, 2) == (later_target, existing, still_busy, first_target)
+
+
+def test_workers_come_back_after_the_pools_actor_restarts(pools: Any) -> None:
+    """The pools actor restarted (its workers die with it): the batch that meets the lost
+    worker reports it, and the partition gets new workers from the new pools process."""
+
+    async def scenario() -> tuple[bool, list[int]]:
+        pool = SharedPool(size=2, concurrency=1, find_pools=lambda: pools)
+        pool.pick()
+        await _until(lambda: pool.started == 2, "two workers")
+        old = [await w.__ray_call__.remote(lambda self: os.getpid()) for w in pool._ready]
+        handles = list(pool._ready)
+        ray.kill(pools, no_restart=False)
+        await _until(lambda: all(_dead(h) for h in handles), "the old workers gone")
+        worker = pool.pick()
+        try:
+            await worker.run.remote([_task(1)])
+            failed = False
+        except ray.exceptions.RayActorError:
+            failed = True
+            pool.lost(worker)
+        await _until(lambda: bool(pool.pick()) and pool.started == 2, "two new workers")
+        new = [await w.__ray_call__.remote(lambda self: os.getpid()) for w in pool._ready]
+        return failed, [p for p in new if p in old]
+
+    failed, reused = asyncio.run(scenario())
+    assert (True, []) == (failed, reused)
 
 
 def test_a_fixed_size_and_no_pools_actor(pools: Any) -> None:

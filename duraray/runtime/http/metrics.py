@@ -121,6 +121,10 @@ GAUGES: dict[str, tuple[str, str]] = {
         "Activity results held for later batches: one instance's flood beyond its fair share.",
     ),
     "outbox": ("duraray_outbox_messages", "Partition messages sent and not yet acknowledged."),
+    "shared_workers": (
+        "duraray_shared_workers",
+        "Shared pool workers that answered the partition (Ray; 0 until its first cheap batch).",
+    ),
     "cached_executors": (
         "duraray_cached_executors",
         "Live orchestration generators cached in memory.",

@@ -1,6 +1,9 @@
 """The Ray shell: thin actors around the engine and the code that finds them.
 
-- ``actors``: the partition actor (one ``PartitionCore`` each) and the activity workers;
+- ``actors``: the partition actor (one ``PartitionCore`` each) and activity tasks;
+- ``shared_pool``: the shared activity workers, started on first use;
+- ``pools``: the hub's pools actor, owner of the warm worker pools (shaped and shared);
+- ``demand``: the CPUs the activities want, told to the autoscaler;
 - ``manager``: launching, attaching to and stopping a hub, and the client's transport;
 - ``placement``: which node each partition runs on, recorded in ``placement.json``;
 - ``peerlink``: direct TCP links between partition actors.

@@ -85,10 +85,15 @@ class PartitionActorImpl:
         index: int,
         config: HubConfig,
         registry: Registry,
-        link_secret: bytes | None = None,
+        link_secret: bytes | int | None = None,
+        legacy_secret: bytes | None = None,
         *,
         expect_data: bool = False,
     ) -> None:
+        if isinstance(link_secret, int):
+            # Launched by an older version, which passed its worker count here, and now
+            # restarted on this code (Ray restarts an actor with its original arguments).
+            link_secret = legacy_secret
         from duraray.runtime.logging import configure_logging
 
         configure_logging(config.log_format)
@@ -395,13 +400,10 @@ class PartitionActorImpl:
             worker = self.shared.pick()
             try:
                 async with asyncio.timeout(unit.timeout):
-                    if worker is None:
-                        # No shared worker has started yet: the batch runs as one task.
-                        ran: list[ActivityResult] = await self.shared.as_task.remote(
-                            self._registry_ref, list(pending.values())
-                        )
-                        self._deliver(ran)
+                    if worker is None and await self._execute_pool_as_task(pending):
                         return
+                    worker = worker or self.shared.pick()
+                    assert worker is not None
                     if not unit.stream:
                         # A short batch: its results come back together (one message).
                         results: list[ActivityResult] = await worker.run.remote(
@@ -440,6 +442,19 @@ class PartitionActorImpl:
             except Exception as exc:  # a failure outside the activities themselves
                 self._deliver([_failed(t, exc) for t in pending.values()])
                 return
+
+    async def _execute_pool_as_task(self, pending: dict[Any, ActivityTask]) -> bool:
+        """No shared worker has answered yet: run the batch as one task holding a CPU, at
+        most as many at once as the cluster has CPUs; returns False when a worker
+        answered while this batch waited for its turn (it goes there instead)."""
+        async with self.shared.fallback_slots():
+            if self.shared.pick() is not None:
+                return False
+            ran: list[ActivityResult] = await self.shared.as_task.remote(
+                self._registry_ref, list(pending.values())
+            )
+            self._deliver(ran)
+            return True
 
     # -- calls from clients and peers ---------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """PartitionManager: launching, attaching to and stopping a hub on Ray, and routing to it.
 
 A hub on Ray is P named partition actors (``duraray/<hub>/p<i>`` in the ``duraray``
-namespace) pinned to the node that holds their data dir, plus a pool of activity worker
-actors spread over the cluster. The manager is driver-side code, not an actor: every
+namespace) pinned to the node that holds their data dir, plus its pools actor
+(``duraray/<hub>/pools``, started once the partitions answer), which starts the shared
+activity workers when a partition first needs them and the resource-shaped pools. The
+manager is driver-side code, not an actor: every
 process can find a hub's actors by name, and ids are routed by the stable hash of
 ``routing.partition_for``, so nothing central sits on the hot path.
 """
@@ -391,6 +393,10 @@ class PartitionManager:
                     f"hub {self.hub!r} is running with {existing.partition_count} partitions, "
                     f"not {self.config.partitions}"
                 )
+            if self.registry is not None:
+                # Its pools actor may be gone (an earlier launch stopped after the
+                # partitions answered): without it cheap batches would run as tasks.
+                existing.workers = [self._start_pools("detached" if detached else None)]
             return existing
         if self.registry is None:
             raise HubConfigurationError(
@@ -447,21 +453,7 @@ class PartitionManager:
             if len(cause) == 2:
                 raise HubConfigurationError(cause[1].strip()) from exc
             raise HubConfigurationError(f"hub {self.hub!r} failed to start: {exc}") from exc
-        from duraray.runtime.ray.pools import ActivityPools, pools_actor_name
-
-        # The hub-wide owner of the warm worker pools, resource-shaped and shared
-        # (pools.py). Not waited for: until it answers, partitions run such activities as
-        # tasks (a hub launched before pools existed does the same).
-        pools: Any = ActivityPools.options(
-            name=pools_actor_name(self.hub),
-            namespace=NAMESPACE,
-            lifetime=lifetime,
-            max_restarts=-1,
-            max_task_retries=0,
-            num_cpus=0,
-            max_concurrency=10_000,
-            get_if_exists=True,
-        ).remote(self.hub, self.registry, config.activity_pool_idle_s, config.log_format)
+        pools = self._start_pools(lifetime)
         if config.placement == "spread" and not hub_exists:
             Placement(self.hub, config).record(placement, created=True)
         started_info: dict[str, Any] = ray.get(partitions[0].describe.remote())
@@ -474,6 +466,25 @@ class PartitionManager:
             detached=detached,
         )
         return HubHandle(self.hub, partitions, started_info, [pools])
+
+    def _start_pools(self, lifetime: str | None) -> Any:
+        """Start the hub's pools actor (or find it running): the hub-wide owner of the warm
+        worker pools, resource-shaped and shared (pools.py). Not waited for: until it
+        answers, partitions run such activities as tasks."""
+        from duraray.runtime.ray.actors import NAMESPACE
+        from duraray.runtime.ray.pools import ActivityPools, pools_actor_name
+
+        assert self.registry is not None
+        return ActivityPools.options(
+            name=pools_actor_name(self.hub),
+            namespace=NAMESPACE,
+            lifetime=lifetime,
+            max_restarts=-1,
+            max_task_retries=0,
+            num_cpus=0,
+            max_concurrency=10_000,
+            get_if_exists=True,
+        ).remote(self.hub, self.registry, self.config.activity_pool_idle_s, self.config.log_format)
 
     @staticmethod
     def _running_link_secret(names: list[str]) -> bytes | None:
@@ -534,22 +545,9 @@ class PartitionManager:
         for actor in handle.partitions:
             ray.kill(actor, no_restart=True)
         names = [partition_actor_name(hub, i) for i in range(handle.partition_count)]
-        # Workers are numbered from 0; one whose creation failed leaves a gap, so look a
-        # few numbers past the last one found.
-        i, misses = 0, 0
-        while misses < 8:
-            try:
-                worker = ray.get_actor(worker_actor_name(hub, i), namespace=NAMESPACE)
-            except ValueError:
-                misses += 1
-            else:
-                misses = 0
-                ray.kill(worker, no_restart=True)
-                names.append(worker_actor_name(hub, i))
-            i += 1
         from duraray.runtime.ray.pools import pools_actor_name
 
-        try:  # its pool workers are its children: they stop with it
+        try:  # the workers of every pool are its children: they stop with it
             pools = ray.get_actor(pools_actor_name(hub), namespace=NAMESPACE)
         except ValueError:
             pass
@@ -562,6 +560,20 @@ class PartitionManager:
                 request_resources(bundles=[])
             except Exception:
                 pass
+        # Shared workers still registered (dying with it, or of an older version, which
+        # did not own them there). Numbered from 0; a failed creation leaves a gap, so
+        # look a few numbers past the last one found.
+        i, misses = 0, 0
+        while misses < 8:
+            try:
+                worker = ray.get_actor(worker_actor_name(hub, i), namespace=NAMESPACE)
+            except ValueError:
+                misses += 1
+            else:
+                misses = 0
+                ray.kill(worker, no_restart=True)
+                names.append(worker_actor_name(hub, i))
+            i += 1
         # Named actors are released asynchronously: wait until every name is free, so a
         # restart right after stop does not attach to dying actors (workers are created
         # with get_if_exists, so a dying worker would otherwise join the new hub).

@@ -189,6 +189,7 @@ class ActivityPoolsImpl:
         # The shared pool's workers (shared_pool.py): started on a partition's first ask,
         # held here so that, as this actor's children, they live as long as it does.
         self._shared: list[Any] = []
+        self._shared_size: int | None = None
         self._sharing = asyncio.Lock()
         # The handle that created each of them, by actor id: an actor this one owns dies
         # when that handle goes, even while other handles to it (a later lookup by name)
@@ -260,17 +261,26 @@ class ActivityPoolsImpl:
         """Liveness probe."""
         return True
 
-    async def shared_workers(self, count: int, concurrency: int) -> list[Any]:
+    async def shared_workers(
+        self, count: int, concurrency: int, recheck: bool = False
+    ) -> list[Any]:
         """The hub's shared activity workers (``shared_pool.py``), started on the first
-        call: ``count`` named actors, children of this actor. A later call (a partition
-        found one lost) starts again any that is not running, and returns them all."""
+        call: ``count`` named actors (the first caller's count fixes the pool's size),
+        children of this actor. ``recheck`` (a partition found one lost): start again
+        any that is not running. Returns them all, in order."""
         async with self._sharing:  # partitions ask together at first: start them once
-            count = max(count, len(self._shared))
-            self._shared = await asyncio.to_thread(
-                start_shared_workers, self.hub, self.registry, count, concurrency
-            )
-            for handle in self._shared:
-                self._creators.setdefault(handle._actor_id.hex(), handle)
+            if self._shared_size is None:
+                self._shared_size = max(1, count)
+            if recheck or len(self._shared) < self._shared_size:
+                self._shared = await asyncio.to_thread(
+                    start_shared_workers,
+                    self.hub,
+                    self.registry,
+                    self._shared_size,
+                    concurrency,
+                )
+                for handle in self._shared:
+                    self._creators.setdefault(handle._actor_id.hex(), handle)
             return self._shared
 
     async def report_demand(self, partition: int, cpus: int) -> int:

@@ -92,12 +92,17 @@ class ActivityWorkerImpl:
         """The Ray node this worker runs on."""
         return ray.get_runtime_context().get_node_id()
 
+    @ray.method(concurrency_group="control")
     def ping(self) -> bool:
-        """Liveness probe."""
+        """Liveness probe, in a group of its own: it never queues behind busy batches."""
         return True
 
 
-ActivityWorker = ray.remote(ActivityWorkerImpl)
+# ping has a thread of its own (``concurrency_groups`` is not accepted by ``.options``;
+# Ray's stubs do not list it for ``ray.remote`` either).
+ActivityWorker = ray.remote(concurrency_groups={"control": 1})(  # type: ignore[call-overload]
+    ActivityWorkerImpl
+)
 
 
 def _run_batch(registry: Registry, tasks: list[ActivityTask]) -> list[ActivityResult]:
@@ -136,10 +141,12 @@ class SharedPool:
     """The shared workers as one partition sees them (see the module docstring).
 
     Runs on the partition actor's event loop. ``pick`` answers at once: a started worker,
-    or None while none has answered (the batch then runs as a task); the first call asks
-    the pools actor for the workers, and a worker found lost makes the partition trust
-    none of them until each answers again (they may have gone together, with a node or
-    with the pools actor), so no batch is re-sent to a dead worker.
+    or None while none has answered; the first call asks the pools actor for the workers.
+    A batch finding none runs as a Ray task holding a CPU, at most ``fallback_slots()``
+    at once: the rest wait here and look again, so a burst of mostly-waiting activities
+    does not become thousands of CPU-holding tasks. A worker found lost makes the
+    partition trust none of them until each answers again (they may have gone together,
+    with a node or with the pools actor), so no batch is re-sent to a dead worker.
     """
 
     def __init__(
@@ -149,22 +156,24 @@ class SharedPool:
         self._concurrency = concurrency
         self._find_pools = find_pools
         self._cpus = 1  # the cluster's CPUs, as last told (``resize``)
-        self._count: int | None = None  # the pool's size, fixed when it starts
-        self._ready: list[Any] = []  # handles that answered a ping
-        self._asking = False
+        self._count: int | None = None  # the pool's size, as the pools actor fixed it
+        self._ready: list[Any] = []  # handles that answered a ping, in the workers' order
+        self._asking = 0  # the generation of the ask in flight (0: none)
+        self._generation = 1
+        self._recheck = False  # a worker was lost: the pools actor starts missing ones
         self._retry_at = -math.inf
         self._backoff = RETRY_S
         self._warned = False
         self._round_robin = itertools.count(random.randrange(1 << 16))
         self._jobs: set[asyncio.Task[None]] = set()
+        self._slots: asyncio.Semaphore | None = None
         #: the fallback while no worker has answered: one Ray task per batch, holding a CPU
-        #: (bounded by the cluster's cores, unlike a flood of CPU-less tasks)
         self.as_task = ray.remote(num_cpus=1, max_retries=0)(_run_batch)
 
     @property
     def target(self) -> int:
         """How many workers the pool has: ``activity_workers``, else one per CPU of the
-        cluster when it starts (at least 2)."""
+        cluster when it started (at least 2)."""
         if self._count is not None:
             return self._count
         return self._size or max(2, self._cpus)
@@ -175,8 +184,14 @@ class SharedPool:
         return len(self._ready)
 
     def resize(self, cpus: int) -> None:
-        """The cluster has ``cpus`` CPUs now (sizes the pool when it starts)."""
+        """The cluster has ``cpus`` CPUs now (sizes the pool if it has not started)."""
         self._cpus = max(1, cpus)
+
+    def fallback_slots(self) -> asyncio.Semaphore:
+        """Batches that may run as tasks at once: the cluster's CPUs when first asked."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(max(1, self._cpus))
+        return self._slots
 
     def pick(self) -> Any | None:
         """A started worker for the next batch, in turns; None while none has answered."""
@@ -185,8 +200,8 @@ class SharedPool:
             and not self._asking
             and time.monotonic() >= self._retry_at
         ):
-            self._asking = True
-            job = asyncio.get_running_loop().create_task(self._ask())
+            self._asking = self._generation
+            job = asyncio.get_running_loop().create_task(self._ask(self._generation))
             self._jobs.add(job)
             job.add_done_callback(self._jobs.discard)
         if not self._ready:
@@ -195,26 +210,40 @@ class SharedPool:
 
     def lost(self, worker: Any) -> None:
         """A call to ``worker`` failed because its process is gone: until each worker
-        answers again, batches run as tasks (the next ``pick`` asks again)."""
+        answers again, batches run as tasks; the next ``pick`` asks again at once (an ask
+        still in flight, perhaps waiting on a worker that never answers, is not waited
+        for)."""
         self._ready = []
+        self._generation += 1
+        self._asking = 0
+        self._recheck = True
+        self._retry_at = -math.inf
+        self._backoff = RETRY_S
 
-    async def _ask(self) -> None:
+    async def _ask(self, generation: int) -> None:
         """Ask the pools actor for the workers (it starts any not running) and take each
         into turns as it answers. Workers missing after that (not placed, failing to
         start) are asked for again later, less and less often."""
-        self._count = self.target
         try:
-            pools = self._find_pools()
+            pools = await asyncio.to_thread(self._find_pools)
             if pools is None:
                 raise LookupError("the hub's pools actor is not running")
-            handles = await pools.shared_workers.remote(self._count, self._concurrency)
+            recheck, self._recheck = self._recheck, False
+            handles: list[Any] = await asyncio.wait_for(
+                pools.shared_workers.remote(self.target, self._concurrency, recheck),
+                READY_TIMEOUT_S,
+            )
+            self._count = len(handles)  # the pools actor's size wins (one for the hub)
             answered = await asyncio.gather(*(self._answers(handles, h) for h in handles))
-            if len(handles) >= self._count and all(answered):
+            if handles and all(answered):
                 self._backoff = RETRY_S
+                self._warned = False
                 return
-            missing = f"{self._count - sum(answered)} of {self._count} did not answer"
-            raise RuntimeError(missing)
+            self._recheck = True
+            raise RuntimeError(f"{len(handles) - sum(answered)} of {len(handles)} not started")
         except Exception as exc:
+            if generation != self._generation:
+                return  # a worker was lost meanwhile: a newer ask is under way
             self._retry_at = time.monotonic() + self._backoff
             self._backoff = min(MAX_RETRY_S, self._backoff * 2)
             # Quiet at first: just after a launch the pools actor may still be starting.
@@ -222,7 +251,8 @@ class SharedPool:
                 self._warned = True
                 log.warning("shared activity workers not all started", error=str(exc))
         finally:
-            self._asking = False
+            if self._asking == generation:
+                self._asking = 0
 
     async def _answers(self, handles: list[Any], handle: Any) -> bool:
         try:
@@ -230,7 +260,7 @@ class SharedPool:
         except Exception:
             return False
         # Takes batches from now on, in the workers' order: SPREAD placed them on the
-        # nodes in turn, so batches in turn go to every node.
-        ready = {id(h) for h in self._ready} | {id(handle)}
-        self._ready = [h for h in handles if id(h) in ready]
+        # nodes in turn, so batches in turn go to every node. (Handles compare by actor.)
+        ready = {*self._ready, handle}
+        self._ready = [h for h in handles if h in ready]
         return True
