@@ -349,6 +349,7 @@ def running_hub(
             infos = partition_infos(hub_name)
             hub.partition_pids = [int(info["pid"]) for info in infos]
             hub.partition_nodes = [str(info["node_id"]) for info in infos]
+            _await_pools(hub_name)
             yield hub
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -365,6 +366,19 @@ def partition_infos(hub: str) -> list[dict[str, Any]]:
         [p.describe.remote() for p in handle.partitions], timeout=60
     )
     return infos
+
+
+def _await_pools(hub: str) -> None:
+    """Wait until the hub's pools actor answers: the launch does not wait for it, and its
+    process starting would fall in the first measurement (which may last 0.3 s)."""
+    from duraray.runtime.ray.actors import NAMESPACE
+    from duraray.runtime.ray.pools import pools_actor_name
+
+    try:
+        pools = ray.get_actor(pools_actor_name(hub), namespace=NAMESPACE)
+    except ValueError:
+        return  # in process, or an older version's hub
+    ray.get(pools.ping.remote(), timeout=120)
 
 
 def partition_pids(hub: str) -> list[int]:
