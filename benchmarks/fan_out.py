@@ -81,9 +81,11 @@ def run(
     with common.running_hub(
         "fan_out", partitions=partitions, fsync=fsync, data_dir=data_dir, options=options
     ) as hub:
-        # Warm-up (not timed): the first activities import code in the worker processes.
+        # Warm-up (not timed): the first activities import code in the worker processes,
+        # and every partition (most likely) learns what they cost.
         hub.client.wait_for_orchestrations(
-            hub.client.schedule_new_orchestrations("fan_out", [100]), timeout=120
+            hub.client.schedule_new_orchestrations("fan_out", [100] * (2 * partitions)),
+            timeout=120,
         )
         hub.settle()
         single = _measure(hub, 1, n, profile=profile, label="fan_out-1")
