@@ -363,3 +363,29 @@ def test_data_dir_held_by_another_process_is_refused(hubs_to_stop, tmp_path) -> 
         pass
     assert not _actor_exists(partition_actor_name(locked_app.name, 0))
     assert os.path.isdir(tmp_path / locked_app.name / "p0")
+
+
+legacy_app = dr.App("rt-legacy", partitions=1)
+legacy_app.add_orchestration(chain)
+legacy_app.add_activity(double)
+
+
+def test_a_partition_launched_by_an_older_version_starts_on_this_code(
+    ray_session, tmp_path
+) -> None:
+    """Ray restarts a partition with the arguments it was created with: those of an older
+    version (which passed its worker count before the link secret) still start it."""
+    from duraray.config import HubConfig
+    from duraray.runtime.ray.actors import PartitionActor
+
+    config = HubConfig(partitions=1, data_dir=str(tmp_path))
+    name = partition_actor_name(legacy_app.name, 0)
+    actor = PartitionActor.options(name=name, namespace=NAMESPACE).remote(
+        legacy_app.name, 0, config, legacy_app.registry, 2, b"s" * 32, expect_data=False
+    )
+    try:
+        info = ray.get(actor.describe.remote(), timeout=TIMEOUT)
+        secret = ray.get(actor.link_secret.remote(), timeout=TIMEOUT)
+    finally:
+        ray.kill(actor, no_restart=True)
+    assert (0, b"s" * 32) == (info["partition"], secret)

@@ -267,11 +267,12 @@ class ActivityPoolsImpl:
         """The hub's shared activity workers (``shared_pool.py``), started on the first
         call: ``count`` named actors (the first caller's count fixes the pool's size),
         children of this actor. ``recheck`` (a partition found one lost): start again
-        any that is not running. Returns them all, in order."""
+        any that is not running. Returns them all, in order (None for one Ray refused to
+        create: asked for again on the next call)."""
         async with self._sharing:  # partitions ask together at first: start them once
             if self._shared_size is None:
                 self._shared_size = max(1, count)
-            if recheck or len(self._shared) < self._shared_size:
+            if recheck or None in self._shared or len(self._shared) < self._shared_size:
                 self._shared = await asyncio.to_thread(
                     start_shared_workers,
                     self.hub,
@@ -280,7 +281,8 @@ class ActivityPoolsImpl:
                     concurrency,
                 )
                 for handle in self._shared:
-                    self._creators.setdefault(handle._actor_id.hex(), handle)
+                    if handle is not None:  # None: not created, asked for again later
+                        self._creators.setdefault(handle._actor_id.hex(), handle)
             return self._shared
 
     async def report_demand(self, partition: int, cpus: int) -> int:

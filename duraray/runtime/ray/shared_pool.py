@@ -112,7 +112,8 @@ def _run_batch(registry: Registry, tasks: list[ActivityTask]) -> list[ActivityRe
 
 def start_shared_workers(hub: str, registry: Registry, count: int, concurrency: int) -> list[Any]:
     """Handles to the hub's shared workers 0..count-1, creating those not running (called
-    by the pools actor, which owns them; blocking: Ray's control store is asked per name)."""
+    by the pools actor, which owns them; blocking: Ray's control store is asked per name).
+    None in the place of one Ray refused to create."""
     handles: list[Any] = []
     for i in range(count):
         try:
@@ -134,6 +135,7 @@ def start_shared_workers(hub: str, registry: Registry, count: int, concurrency: 
             )
         except Exception:
             log.warning("activity worker not started", worker=i, exc_info=True)
+            handles.append(None)
     return handles
 
 
@@ -255,6 +257,8 @@ class SharedPool:
                 self._asking = 0
 
     async def _answers(self, handles: list[Any], handle: Any) -> bool:
+        if handle is None:  # not created: asked for again later
+            return False
         try:
             await asyncio.wait_for(handle.ping.remote(), READY_TIMEOUT_S)
         except Exception:
@@ -262,5 +266,5 @@ class SharedPool:
         # Takes batches from now on, in the workers' order: SPREAD placed them on the
         # nodes in turn, so batches in turn go to every node. (Handles compare by actor.)
         ready = {*self._ready, handle}
-        self._ready = [h for h in handles if h in ready]
+        self._ready = [h for h in handles if h is not None and h in ready]
         return True

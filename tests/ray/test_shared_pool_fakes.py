@@ -1,0 +1,108 @@
+"""SharedPool's bookkeeping with fake actors (no Ray cluster): workers Ray refused to
+create are asked for again, a lost worker makes the partition ask again at once with a
+recheck, and a missing pools actor backs the asks off."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from duraray.runtime.ray.shared_pool import RETRY_S, SharedPool
+
+
+class _Remote:
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+
+    def remote(self, *args: Any) -> Any:
+        async def call() -> Any:
+            return self._fn(*args)
+
+        return call()
+
+
+class FakeWorker:
+    """Answers its ping."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ping = _Remote(lambda: True)
+
+
+class FakePools:
+    """Hands out the workers it has; records each ask's ``recheck``."""
+
+    def __init__(self, workers: list[Any]) -> None:
+        self.workers = workers
+        self.rechecks: list[bool] = []
+        self.shared_workers = _Remote(self._shared)
+
+    def _shared(self, count: int, concurrency: int, recheck: bool) -> list[Any]:
+        self.rechecks.append(recheck)
+        return list(self.workers)
+
+
+async def _settle(pool: SharedPool) -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+    while pool._jobs:
+        await asyncio.gather(*pool._jobs)
+
+
+def test_a_worker_not_created_is_asked_for_again_with_a_recheck() -> None:
+    """One of two workers not created (None): the other takes batches; the next ask, after
+    the back-off, rechecks and gets both."""
+    w0, w1 = FakeWorker("w0"), FakeWorker("w1")
+    pools = FakePools([w0, None])
+
+    async def scenario() -> tuple[int, int, list[bool]]:
+        pool = SharedPool(size=2, concurrency=1, find_pools=lambda: pools)
+        pool.pick()
+        await _settle(pool)
+        first = pool.started
+        pools.workers = [w0, w1]
+        pool._retry_at = 0.0  # the back-off has passed
+        pool.pick()
+        await _settle(pool)
+        return first, pool.started, pools.rechecks
+
+    assert (1, 2, [False, True]) == asyncio.run(scenario())
+
+
+def test_a_lost_worker_makes_the_pool_ask_again_at_once() -> None:
+    """After ``lost``, nothing is picked until the workers answer again; the ask goes out
+    on the next pick, with a recheck, whatever the back-off was."""
+    w0, w1 = FakeWorker("w0"), FakeWorker("w1")
+    pools = FakePools([w0, w1])
+
+    async def scenario() -> tuple[Any, int, list[bool]]:
+        pool = SharedPool(size=2, concurrency=1, find_pools=lambda: pools)
+        pool.pick()
+        await _settle(pool)
+        pool._retry_at = float("inf")  # as if backing off
+        pool.lost(w0)
+        picked = pool.pick()
+        await _settle(pool)
+        return picked, pool.started, pools.rechecks
+
+    assert (None, 2, [False, True]) == asyncio.run(scenario())
+
+
+def test_no_pools_actor_backs_the_asks_off() -> None:
+    """Without a pools actor every pick answers None, and the asks back off."""
+    asks: list[int] = []
+
+    def find() -> None:
+        asks.append(1)
+        return None
+
+    async def scenario() -> tuple[Any, int, float]:
+        pool = SharedPool(size=2, concurrency=1, find_pools=find)
+        picked = pool.pick()
+        await _settle(pool)
+        for _ in range(5):
+            pool.pick()  # within the back-off: no new ask
+        await _settle(pool)
+        return picked, len(asks), pool._backoff
+
+    assert (None, 1, 2 * RETRY_S) == asyncio.run(scenario())
