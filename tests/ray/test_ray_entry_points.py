@@ -370,18 +370,23 @@ legacy_app.add_orchestration(chain)
 legacy_app.add_activity(double)
 
 
+@pytest.mark.parametrize(
+    ("legacy_args", "legacy_kwargs"),
+    [((2, b"s" * 32), {}), ((b"s" * 32,), {"detached": False})],
+    ids=["worker-count", "detached-flag"],
+)
 def test_a_partition_launched_by_an_older_version_starts_on_this_code(
-    ray_session, tmp_path
+    ray_session, tmp_path, legacy_args, legacy_kwargs
 ) -> None:
-    """Ray restarts a partition with the arguments it was created with: those of an older
-    version (which passed its worker count before the link secret) still start it."""
+    """Ray restarts a partition with the arguments it was created with: those of older
+    versions (a worker count before the link secret; a ``detached`` flag) still start it."""
     from duraray.config import HubConfig
     from duraray.runtime.ray.actors import PartitionActor
 
     config = HubConfig(partitions=1, data_dir=str(tmp_path))
     name = partition_actor_name(legacy_app.name, 0)
     actor = PartitionActor.options(name=name, namespace=NAMESPACE).remote(
-        legacy_app.name, 0, config, legacy_app.registry, 2, b"s" * 32, expect_data=False
+        legacy_app.name, 0, config, legacy_app.registry, *legacy_args, **legacy_kwargs
     )
     try:
         info = ray.get(actor.describe.remote(), timeout=TIMEOUT)

@@ -106,3 +106,34 @@ def test_no_pools_actor_backs_the_asks_off() -> None:
         return picked, len(asks), pool._backoff
 
     assert (None, 1, 2 * RETRY_S) == asyncio.run(scenario())
+
+
+def test_a_dead_pools_actor_is_forgotten_and_found_again() -> None:
+    """An ask that meets a dead pools actor drops the cached handle (a re-created one is
+    then found by name)."""
+    import ray
+
+    forgotten: list[int] = []
+
+    class DeadPools:
+        shared_workers = _Remote(_raise_actor_died)
+
+    async def scenario() -> tuple[Any, int]:
+        pool = SharedPool(
+            size=2,
+            concurrency=1,
+            find_pools=lambda: DeadPools(),
+            forget_pools=lambda: forgotten.append(1),
+        )
+        picked = pool.pick()
+        await _settle(pool)
+        return picked, len(forgotten)
+
+    assert (None, 1) == asyncio.run(scenario())
+    assert issubclass(ray.exceptions.ActorDiedError, ray.exceptions.RayActorError)
+
+
+def _raise_actor_died(*args: Any) -> Any:
+    import ray
+
+    raise ray.exceptions.RayActorError()

@@ -89,6 +89,7 @@ class PartitionActorImpl:
         legacy_secret: bytes | None = None,
         *,
         expect_data: bool = False,
+        detached: bool = False,  # passed by one earlier version's launch; unused
     ) -> None:
         if isinstance(link_secret, int):
             # Launched by an older version, which passed its worker count here, and now
@@ -109,6 +110,7 @@ class PartitionActorImpl:
             size=config.activity_workers,
             concurrency=config.worker_concurrency,
             find_pools=self._find_pools,
+            forget_pools=self._forget_pools,
         )
         self._peers: dict[int, Any] = {}
         path = partition_dir(config.data_dir, hub, index)
@@ -381,6 +383,10 @@ class PartitionActorImpl:
 
     def _host_stats(self) -> dict[str, Any]:
         return {"shared_workers": self.shared.started}
+
+    def _forget_pools(self) -> None:
+        """The pools actor is gone for good: look it up again by name next time."""
+        self._pools = None
 
     def _find_pools(self) -> Any:
         if self._pools is None:

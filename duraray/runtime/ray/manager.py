@@ -393,10 +393,11 @@ class PartitionManager:
                     f"hub {self.hub!r} is running with {existing.partition_count} partitions, "
                     f"not {self.config.partitions}"
                 )
-            if self.registry is not None:
-                # Its pools actor may be gone (an earlier launch stopped after the
-                # partitions answered): without it cheap batches would run as tasks.
-                existing.workers = [self._start_pools("detached" if detached else None)]
+            if self.registry is not None and detached:
+                # A detached hub's pools actor may be gone (a launch stopped after the
+                # partitions answered): without it cheap batches would run as tasks. Not
+                # for a non-detached attach: this process's lifetime is not the hub's.
+                existing.workers = [self._start_pools("detached")]
             return existing
         if self.registry is None:
             raise HubConfigurationError(

@@ -152,11 +152,17 @@ class SharedPool:
     """
 
     def __init__(
-        self, *, size: int | None, concurrency: int, find_pools: Callable[[], Any]
+        self,
+        *,
+        size: int | None,
+        concurrency: int,
+        find_pools: Callable[[], Any],
+        forget_pools: Callable[[], None] = lambda: None,
     ) -> None:
         self._size = size
         self._concurrency = concurrency
         self._find_pools = find_pools
+        self._forget_pools = forget_pools
         self._cpus = 1  # the cluster's CPUs, as last told (``resize``)
         self._count: int | None = None  # the pool's size, as the pools actor fixed it
         self._ready: list[Any] = []  # handles that answered a ping, in the workers' order
@@ -244,6 +250,8 @@ class SharedPool:
             self._recheck = True
             raise RuntimeError(f"{len(handles) - sum(answered)} of {len(handles)} not started")
         except Exception as exc:
+            if isinstance(exc, ray.exceptions.RayActorError):
+                self._forget_pools()  # dead for good: found again by name (re-created)
             if generation != self._generation:
                 return  # a worker was lost meanwhile: a newer ask is under way
             self._retry_at = time.monotonic() + self._backoff
