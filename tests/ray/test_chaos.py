@@ -40,8 +40,9 @@ import ray
 import duraray as dr
 from duraray.orchestrations import history as h
 from duraray.runtime.engine.routing import partition_for
-from duraray.runtime.ray.actors import NAMESPACE, partition_actor_name, worker_actor_name
+from duraray.runtime.ray.actors import NAMESPACE, partition_actor_name
 from duraray.runtime.ray.pools import pools_actor_name
+from duraray.runtime.ray.shared_pool import worker_actor_name
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

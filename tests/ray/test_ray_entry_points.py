@@ -17,7 +17,8 @@ import pytest
 import ray
 
 import duraray as dr
-from duraray.runtime.ray.actors import NAMESPACE, partition_actor_name, worker_actor_name
+from duraray.runtime.ray.actors import NAMESPACE, partition_actor_name
+from duraray.runtime.ray.shared_pool import worker_actor_name
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -45,7 +45,6 @@ from duraray.runtime.ray.peerlink import PeerLinks
 from duraray.runtime.ray.pools import pools_actor_name
 from duraray.runtime.ray.shared_pool import NAMESPACE as NAMESPACE
 from duraray.runtime.ray.shared_pool import SharedPool
-from duraray.runtime.ray.shared_pool import worker_actor_name as worker_actor_name
 
 log = structlog.get_logger("duraray.actors")
 
@@ -406,10 +405,10 @@ class PartitionActorImpl:
             worker = self.shared.pick()
             try:
                 async with asyncio.timeout(unit.timeout):
-                    if worker is None and await self._execute_pool_as_task(pending):
-                        return
-                    worker = worker or self.shared.pick()
-                    assert worker is not None
+                    if worker is None:
+                        worker = await self._execute_pool_as_task(pending)
+                        if worker is None:  # it ran as a task
+                            return
                     if not unit.stream:
                         # A short batch: its results come back together (one message).
                         results: list[ActivityResult] = await worker.run.remote(
@@ -449,18 +448,19 @@ class PartitionActorImpl:
                 self._deliver([_failed(t, exc) for t in pending.values()])
                 return
 
-    async def _execute_pool_as_task(self, pending: dict[Any, ActivityTask]) -> bool:
+    async def _execute_pool_as_task(self, pending: dict[Any, ActivityTask]) -> Any:
         """No shared worker has answered yet: run the batch as one task holding a CPU, at
-        most as many at once as the cluster has CPUs; returns False when a worker
-        answered while this batch waited for its turn (it goes there instead)."""
+        most as many at once as the cluster has CPUs, and return None; or return the
+        worker that answered while this batch waited for its turn (it goes there)."""
         async with self.shared.fallback_slots():
-            if self.shared.pick() is not None:
-                return False
+            worker = self.shared.pick()
+            if worker is not None:
+                return worker
             ran: list[ActivityResult] = await self.shared.as_task.remote(
                 self._registry_ref, list(pending.values())
             )
             self._deliver(ran)
-            return True
+            return None
 
     # -- calls from clients and peers ---------------------------------------------------------
 
