@@ -141,6 +141,8 @@ def run(
         draining_step_p99_ms=common.percentile([s for _, st, _ in draining for s in st], 99),
         p50_ratio=(common.percentile(drain_ms, 50) or 0) / (common.percentile(idle_ms, 50) or 1),
         p99_ratio=drain_p99 / (idle_p99 or 1),
+        idle_top_ms=sorted(idle_ms)[-5:],
+        draining_top_ms=sorted(drain_ms)[-10:],
         peak_waiting=peak_waiting,
         stats=stats,
         bytes_per_pending=(grown * 2**20 / peak_waiting) if peak_waiting else None,

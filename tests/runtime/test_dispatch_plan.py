@@ -12,6 +12,7 @@ from duraray.runtime.engine import codec
 from duraray.runtime.engine.activity import execute_activity
 from duraray.runtime.engine.dispatch import (
     BATCH_BUDGET_S,
+    EXPRESS_PER_INSTANCE,
     INLINE,
     INLINE_WARMUP,
     MAX_BATCH,
@@ -198,6 +199,29 @@ def test_cheap_activities_run_inline_after_warmup_and_leave_when_slow():
         plan.observe("work", 0.05, 0.05)
     assert INLINE not in {d.route for d in plan.plan(_tasks("work", 2))}
     assert [(INLINE, 1)] == _routes(plan.plan(_tasks("forced", 1)))
+
+
+def test_small_instances_inline_steps_travel_in_the_express_chunk():
+    """Inline activities of instances with at most EXPRESS_PER_INSTANCE of them in a plan
+    go first, in one express chunk (at most MAX_BATCH); a fan-out's go in the usual ones."""
+    plan = DispatchPlan(_app().registry, capacity=1, inline_max_s=0.001)
+    for _ in range(INLINE_WARMUP):
+        plan.observe("work", 0.00001, 0.00001)
+
+    def tasks(instance, n):
+        return [ActivityTask(instance, "e", i, "work", None, 0) for i in range(n)]
+
+    many = EXPRESS_PER_INSTANCE + 1
+    out = plan.plan(tasks("flood", 40) + tasks("a", 1) + tasks("b", 2) + tasks("c", many))
+    assert [(INLINE, 3), (INLINE, MAX_BATCH), (INLINE, 8 + many)] == _routes(out)
+    assert [True, False, False] == [d.express for d in out]
+    assert ["a", "b", "b"] == [t.instance_id for t in out[0].tasks]
+    # Many small instances: the express chunk holds MAX_BATCH, the rest go as usual.
+    out = plan.plan([t for i in range(40) for t in tasks(f"i{i}", 1)])
+    assert [(INLINE, MAX_BATCH), (INLINE, 8)] == _routes(out)
+    assert [True, False] == [d.express for d in out]
+    # Other routes are never express.
+    assert not any(d.express for d in plan.plan(_tasks("crunch", 1) + _tasks("fetch", 1)))
 
 
 def test_inline_can_be_switched_off():

@@ -64,6 +64,11 @@ BATCH_BUDGET_S = 0.02
 STREAM_AFTER_S = 0.005
 #: Most activities in one batch, whatever their cost (bounds one message's size).
 MAX_BATCH = 32
+#: An instance with at most this many inline activities in one plan has them go in the
+#: plan's express chunk (at most ``MAX_BATCH`` activities): a sequence of small steps
+#: that should not queue behind a fan-out's chunks, and whose results the Ray shell
+#: waits for, briefly, before its next batch (runtime/ray/express.py).
+EXPRESS_PER_INSTANCE = 2
 #: Runs before an activity may be judged cheap enough to run inline.
 INLINE_WARMUP = 8
 #: An activity whose CPU time is below this share of its wall time mostly waits.
@@ -116,6 +121,8 @@ class Dispatch:
     #: a pool batch expected to run long enough that its results should stream back one
     #: by one rather than together at its end
     stream: bool = False
+    #: an inline chunk of small instances' steps (see ``EXPRESS_PER_INSTANCE``)
+    express: bool = False
 
 
 class DispatchPlan:
@@ -232,6 +239,9 @@ class DispatchPlan:
         inline = [t for d in out if d.route == INLINE for t in d.tasks]
         if inline:
             out = [d for d in out if d.route != INLINE]
+            express, inline = _express(inline)
+            if express:
+                out.append(Dispatch(INLINE, express, express=True))
             out += [
                 Dispatch(INLINE, inline[i : i + MAX_BATCH])
                 for i in range(0, len(inline), MAX_BATCH)
@@ -330,3 +340,17 @@ class DispatchPlan:
             if not queue:
                 del self._held[name]
         return out
+
+
+def _express(inline: list[ActivityTask]) -> tuple[list[ActivityTask], list[ActivityTask]]:
+    """Split inline activities into the express chunk (those of instances with at most
+    ``EXPRESS_PER_INSTANCE`` here, up to ``MAX_BATCH`` of them) and the rest, in order."""
+    per_instance: dict[str, int] = defaultdict(int)
+    for task in inline:
+        per_instance[task.instance_id] += 1
+    express: list[ActivityTask] = []
+    rest: list[ActivityTask] = []
+    for task in inline:
+        small = per_instance[task.instance_id] <= EXPRESS_PER_INSTANCE
+        (express if small and len(express) < MAX_BATCH else rest).append(task)
+    return express, rest

@@ -1,6 +1,7 @@
 """The Ray shell: thin actors around the engine and the code that finds them.
 
 - ``actors``: the partition actor (one ``PartitionCore`` each) and activity tasks;
+- ``express``: small instances' inline steps, run first and waited for by the next batch;
 - ``shared_pool``: the shared activity workers, started on first use;
 - ``pools``: the hub's pools actor, owner of the warm worker pools (shaped and shared);
 - ``demand``: the CPUs the activities want, told to the autoscaler;

@@ -17,7 +17,7 @@ import functools
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +41,7 @@ from duraray.runtime.engine.records import (
 )
 from duraray.runtime.engine.store import LmdbStore
 from duraray.runtime.ray.demand import Demand
+from duraray.runtime.ray.express import ExpressLane
 from duraray.runtime.ray.peerlink import PeerLinks
 from duraray.runtime.ray.pools import pools_actor_name
 from duraray.runtime.ray.shared_pool import NAMESPACE as NAMESPACE
@@ -146,6 +147,7 @@ class PartitionActorImpl:
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         # Cheap activities run here, beside the batch loop (see engine/dispatch.py).
         self._inline_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inline")
+        self.express = ExpressLane()  # small instances' inline steps (express.py)
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="read")
         self._in_flight: set[asyncio.Task[None]] = set()
         self._started = time.time()
@@ -213,6 +215,9 @@ class PartitionActorImpl:
                         self.core = core
                     self._release(fx)
                     self._demand.report(core, time.monotonic())  # throttled: cheap
+                    # If the next batch would start at once, let the small instances'
+                    # inline steps just released land in it (express.py).
+                    await self.express.settle(core.has_work())
                     await asyncio.sleep(0)  # let queued calls land in the next batch
                     continue
                 if self._demand.reported != 0:
@@ -278,7 +283,10 @@ class PartitionActorImpl:
         loop = asyncio.get_running_loop()
         for unit in dispatches:
             if unit.route == INLINE:
-                job = loop.create_task(self._execute_inline(unit.tasks))
+                pool = self.express.executor(self._inline_pool) if unit.express else None
+                job = loop.create_task(self._execute_inline(unit.tasks, pool))
+                if pool is not None:
+                    self.express.started(job, pool)
             elif unit.route == TASK:
                 job = loop.create_task(self._execute_task(unit))
                 cpus = float(unit.ray_options.get("num_cpus", 1))
@@ -307,10 +315,10 @@ class PartitionActorImpl:
         self.shared.resize(cpus)
         self._demand.report(self.core, now)
 
-    async def _execute_inline(self, chunk: list[ActivityTask]) -> None:
+    async def _execute_inline(self, chunk: list[ActivityTask], pool: Executor | None) -> None:
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self._inline_pool, self._run_chunk, chunk)
+            results = await loop.run_in_executor(pool or self._inline_pool, self._run_chunk, chunk)
         except Exception as exc:  # execute_activity never raises; this is a safety net
             results = [_failed(t, exc) for t in chunk]
         self._deliver(results)
