@@ -220,6 +220,10 @@ def test_small_instances_inline_steps_travel_in_the_express_chunk():
     out = plan.plan([t for i in range(40) for t in tasks(f"i{i}", 1)])
     assert [(INLINE, MAX_BATCH), (INLINE, 8)] == _routes(out)
     assert [True, False] == [d.express for d in out]
+    # An instance's steps stay together: b's two do not fit after 31 others.
+    out = plan.plan([t for i in range(31) for t in tasks(f"i{i}", 1)] + tasks("b", 2))
+    assert [(INLINE, 31), (INLINE, 2)] == _routes(out)
+    assert ["b", "b"] == [t.instance_id for t in out[1].tasks]
     # Other routes are never express.
     assert not any(d.express for d in plan.plan(_tasks("crunch", 1) + _tasks("fetch", 1)))
 

@@ -344,13 +344,17 @@ class DispatchPlan:
 
 def _express(inline: list[ActivityTask]) -> tuple[list[ActivityTask], list[ActivityTask]]:
     """Split inline activities into the express chunk (those of instances with at most
-    ``EXPRESS_PER_INSTANCE`` here, up to ``MAX_BATCH`` of them) and the rest, in order."""
+    ``EXPRESS_PER_INSTANCE`` here, up to ``MAX_BATCH`` of them) and the rest, in order.
+    An instance's activities stay together: all in the express chunk, or none."""
     per_instance: dict[str, int] = defaultdict(int)
     for task in inline:
         per_instance[task.instance_id] += 1
-    express: list[ActivityTask] = []
-    rest: list[ActivityTask] = []
-    for task in inline:
-        small = per_instance[task.instance_id] <= EXPRESS_PER_INSTANCE
-        (express if small and len(express) < MAX_BATCH else rest).append(task)
+    chosen: set[str] = set()
+    room = MAX_BATCH
+    for instance_id, n in per_instance.items():
+        if n <= EXPRESS_PER_INSTANCE and n <= room:
+            chosen.add(instance_id)
+            room -= n
+    express = [task for task in inline if task.instance_id in chosen]
+    rest = [task for task in inline if task.instance_id not in chosen]
     return express, rest
