@@ -37,6 +37,7 @@ the partition (so a restart does not forget them) and hands its decisions to the
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 from collections import defaultdict, deque
 from collections.abc import Iterable
@@ -230,15 +231,22 @@ class DispatchPlan:
         """Route ``tasks`` (plus any held ones whose cost is now known)."""
         out: list[Dispatch] = []
         pools: dict[str, list[ActivityTask]] = defaultdict(list)
-        for task in self._releasable():
-            self._route(task, out, pools)
-        for task in tasks:
-            self._route(task, out, pools)
+        inline: list[ActivityTask] = []
+        # Where the rest of a name's activities go once its first is routed, when that
+        # holds for all of them (nothing the plan learns changes during one call): a
+        # batch of a fan-out's 32 results releases 32 of one name.
+        same: dict[str, list[ActivityTask]] = {}
+        for task in itertools.chain(self._releasable(), tasks):
+            target = same.get(task.name)
+            if target is not None:
+                target.append(task)
+                continue
+            target = self._route(task, out, pools, inline)
+            if target is not None:
+                same[task.name] = target
         # Inline activities run a chunk per job on the partition's inline threads: one
         # job (and one result message) per activity would cost more than the activities.
-        inline = [t for d in out if d.route == INLINE for t in d.tasks]
         if inline:
-            out = [d for d in out if d.route != INLINE]
             express, inline = _express(inline)
             if express:
                 out.append(Dispatch(INLINE, express, express=True))
@@ -257,13 +265,19 @@ class DispatchPlan:
         return out
 
     def _route(
-        self, task: ActivityTask, out: list[Dispatch], pools: dict[str, list[ActivityTask]]
-    ) -> None:
+        self,
+        task: ActivityTask,
+        out: list[Dispatch],
+        pools: dict[str, list[ActivityTask]],
+        inline: list[ActivityTask],
+    ) -> list[ActivityTask] | None:
+        """Route ``task``: into ``out`` (alone), ``pools`` or ``inline``. Returns the list
+        it went to when every activity of its name goes there in this plan, else None."""
         spec = self.registry.activities.get(task.name)
         if spec is None:
             # Fails at once with ActivityNotRegisteredError wherever it runs: no CPU needed.
             pools[task.name].append(task)
-            return
+            return pools[task.name]
         options = spec.options
         shape = {k: options[k] for k in SHAPE_OPTIONS if k in options}
         timeout = options.get("timeout")
@@ -271,10 +285,10 @@ class DispatchPlan:
         cost = self.costs.get(task.name)
         if shape or any(k in options for k in POOL_OPTIONS):
             out.append(Dispatch(SHAPED, [task], shape, timeout))
-            return
+            return None
         if timeout is None and self._inline_ok(task.name, spec, cost):
-            out.append(Dispatch(INLINE, [task]))
-            return
+            inline.append(task)
+            return inline
         waits = declared is False or (
             declared is None
             and (inspect.iscoroutinefunction(spec.fn) or (cost is not None and not cost.cpu_bound))
@@ -286,19 +300,21 @@ class DispatchPlan:
                 out.append(Dispatch(POOL, [task]))
             else:
                 pools[task.name].append(task)
-            return
+                return pools[task.name]
+            return None
         if declared is None and timeout is None and cost is not None:
             if cost.wall <= BATCH_BUDGET_S:
                 pools[task.name].append(task)
-                return
+                return pools[task.name]
         elif declared is None and timeout is None and cost is None and self.capacity is not None:
             # Unknown cost: probe with a few (each alone, holding a CPU, in case it is
             # heavy), hold the rest until one reports.
             if self._probing[task.name] >= self.capacity:
                 self._held.setdefault(task.name, deque()).append(task)
-                return
+                return None
             self._probing[task.name] += 1
         out.append(Dispatch(TASK, [task], {"num_cpus": 1}, timeout))
+        return None
 
     def _inline_ok(self, name: str, spec: Any, cost: Cost | None) -> bool:
         if not self.inline:
