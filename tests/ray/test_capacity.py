@@ -50,9 +50,12 @@ BACKLOG_FAN_OUT, BACKLOG_SECONDS, BACKLOG_CAP = 20, 0.5, 2
 JOIN_FAN_OUT, JOIN_SECONDS = 30, 0.4
 #: CPUs of the node that joins.
 JOIN_CPUS = 2
+#: Each of two hubs' fan-outs at once, seconds per activity, and their in-flight limits.
+TWO_HUBS_FAN_OUT, TWO_HUBS_SECONDS, TWO_HUBS_CAPS = 40, 0.5, (2, 3)
 
 SCRIPT = textwrap.dedent(
     """
+    import contextlib
     import json
     import sys
     import time
@@ -211,6 +214,47 @@ SCRIPT = textwrap.dedent(
         }
 
 
+    def wait_published(want, seconds):
+        \"\"\"Poll the published CPUs until they equal ``want``; the last figure read.\"\"\"
+        deadline = time.monotonic() + seconds
+        while True:
+            cpus = published()[1]
+            if cpus == want or time.monotonic() > deadline:
+                return cpus
+            time.sleep(0.1)
+
+
+    def two_hubs(data_dir, n, seconds, cap_a, cap_b):
+        \"\"\"Two hubs with a backlog at once: the request is the sum of their figures;
+        stopping one leaves the other's; the last one idle leaves nothing.\"\"\"
+        from duraray.runtime.ray.ledger import existing_ledger
+
+        with contextlib.ExitStack() as both:
+            b = both.enter_context(join_app.run(
+                data_dir=f"{data_dir}/b", max_activities_in_flight=cap_b, activity_workers=2
+            ))
+            with backlog_app.run(
+                data_dir=f"{data_dir}/a", max_activities_in_flight=cap_a, activity_workers=2
+            ) as a:
+                a.schedule_new_orchestration(backlog_fan_out, input=[n, seconds, None])
+                ib = b.schedule_new_orchestration(join_fan_out, input=[n, seconds, None])
+                together = wait_published(cap_a + cap_b, 60)
+                entries = ray.get(existing_ledger().entries.remote(), timeout=30)
+            # Hub a stopped with its backlog: only b's figure is left.
+            after_stop = wait_published(cap_b, 30)
+            left = b.partition_stats()[0]["activities_in_flight"]
+            state = b.wait_for_orchestration_completion(ib, timeout=120)
+            idle = wait_published(0, 30)
+        return {
+            "together": together,
+            "entries": entries,
+            "after_stop": after_stop,
+            "b_left_after_stop": left,
+            "b_status": state.runtime_status.value,
+            "idle": idle,
+        }
+
+
     def main(data_dir):
         t0 = time.monotonic()
         cluster = Cluster(
@@ -226,6 +270,9 @@ SCRIPT = textwrap.dedent(
                 "join": join(
                     cluster, f"{data_dir}/join", f"{data_dir}/ledger",
                     %(join_n)d, %(join_s)r, %(join_cpus)d,
+                ),
+                "two_hubs": two_hubs(
+                    f"{data_dir}/two", %(two_n)d, %(two_s)r, %(two_cap_a)d, %(two_cap_b)d
                 ),
                 "script_s": round(time.monotonic() - t0, 1),
             }
@@ -245,6 +292,10 @@ SCRIPT = textwrap.dedent(
     "join_n": JOIN_FAN_OUT,
     "join_s": JOIN_SECONDS,
     "join_cpus": JOIN_CPUS,
+    "two_n": TWO_HUBS_FAN_OUT,
+    "two_s": TWO_HUBS_SECONDS,
+    "two_cap_a": TWO_HUBS_CAPS[0],
+    "two_cap_b": TWO_HUBS_CAPS[1],
 }
 
 
@@ -351,3 +402,20 @@ def test_the_autoscaler_sees_the_backlog_capped_and_then_nothing(
         f"channel {backlog['channel']}; published (t, CPUs, left): {changes}; "
         f"0 again at {backlog['idle_after_s']} s"
     )
+
+
+@pytest.mark.timeout(300)
+def test_two_hubs_demand_adds_up_and_one_stopping_leaves_the_others(
+    cluster_result: dict[str, Any],
+) -> None:
+    """Two hubs with a backlog on one cluster: the one request Ray keeps is the sum of
+    both figures (runtime/ray/ledger.py), not whichever hub reported last; stopping one
+    leaves the other's figure published; once the other is idle, nothing is asked."""
+    two = cluster_result["two_hubs"]
+    cap_a, cap_b = TWO_HUBS_CAPS
+    assert cap_a + cap_b == two["together"], two
+    assert {"rt-cap-backlog": cap_a, "rt-cap-join": cap_b} == two["entries"], two
+    assert cap_b == two["after_stop"], two
+    assert two["b_left_after_stop"] > cap_b, two  # b still had its backlog then
+    assert "COMPLETED" == two["b_status"], two
+    assert 0 == two["idle"], two

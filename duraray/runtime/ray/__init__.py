@@ -5,6 +5,7 @@
 - ``shared_pool``: the shared activity workers, started on first use;
 - ``pools``: the hub's pools actor, owner of the warm worker pools (shaped and shared);
 - ``demand``: the CPUs the activities want, told to the autoscaler;
+- ``ledger``: one actor per cluster adding up every hub's demand into Ray's one request;
 - ``manager``: launching, attaching to and stopping a hub, and the client's transport;
 - ``placement``: which node each partition runs on, recorded in ``placement.json``;
 - ``peerlink``: direct TCP links between partition actors.

@@ -5,11 +5,11 @@ back: those waiting for a slot (``max_activities_in_flight``) or for a probe of 
 kind. ``Demand`` adds up the CPUs this partition's activities want, those out as
 CPU-holding tasks plus those waiting, each at what the dispatch plan would route it with
 (a cheap activity on the shared pool wants none), and reports the figure to the hub's
-pools actor, which publishes the hub's total with ``request_resources``
-(``ActivityPools.report_demand``): an autoscaling cluster grows for a large fan-out of
-CPU-bound activities and shrinks when it is done. Ray keeps one such request per cluster:
-two hubs on one cluster (or another library calling ``request_resources``) replace each
-other's.
+pools actor, which reports the hub's total to the cluster's demand ledger
+(``ActivityPools.report_demand``, ``ledger.py``), which publishes the sum over all hubs
+with ``request_resources``: an autoscaling cluster grows for a large fan-out of CPU-bound
+activities and shrinks when it is done. An unchanged figure is reported again every
+``DEMAND_REPORT_S``, which keeps it from lapsing in the ledger.
 """
 
 from __future__ import annotations

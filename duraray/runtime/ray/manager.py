@@ -556,11 +556,12 @@ class PartitionManager:
             ray.kill(pools, no_restart=True)
             names.append(pools_actor_name(hub))
             try:  # what it asked of the autoscaler must not outlive the hub
-                from ray.autoscaler.sdk import request_resources
+                from duraray.runtime.ray.ledger import existing_ledger
 
-                request_resources(bundles=[])
+                if (ledger := existing_ledger()) is not None:
+                    ray.get(ledger.report.remote(hub, 0), timeout=10)
             except Exception:
-                pass
+                pass  # the hub's figure lapses in the ledger by itself
         # Shared workers still registered (dying with it, or of an older version, which
         # did not own them there). Numbered from 0; a failed creation leaves a gap, so
         # look a few numbers past the last one found.

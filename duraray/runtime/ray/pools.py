@@ -51,14 +51,13 @@ from duraray._errors import FailureDetails
 from duraray._registry import Registry
 from duraray.runtime.engine.activity import execute_activity, prepare_activity
 from duraray.runtime.engine.records import ActivityResult, ActivityTask
+from duraray.runtime.ray.ledger import MAX_PUBLISHED_CPUS, find_ledger
 from duraray.runtime.ray.shared_pool import start_shared_workers
 
 log = structlog.get_logger("duraray.pools")
 
 #: Times an activity is handed to another worker after its worker died under it.
 MAX_RETRIES = 5
-#: Most CPUs one hub asks the autoscaler for at once (the request is one bundle per CPU).
-MAX_PUBLISHED_CPUS = 100_000
 #: Seconds a new worker may wait for placement before idle workers of other pools are
 #: stopped to make room for it.
 PLACEMENT_WAIT_S = 1.0
@@ -182,9 +181,9 @@ class ActivityPoolsImpl:
         self._log = log.bind(hub=hub)
         # CPUs the partitions want for activities out or waiting (report_demand).
         self._demand: dict[int, int] = {}
-        # None: nothing published by this process yet; a restarted actor publishes its
-        # first total even if it is 0, replacing what an earlier process left.
+        # The hub's total last reported to the cluster's demand ledger (ledger.py).
         self._published: int | None = None
+        self._ledger: Any = None  # the ledger actor, found (or created) on first report
         self._publishing = asyncio.Lock()
         # The shared pool's workers (shared_pool.py): started on a partition's first ask,
         # held here so that, as this actor's children, they live as long as it does.
@@ -287,22 +286,23 @@ class ActivityPoolsImpl:
 
     async def report_demand(self, partition: int, cpus: int) -> int:
         """Partition ``partition`` has ``cpus`` CPUs' worth of activities out or waiting:
-        publish the hub's total to Ray's autoscaler (``request_resources``, one CPU bundle
-        each), so a cluster that autoscales grows for a fan-out and shrinks after it.
-        Returns the total published. One owner for the whole hub: each call of
-        ``request_resources`` replaces the previous request."""
+        report the hub's total to the cluster's demand ledger (``ledger.py``), which
+        publishes the sum over every hub to Ray's autoscaler, so a cluster that
+        autoscales grows for a fan-out and shrinks after it. Every report goes on, even
+        an unchanged one: the partitions repeat theirs at least every 30 s, which keeps
+        the hub's figure from lapsing there. Returns the hub's total."""
         self._demand[partition] = max(0, int(cpus))
-        async with self._publishing:  # calls overlap: publish the latest total, in order
+        async with self._publishing:  # calls overlap: report the latest total, in order
             total = min(sum(self._demand.values()), MAX_PUBLISHED_CPUS)
-            if total != self._published:
-                from ray.autoscaler.sdk import request_resources
-
-                try:
-                    await asyncio.to_thread(request_resources, bundles=[{"CPU": 1}] * total)
-                except Exception as exc:  # a hint only: never fail a partition for it
-                    self._log.warning("autoscaler demand not published", error=str(exc))
-                    return self._published or 0
-                self._published = total
+            try:
+                if self._ledger is None:
+                    self._ledger = await asyncio.to_thread(find_ledger)
+                await self._ledger.report.remote(self.hub, total)
+            except Exception as exc:  # a hint only: never fail a partition for it
+                self._ledger = None  # gone (Ray restarts it): looked up again next time
+                self._log.warning("autoscaler demand not reported", error=str(exc))
+                return self._published or 0
+            self._published = total
             return total
 
     # -- workers ----------------------------------------------------------------------------
