@@ -1,17 +1,20 @@
 """Cluster capacity that changes under a running hub, and the demand it tells the autoscaler.
 
-Two properties, on one local ``ray.cluster_utils.Cluster`` whose head node has one CPU:
+Three properties, on one local ``ray.cluster_utils.Cluster`` whose head node has one CPU:
 
 - a node that joins while a fan-out of CPU-bound activities runs takes some of them, with
   no restart of the hub (declared ``cpu_bound=True``, each goes out alone as a Ray task
   holding one CPU, so Ray may place it on any node with a free one);
 - a partition whose activities wait behind ``max_activities_in_flight`` publishes the CPUs
   they want with ``request_resources`` (through the hub's pools actor, see
-  ``runtime/ray/demand.py``), capped at that limit, and publishes 0 once it is idle.
+  ``runtime/ray/demand.py``), capped at that limit, and publishes 0 once it is idle;
+- two hubs with such a backlog at once publish the sum of their figures (the cluster's
+  demand ledger, ``runtime/ray/ledger.py``); one stopping leaves the other's.
 
 The cluster cannot share a process with the session's Ray, so one subprocess builds it,
-runs both hubs in turn (the backlog first, on the one-CPU head; then the join), prints one
-JSON line and shuts everything down; each test checks its part of that line. Its Ray temp
+runs the hubs in turn (the backlog first, on the one-CPU head; then the join; then the
+two at once), prints one JSON line and shuts everything down; each test checks its part
+of that line. Its Ray temp
 dir is private, so the cluster never becomes the machine's "current cluster" that a
 concurrent bare ``ray.init()`` would join.
 
@@ -57,6 +60,7 @@ SCRIPT = textwrap.dedent(
     """
     import contextlib
     import json
+    import os
     import sys
     import time
     from pathlib import Path
@@ -74,7 +78,9 @@ SCRIPT = textwrap.dedent(
     def _work(ctx, job):
         # Declared cpu_bound=True, it goes out alone as a task holding one CPU whatever it
         # does; sleeping instead of burning CPU spares the machine's few shared cores.
-        index, seconds, ledger = job
+        index, seconds, ledger, *gate = job
+        while gate and not os.path.exists(gate[0]):  # held until the script opens it
+            time.sleep(0.05)
         started = time.time()
         node = ray.get_runtime_context().get_node_id()
         if ledger:
@@ -90,9 +96,9 @@ SCRIPT = textwrap.dedent(
 
     def _fan_out(activity):
         def fan_out(ctx, job):
-            n, seconds, ledger = job
+            n, seconds, ledger, *gate = job
             return (yield dr.when_all(
-                [ctx.call_activity(activity, input=[i, seconds, ledger]) for i in range(n)]
+                [ctx.call_activity(activity, input=[i, seconds, ledger, *gate]) for i in range(n)]
             ))
         return fan_out
 
@@ -226,9 +232,12 @@ SCRIPT = textwrap.dedent(
 
     def two_hubs(data_dir, n, seconds, cap_a, cap_b):
         \"\"\"Two hubs with a backlog at once: the request is the sum of their figures;
-        stopping one leaves the other's; the last one idle leaves nothing.\"\"\"
+        stopping one leaves the other's; the last one idle leaves nothing. Hub b's
+        activities wait for a gate file, so its backlog lasts until the script has read
+        what it checks.\"\"\"
         from duraray.runtime.ray.ledger import existing_ledger
 
+        gate = f"{data_dir}/gate"
         with contextlib.ExitStack() as both:
             b = both.enter_context(join_app.run(
                 data_dir=f"{data_dir}/b", max_activities_in_flight=cap_b, activity_workers=2
@@ -237,12 +246,13 @@ SCRIPT = textwrap.dedent(
                 data_dir=f"{data_dir}/a", max_activities_in_flight=cap_a, activity_workers=2
             ) as a:
                 a.schedule_new_orchestration(backlog_fan_out, input=[n, seconds, None])
-                ib = b.schedule_new_orchestration(join_fan_out, input=[n, seconds, None])
+                ib = b.schedule_new_orchestration(join_fan_out, input=[n, seconds, None, gate])
                 together = wait_published(cap_a + cap_b, 60)
                 entries = ray.get(existing_ledger().entries.remote(), timeout=30)
             # Hub a stopped with its backlog: only b's figure is left.
             after_stop = wait_published(cap_b, 30)
             left = b.partition_stats()[0]["activities_in_flight"]
+            open(gate, "w").close()
             state = b.wait_for_orchestration_completion(ib, timeout=120)
             idle = wait_published(0, 30)
         return {
@@ -301,7 +311,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def cluster_result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Run SCRIPT once for both tests (a cluster start is most of its cost) in a
+    """Run SCRIPT once for all three tests (a cluster start is most of its cost) in a
     subprocess with a private Ray temp dir; returns its result line, decoded."""
     tmp_path = tmp_path_factory.mktemp("capacity")
     script = tmp_path / "capacity_script.py"

@@ -8,14 +8,21 @@ its total here instead (``DemandLedger.report``), to one detached actor per clus
 ``LEDGER_NAME`` in duraray's namespace and created by whichever hub reports first, and
 this actor publishes the sum.
 
-A hub's figure lapses ``ENTRY_TTL_S`` after it was last reported: the partitions of a
-hub with demand report it again at least every 30 seconds (``runtime/ray/demand.py``), so
-only a hub that died without reporting 0 lapses, and its demand does not keep a cluster
-grown forever. The ledger asks for no CPU and runs on the head node (a worker node it
-held could never be scaled down); Ray restarts it if its process dies, empty, and the
-hubs' next reports fill it again. Another library calling ``request_resources`` itself
-(Ray Data does, under autoscaling) still replaces the request: Ray offers no way to add
-to it.
+A hub's figure lapses ``ENTRY_TTL_S`` after it was last reported (found by the next
+report or sweep, at most ``SWEEP_S`` later): the partitions of a hub with demand report
+it again every ``DEMAND_REPORT_S`` (``runtime/ray/demand.py``), so only a hub that died
+without reporting 0 lapses, and its demand does not keep a cluster grown forever. A hub
+that stops retires its pools actor here (``retire``), so a report that actor sent just
+before it died cannot bring the figure back.
+
+The ledger asks for no CPU and runs on the head node: a worker node scaled down would
+take it along, and a restarted ledger starts empty. Ray restarts it if its process dies;
+it then publishes 0 at once (replacing what its last process left, which may name hubs
+that are gone) and the hubs' next reports, within ``DEMAND_REPORT_S``, fill it again.
+The name carries a version: a ledger left on the cluster by a version with other calls
+is not reused. Another library calling ``request_resources`` itself (Ray Data does,
+under autoscaling) still replaces the request until the sum next changes: Ray offers no
+way to add to it.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ import structlog
 
 from duraray.runtime.ray.shared_pool import NAMESPACE
 
-#: The cluster's ledger actor, in duraray's namespace.
-LEDGER_NAME = "duraray-autoscaler-demand"
+#: The cluster's ledger actor, in duraray's namespace (versioned: see the module).
+LEDGER_NAME = "duraray-autoscaler-demand-v1"
 #: Seconds after its last report that a hub's figure lapses.
 ENTRY_TTL_S = 120.0
 #: How often lapsed figures are looked for when no report comes.
@@ -63,24 +70,40 @@ class DemandLedgerImpl:
         self._publish = publish or _request_resources
         self._clock = clock
         self._by_hub: dict[str, tuple[int, float]] = {}  # hub -> (CPUs, reported at)
-        # None: nothing published by this process yet (a restarted ledger publishes its
-        # first total even if it is 0, replacing what an earlier process left).
-        self._published: int | None = None
+        # Pools actors of stopped hubs (actor id -> retired at): their late reports are
+        # ignored. Kept for ENTRY_TTL_S.
+        self._retired: dict[str, float] = {}
         self._lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
+        # Nothing is known yet: whatever an earlier process of this ledger published
+        # may name hubs that are gone, so it is replaced now; live hubs report again.
+        self._published: int | None = None
+        try:
+            self._publish(0)
+            self._published = 0
+        except Exception as exc:  # a hint only: the first report tries again
+            log.warning("autoscaler demand not published", error=str(exc))
 
-    async def report(self, hub: str, cpus: int) -> int:
+    async def report(self, hub: str, cpus: int, reporter: str | None = None) -> int:
         """Hub ``hub``'s activities want ``cpus`` CPUs now (0: none, the hub is idle or
-        stopping). Publishes the new sum if it changed; returns the sum."""
-        if not isinstance(hub, str) or not hub:
-            raise ValueError(f"hub must be a non-empty string, got {hub!r}")
+        stopping), as reported by ``reporter`` (its pools actor's id; ignored once that
+        actor is retired). Publishes the new sum if it changed; returns the sum."""
+        _check_hub(hub)
         cpus = max(0, int(cpus))
-        if cpus:
-            self._by_hub[hub] = (cpus, self._clock())
-        else:
-            self._by_hub.pop(hub, None)
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        if reporter is None or reporter not in self._retired:
+            if cpus:
+                self._by_hub[hub] = (cpus, self._clock())
+            else:
+                self._by_hub.pop(hub, None)
+        return await self._publish_total()
+
+    async def retire(self, hub: str, reporter: str | None = None) -> int:
+        """Hub ``hub`` stopped: drop its figure, and ignore what its pools actor
+        ``reporter`` may still have on the way. Returns the new sum."""
+        _check_hub(hub)
+        if reporter is not None:
+            self._retired[reporter] = self._clock()
+        self._by_hub.pop(hub, None)
         return await self._publish_total()
 
     async def entries(self) -> dict[str, int]:
@@ -98,8 +121,13 @@ class DemandLedgerImpl:
             if now - at > ENTRY_TTL_S:
                 del self._by_hub[hub]
                 log.warning("autoscaler demand of a silent hub dropped", hub=hub)
+        for reporter, at in list(self._retired.items()):
+            if now - at > ENTRY_TTL_S:
+                del self._retired[reporter]
 
     async def _publish_total(self) -> int:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         async with self._lock:  # reports overlap: publish the latest sum, in order
             self._drop_lapsed()
             total = min(sum(cpus for cpus, _ in self._by_hub.values()), MAX_PUBLISHED_CPUS)
@@ -119,6 +147,11 @@ class DemandLedgerImpl:
                 await self._publish_total()
             except Exception:  # never let the sweeper die of one bad round
                 log.exception("autoscaler demand sweep failed")
+
+
+def _check_hub(hub: object) -> None:
+    if not isinstance(hub, str) or not hub:
+        raise ValueError(f"hub must be a non-empty string, got {hub!r}")
 
 
 DemandLedger = ray.remote(DemandLedgerImpl)

@@ -548,6 +548,7 @@ class PartitionManager:
         names = [partition_actor_name(hub, i) for i in range(handle.partition_count)]
         from duraray.runtime.ray.pools import pools_actor_name
 
+        pools_id = None
         try:  # the workers of every pool are its children: they stop with it
             pools = ray.get_actor(pools_actor_name(hub), namespace=NAMESPACE)
         except ValueError:
@@ -555,16 +556,16 @@ class PartitionManager:
         else:
             ray.kill(pools, no_restart=True)
             names.append(pools_actor_name(hub))
-            try:  # what it asked of the autoscaler must not outlive the hub
-                from duraray.runtime.ray.ledger import existing_ledger
+            pools_id = pools._actor_id.hex()
+        try:  # what it asked of the autoscaler must not outlive the hub
+            from duraray.runtime.ray.ledger import existing_ledger
 
-                if (ledger := existing_ledger()) is not None:
-                    ray.get(ledger.report.remote(hub, 0), timeout=10)
-            except Exception:
-                pass  # the hub's figure lapses in the ledger by itself
-        # Shared workers still registered (dying with it, or of an older version, which
-        # did not own them there). Numbered from 0; a failed creation leaves a gap, so
-        # look a few numbers past the last one found.
+            if (ledger := existing_ledger()) is not None:
+                ray.get(ledger.retire.remote(hub, pools_id), timeout=10)
+        except Exception:
+            pass  # the hub's figure lapses in the ledger by itself
+        # Shared workers still registered (dying with it, or of an older version). From 0;
+        # a failed creation leaves a gap, so look a few numbers past the last one found.
         i, misses = 0, 0
         while misses < 8:
             try:
@@ -577,8 +578,7 @@ class PartitionManager:
                 names.append(worker_actor_name(hub, i))
             i += 1
         # Named actors are released asynchronously: wait until every name is free, so a
-        # restart right after stop does not attach to dying actors (workers are created
-        # with get_if_exists, so a dying worker would otherwise join the new hub).
+        # restart right after stop does not attach to dying actors (get_if_exists).
         deadline = time.monotonic() + 30
         while names and time.monotonic() < deadline:
             try:

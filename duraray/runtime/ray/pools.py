@@ -297,7 +297,9 @@ class ActivityPoolsImpl:
             try:
                 if self._ledger is None:
                     self._ledger = await asyncio.to_thread(find_ledger)
-                await self._ledger.report.remote(self.hub, total)
+                me = ray.get_runtime_context().get_actor_id()
+                # Bounded: a ledger that hangs must not queue every report behind it.
+                await asyncio.wait_for(self._ledger.report.remote(self.hub, total, me), 10)
             except Exception as exc:  # a hint only: never fail a partition for it
                 self._ledger = None  # gone (Ray restarts it): looked up again next time
                 self._log.warning("autoscaler demand not reported", error=str(exc))
