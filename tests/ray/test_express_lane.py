@@ -34,6 +34,18 @@ def _job(executor, fn):
     return loop.create_task(run())
 
 
+def _blocked_chunk():
+    """A lane whose express thread runs a chunk blocked until the event is set, the
+    fallback executor, the express executor, the job and the event."""
+    lane = ExpressLane()
+    fallback = ThreadPoolExecutor(max_workers=1)
+    release = threading.Event()
+    pool = lane.executor(fallback)
+    job = _job(pool, release.wait)
+    lane.started(job, pool)
+    return lane, fallback, pool, job, release
+
+
 def test_settle_waits_for_the_chunk_just_released(long_wait):
     async def scenario():
         lane = ExpressLane()
@@ -53,12 +65,7 @@ def test_settle_waits_for_the_chunk_just_released(long_wait):
 
 def test_settle_does_not_wait_without_more_work_and_forgets_the_chunks(long_wait):
     async def scenario():
-        lane = ExpressLane()
-        fallback = ThreadPoolExecutor(max_workers=1)
-        release = threading.Event()
-        pool = lane.executor(fallback)
-        job = _job(pool, release.wait)
-        lane.started(job, pool)
+        lane, _, _, job, release = _blocked_chunk()
         await lane.settle(False)
         assert not job.done()
         # Forgotten: the next settle does not wait for it (it would for HANG_S).
@@ -72,12 +79,7 @@ def test_settle_does_not_wait_without_more_work_and_forgets_the_chunks(long_wait
 
 def test_a_blocked_chunk_sends_the_next_ones_to_the_inline_threads_unwaited(long_wait):
     async def scenario():
-        lane = ExpressLane()
-        fallback = ThreadPoolExecutor(max_workers=1)
-        release = threading.Event()
-        pool = lane.executor(fallback)
-        blocked = _job(pool, release.wait)
-        lane.started(blocked, pool)
+        lane, fallback, pool, blocked, release = _blocked_chunk()
         await lane.settle(False)  # the batch loop went on without it
         # The express thread is taken: the next express chunk runs on the fallback, and
         # the batch loop does not wait for it there (it may queue behind a fan-out).
