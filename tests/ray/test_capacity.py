@@ -245,8 +245,12 @@ SCRIPT = textwrap.dedent(
             with backlog_app.run(
                 data_dir=f"{data_dir}/a", max_activities_in_flight=cap_a, activity_workers=2
             ) as a:
-                a.schedule_new_orchestration(backlog_fan_out, input=[n, seconds, None])
+                # b's first activities hold every CPU while they wait for the gate, so
+                # neither hub applies a batch after this: their figures reach the ledger
+                # from the partitions' idle loops.
                 ib = b.schedule_new_orchestration(join_fan_out, input=[n, seconds, None, gate])
+                b_alone = wait_published(cap_b, 60)
+                a.schedule_new_orchestration(backlog_fan_out, input=[n, seconds, None])
                 together = wait_published(cap_a + cap_b, 60)
                 entries = ray.get(existing_ledger().entries.remote(), timeout=30)
             # Hub a stopped with its backlog: only b's figure is left.
@@ -256,6 +260,7 @@ SCRIPT = textwrap.dedent(
             state = b.wait_for_orchestration_completion(ib, timeout=120)
             idle = wait_published(0, 30)
         return {
+            "b_alone": b_alone,
             "together": together,
             "entries": entries,
             "after_stop": after_stop,
@@ -420,9 +425,13 @@ def test_two_hubs_demand_adds_up_and_one_stopping_leaves_the_others(
 ) -> None:
     """Two hubs with a backlog on one cluster: the one request Ray keeps is the sum of
     both figures (runtime/ray/ledger.py), not whichever hub reported last; stopping one
-    leaves the other's figure published; once the other is idle, nothing is asked."""
+    leaves the other's figure published; once the other is idle, nothing is asked. The
+    backlogs wait for CPUs the cluster lacks, so no batch follows their first: the
+    partitions report them from their idle loops (once, a change that came within a
+    second of the previous report was never reported)."""
     two = cluster_result["two_hubs"]
     cap_a, cap_b = TWO_HUBS_CAPS
+    assert cap_b == two["b_alone"], two
     assert cap_a + cap_b == two["together"], two
     assert {"rt-cap-backlog": cap_a, "rt-cap-join": cap_b} == two["entries"], two
     assert cap_b == two["after_stop"], two
