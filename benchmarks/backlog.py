@@ -15,7 +15,6 @@ waited at the peak).
 
 from __future__ import annotations
 
-import itertools
 import sys
 import threading
 import time
@@ -36,14 +35,6 @@ DEFAULT_FAN, QUICK_FAN = 1_000_000, 20_000
 #: the hello5 p99 it is measuring (22.1-22.6 ms vs 19.7-20.4 ms at one per 5 s, 1 x
 #: 200,000); the backlog falls by about 1.3% a second, so once a second loses little.
 WATCH_S = 1.0
-
-
-def _ids_on(partition: int, partitions: int, prefix: str) -> Any:
-    """Instance ids that hash to ``partition``."""
-    for i in itertools.count():
-        iid = f"{prefix}-{i}"
-        if partition_for(iid, partitions) == partition:
-            yield iid
 
 
 def _hello5(client: dr.Client, iid: str) -> tuple[float, list[float], bool]:
@@ -79,7 +70,7 @@ def run(
         client = hub.client
         fan_id = "backlog-fan"
         home = partition_for(fan_id, partitions)
-        ids = _ids_on(home, partitions, "lat")
+        ids = common.ids_on(home, partitions, "lat")
         for _ in range(3):  # warm-up: code loaded, activity costs learned
             _hello5(client, next(ids))
         client.wait_for_orchestration_completion(

@@ -355,6 +355,16 @@ def running_hub(
         shutil.rmtree(base, ignore_errors=True)
 
 
+def ids_on(partition: int, partitions: int, prefix: str) -> Iterator[str]:
+    """Instance ids ``prefix-0``, ``prefix-1``, ... that hash to ``partition``."""
+    from duraray.runtime.engine.routing import partition_for
+
+    for i in itertools.count():
+        iid = f"{prefix}-{i}"
+        if partition_for(iid, partitions) == partition:
+            yield iid
+
+
 def partition_infos(hub: str) -> list[dict[str, Any]]:
     """``describe()`` of each of a hub's partition actors (pid, node id, ...)."""
     from duraray.runtime.ray.manager import PartitionManager
