@@ -137,3 +137,69 @@ def _raise_actor_died(*args: Any) -> Any:
     import ray
 
     raise ray.exceptions.RayActorError()
+
+
+class SlowWorker(FakeWorker):
+    """Answers its ping once ``ready`` is set."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.ready = asyncio.Event()
+
+        async def ping() -> bool:
+            await self.ready.wait()
+            return True
+
+        class _Ping:
+            def remote(self) -> Any:
+                return ping()
+
+        self.ping = _Ping()
+
+
+def test_a_batch_waiting_for_a_task_slot_takes_the_worker_that_answers() -> None:
+    """Every task slot is held (by batches whose tasks wait behind heavy work): a batch
+    waiting for one goes to the first worker that answers instead, holding no slot."""
+    worker = SlowWorker("w0")
+    pools = FakePools([worker])
+
+    async def scenario() -> tuple[Any, bool, int]:
+        pool = SharedPool(size=1, concurrency=1, find_pools=lambda: pools)
+        pool.resize(1)  # one CPU: one slot
+        assert pool.pick() is None  # asks for the workers; none answered yet
+        slots = pool.fallback_slots()
+        await slots.acquire()  # the one slot, held by a batch already out as a task
+
+        async def batch() -> Any:
+            async with pool.fallback_turn() as got:
+                return got
+
+        waiting = asyncio.get_running_loop().create_task(batch())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not waiting.done()  # no slot, no worker: it waits
+        worker.ready.set()
+        got = await asyncio.wait_for(waiting, 30)
+        held = slots.locked()  # still only the first batch's
+        slots.release()
+        await asyncio.sleep(0)
+        return got, held, pool.started
+
+    got, held, started = asyncio.run(scenario())
+    assert got is worker
+    assert held
+    assert 1 == started
+
+
+def test_a_batch_that_gets_a_slot_first_runs_as_a_task_and_gives_it_back() -> None:
+    async def scenario() -> tuple[Any, bool, bool]:
+        pool = SharedPool(size=1, concurrency=1, find_pools=lambda: None)
+        pool.resize(1)
+        slots = pool.fallback_slots()
+        async with pool.fallback_turn() as got:
+            inside = slots.locked()
+        return got, inside, slots.locked()
+
+    got, inside, after = asyncio.run(scenario())
+    assert got is None  # no worker: the batch runs as a task, holding the slot
+    assert inside and not after

@@ -463,8 +463,7 @@ class PartitionActorImpl:
         """No shared worker has answered yet: run the batch as one task holding a CPU, at
         most as many at once as the cluster has CPUs, and return None; or return the
         worker that answered while this batch waited for its turn (it goes there)."""
-        async with self.shared.fallback_slots():
-            worker = self.shared.pick()
+        async with self.shared.fallback_turn() as worker:
             if worker is not None:
                 return worker
             ran: list[ActivityResult] = await self.shared.as_task.remote(

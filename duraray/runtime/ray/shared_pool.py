@@ -24,11 +24,12 @@ activities already warmed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import ray
@@ -175,6 +176,7 @@ class SharedPool:
         self._round_robin = itertools.count(random.randrange(1 << 16))
         self._jobs: set[asyncio.Task[None]] = set()
         self._slots: asyncio.Semaphore | None = None
+        self._answered = asyncio.Event()  # set while some worker takes batches
         #: the fallback while no worker has answered: one Ray task per batch, holding a CPU
         self.as_task = ray.remote(num_cpus=1, max_retries=0)(_run_batch)
 
@@ -201,6 +203,50 @@ class SharedPool:
             self._slots = asyncio.Semaphore(max(1, self._cpus))
         return self._slots
 
+    @contextlib.asynccontextmanager
+    async def fallback_turn(self) -> AsyncIterator[Any]:
+        """A batch's turn while no worker has answered: waits for a free task slot or for
+        a worker to answer, whichever comes first. Yields that worker (the batch goes
+        there, holding no slot), or None with a slot held until the block ends (the batch
+        runs as a task). A batch waiting for a slot held by tasks that wait behind heavy
+        work thus goes to the first worker that answers, not after that work."""
+        slots = self.fallback_slots()
+        while True:
+            if await self._slot_or_answer(slots):
+                try:
+                    yield self.pick()  # a worker may have answered meanwhile all the same
+                finally:
+                    slots.release()
+                return
+            worker = self.pick()
+            if worker is not None:
+                yield worker
+                return
+            # Lost again before this batch got it: wait once more.
+
+    async def _slot_or_answer(self, slots: asyncio.Semaphore) -> bool:
+        """True with a slot taken; False (no slot taken) once a worker takes batches."""
+        if self._ready:
+            return False
+        acquire = asyncio.ensure_future(slots.acquire())
+        answered = asyncio.ensure_future(self._answered.wait())
+        try:
+            await asyncio.wait({acquire, answered}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            answered.cancel()
+            if not acquire.done():
+                # Cancelled, it may still have taken the slot just before: give it back.
+                acquire.cancel()
+                acquire.add_done_callback(
+                    lambda job: slots.release() if not job.cancelled() else None
+                )
+        if not acquire.done():
+            return False
+        if self._ready:  # both at once: the worker wins, the slot goes back
+            slots.release()
+            return False
+        return True
+
     def pick(self) -> Any | None:
         """A started worker for the next batch, in turns; None while none has answered."""
         if (
@@ -222,6 +268,7 @@ class SharedPool:
         still in flight, perhaps waiting on a worker that never answers, is not waited
         for)."""
         self._ready = []
+        self._answered.clear()
         self._generation += 1
         self._asking = 0
         self._recheck = True
@@ -275,4 +322,5 @@ class SharedPool:
         # nodes in turn, so batches in turn go to every node. (Handles compare by actor.)
         ready = {*self._ready, handle}
         self._ready = [h for h in handles if h is not None and h in ready]
+        self._answered.set()
         return True
