@@ -246,8 +246,10 @@ SCRIPT = textwrap.dedent(
                 data_dir=f"{data_dir}/a", max_activities_in_flight=cap_a, activity_workers=2
             ) as a:
                 # b's first activities hold every CPU while they wait for the gate, so
-                # neither hub applies a batch after this: their figures reach the ledger
-                # from the partitions' idle loops.
+                # a's never start: no batch follows a's first, and a figure of a's that
+                # came within a second of its last report reaches the ledger only from
+                # the partition's idle loop (tests/ray/test_demand_ledger.py has the
+                # deterministic case).
                 ib = b.schedule_new_orchestration(join_fan_out, input=[n, seconds, None, gate])
                 b_alone = wait_published(cap_b, 60)
                 a.schedule_new_orchestration(backlog_fan_out, input=[n, seconds, None])

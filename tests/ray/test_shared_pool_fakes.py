@@ -180,7 +180,7 @@ def test_a_batch_waiting_for_a_task_slot_takes_the_worker_that_answers() -> None
         assert not waiting.done()  # no slot, no worker: it waits
         worker.ready.set()
         got = await asyncio.wait_for(waiting, 30)
-        held = slots.locked()  # still only the first batch's
+        held = slots._value == 0  # still only the first batch's
         slots.release()
         await asyncio.sleep(0)
         return got, held, pool.started
@@ -197,9 +197,39 @@ def test_a_batch_that_gets_a_slot_first_runs_as_a_task_and_gives_it_back() -> No
         pool.resize(1)
         slots = pool.fallback_slots()
         async with pool.fallback_turn() as got:
-            inside = slots.locked()
-        return got, inside, slots.locked()
+            inside = slots._value == 0
+        return got, inside, slots._value == 1
 
     got, inside, after = asyncio.run(scenario())
     assert got is None  # no worker: the batch runs as a task, holding the slot
-    assert inside and not after
+    assert inside and after
+
+
+def test_a_batch_cancelled_as_it_gets_its_slot_gives_it_back() -> None:
+    """The slot is freed and the waiting batch cancelled in the same step (its acquire
+    already granted): the slot goes back, none is lost for good."""
+
+    async def scenario(pause: int) -> int:
+        pool = SharedPool(size=1, concurrency=1, find_pools=lambda: None)
+        pool.resize(1)
+        slots = pool.fallback_slots()
+        await slots.acquire()
+
+        async def batch() -> None:
+            async with pool.fallback_turn():
+                pass
+
+        waiting = asyncio.get_running_loop().create_task(batch())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        slots.release()
+        for _ in range(pause):
+            await asyncio.sleep(0)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return slots._value
+
+    for pause in (0, 1, 2):
+        assert 1 == asyncio.run(scenario(pause)), pause

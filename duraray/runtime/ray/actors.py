@@ -220,13 +220,7 @@ class PartitionActorImpl:
                     await self.express.settle(core.has_work())
                     await asyncio.sleep(0)  # let queued calls land in the next batch
                     continue
-                if self._demand.reported != 0 or self._demand.wanted(core):
-                    # Idle with demand still published (or never reported): the backlog
-                    # is gone, so report it; the autoscaler may shrink the cluster. Or
-                    # idle with a backlog not reported yet (its change came within a
-                    # second of the last report, and no batch followed: all of it waits
-                    # for CPUs the cluster lacks), which the autoscaler must see.
-                    self._demand.report(core, time.monotonic())
+                self._demand.report_idle(core, time.monotonic())
                 timeout = 1.0
                 due = core.next_due()
                 if due is not None:

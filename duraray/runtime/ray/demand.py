@@ -76,6 +76,20 @@ class Demand:
             room -= take
         return math.ceil(cpus)
 
+    def report_idle(self, core: PartitionCore, now: float) -> None:
+        """The partition is idle: report if a figure other than 0 was published (the
+        backlog may be gone: the autoscaler may shrink the cluster) or never reported,
+        or if a backlog is waiting that was not reported (its change came within
+        ``DEMAND_MIN_INTERVAL_S`` of the last report and no batch followed: all of it
+        waits for CPUs the cluster lacks, which the autoscaler must see)."""
+        try:
+            if self.reported == 0 and not self.wanted(core):
+                return  # idle and nothing to say: no call at all
+        except Exception:
+            log.warning("autoscaler demand not reported", exc_info=True)
+            return
+        self.report(core, now)
+
     def report(self, core: PartitionCore, now: float) -> None:
         """Report the demand if it changed (at most once a second: the autoscaler acts
         on a scale of seconds, and the idle loop reports what is left over) or has not

@@ -140,6 +140,11 @@ def start_shared_workers(hub: str, registry: Registry, count: int, concurrency: 
     return handles
 
 
+def _took(acquire: asyncio.Future[Any]) -> bool:
+    """Whether a finished ``Semaphore.acquire`` took its slot."""
+    return acquire.done() and not acquire.cancelled() and acquire.exception() is None
+
+
 class SharedPool:
     """The shared workers as one partition sees them (see the module docstring).
 
@@ -232,20 +237,28 @@ class SharedPool:
         answered = asyncio.ensure_future(self._answered.wait())
         try:
             await asyncio.wait({acquire, answered}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
+        except BaseException:  # this batch was cancelled: it takes no slot with it
             answered.cancel()
-            if not acquire.done():
-                # Cancelled, it may still have taken the slot just before: give it back.
-                acquire.cancel()
-                acquire.add_done_callback(
-                    lambda job: slots.release() if not job.cancelled() else None
-                )
-        if not acquire.done():
+            self._drop(acquire, slots)
+            raise
+        answered.cancel()
+        if not _took(acquire):
+            self._drop(acquire, slots)
             return False
         if self._ready:  # both at once: the worker wins, the slot goes back
             slots.release()
             return False
         return True
+
+    @staticmethod
+    def _drop(acquire: asyncio.Future[Any], slots: asyncio.Semaphore) -> None:
+        """Give up ``acquire``: give back the slot it took or, still waiting, takes."""
+        if acquire.done():
+            if _took(acquire):
+                slots.release()
+            return
+        acquire.cancel()  # granted just before, it still ends with the slot: give it back
+        acquire.add_done_callback(lambda job: slots.release() if _took(job) else None)
 
     def pick(self) -> Any | None:
         """A started worker for the next batch, in turns; None while none has answered."""
